@@ -1,0 +1,66 @@
+// A file cut into fixed-size chunks, each hashed with SHA-256; the file id
+// commits to (size, chunk size, every chunk hash). docs/protocol.md gives the
+// canonical encoding exactly.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "p2pshare/types.hpp"
+
+namespace p2pshare::pb {
+class Manifest;
+}
+
+namespace p2pshare {
+
+inline constexpr std::uint32_t kMinChunkSize = 16 * 1024;
+inline constexpr std::uint32_t kDefaultChunkSize = 256 * 1024;
+inline constexpr std::uint32_t kMaxChunkSize = 16 * 1024 * 1024;
+// The hash list of the largest file fits well inside one central frame.
+inline constexpr std::uint32_t kMaxChunkCount = 65536;
+inline constexpr std::size_t kMaxNameLength = 255;
+
+// The default chunk size for a file of `size` bytes: 256 KiB, doubled until
+// the file has at most kMaxChunkCount chunks. Throws Error(bad_request) when
+// the file is too large even at kMaxChunkSize (1 TiB).
+std::uint32_t choose_chunk_size(std::uint64_t size);
+
+struct Manifest {
+  std::uint64_t size = 0;
+  std::uint32_t chunk_size = kDefaultChunkSize;
+  std::vector<Sha256Digest> chunk_hashes;
+  std::string name;  // metadata only; never identity
+
+  std::uint32_t chunk_count() const noexcept {
+    return static_cast<std::uint32_t>(chunk_hashes.size());
+  }
+  std::uint64_t chunk_offset(ChunkIndex i) const noexcept {
+    return static_cast<std::uint64_t>(i.value) * chunk_size;
+  }
+  std::uint32_t chunk_length(ChunkIndex i) const noexcept;
+  FileId file_id() const;
+};
+
+// The number of chunks a file of `size` bytes has at `chunk_size` (0 for 0).
+std::uint64_t chunk_count_for(std::uint64_t size, std::uint32_t chunk_size) noexcept;
+
+// SHA-256 over the canonical encoding (docs/protocol.md).
+FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size,
+                       const std::vector<Sha256Digest>& chunk_hashes);
+
+// Hashes the file at `path` chunk by chunk on `threads` threads (0 = one per
+// core), reading with pread into one buffer per thread: memory does not grow
+// with the file. Throws Error(not_found / bad_request / io) with a clear message.
+Manifest build_manifest(const std::filesystem::path& path, unsigned threads = 0,
+                        std::uint32_t chunk_size = 0);
+
+// Wire conversion. from_wire checks everything (chunk size a power of two in
+// range, hash list length = 32 * chunk_count_for(size, chunk_size), count
+// limit, name length) and throws Error(bad_request) naming the problem.
+Manifest manifest_from_wire(const pb::Manifest& wire);
+void manifest_to_wire(const Manifest& manifest, pb::Manifest* wire);
+
+}  // namespace p2pshare

@@ -1,0 +1,195 @@
+#include "p2pshare/manifest.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "common.pb.h"
+#include "p2pshare/error.hpp"
+#include "p2pshare/hash.hpp"
+
+namespace p2pshare {
+namespace {
+
+constexpr char kIdDomain[] = "p2pshare-file-v1";  // 16 bytes, no terminator hashed
+
+void put_be(std::uint8_t* out, std::uint64_t value, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) {
+    out[i] = static_cast<std::uint8_t>(value & 0xff);
+    value >>= 8;
+  }
+}
+
+bool valid_chunk_size(std::uint32_t chunk_size) {
+  return chunk_size >= kMinChunkSize && chunk_size <= kMaxChunkSize &&
+         (chunk_size & (chunk_size - 1)) == 0;
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+std::uint32_t choose_chunk_size(std::uint64_t size) {
+  std::uint32_t chunk = kDefaultChunkSize;
+  while (chunk_count_for(size, chunk) > kMaxChunkCount) {
+    if (chunk == kMaxChunkSize) {
+      throw Error(Errc::bad_request,
+                  fmt::format("file is too large: {} bytes (at most {} bytes)", size,
+                              static_cast<std::uint64_t>(kMaxChunkSize) * kMaxChunkCount));
+    }
+    chunk *= 2;
+  }
+  return chunk;
+}
+
+std::uint64_t chunk_count_for(std::uint64_t size, std::uint32_t chunk_size) noexcept {
+  if (chunk_size == 0) return 0;
+  return size / chunk_size + (size % chunk_size != 0 ? 1 : 0);
+}
+
+std::uint32_t Manifest::chunk_length(ChunkIndex i) const noexcept {
+  const std::uint64_t offset = chunk_offset(i);
+  if (offset >= size) return 0;
+  const std::uint64_t rest = size - offset;
+  return rest < chunk_size ? static_cast<std::uint32_t>(rest) : chunk_size;
+}
+
+FileId Manifest::file_id() const { return compute_file_id(size, chunk_size, chunk_hashes); }
+
+FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size,
+                       const std::vector<Sha256Digest>& chunk_hashes) {
+  std::uint8_t header[16 + 8 + 4 + 4];
+  std::memcpy(header, kIdDomain, 16);
+  put_be(header + 16, size, 8);
+  put_be(header + 24, chunk_size, 4);
+  put_be(header + 28, chunk_hashes.size(), 4);
+  Sha256 hasher;
+  hasher.update(header);
+  for (const auto& h : chunk_hashes) hasher.update(h.bytes);
+  return hasher.finish();
+}
+
+Manifest build_manifest(const std::filesystem::path& path, unsigned threads,
+                        std::uint32_t chunk_size) {
+  Fd file;
+  file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (file.fd < 0) {
+    const int err = errno;
+    throw Error(err == ENOENT ? Errc::not_found : Errc::io,
+                fmt::format("cannot open {}: {}", path.string(), std::strerror(err)));
+  }
+  struct stat st {};
+  if (::fstat(file.fd, &st) != 0) {
+    throw Error(Errc::io, fmt::format("cannot stat {}: {}", path.string(), std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(Errc::bad_request, fmt::format("{} is not a regular file", path.string()));
+  }
+  Manifest manifest;
+  manifest.size = static_cast<std::uint64_t>(st.st_size);
+  manifest.chunk_size = chunk_size != 0 ? chunk_size : choose_chunk_size(manifest.size);
+  if (!valid_chunk_size(manifest.chunk_size)) {
+    throw Error(Errc::bad_request, fmt::format("invalid chunk size {}", manifest.chunk_size));
+  }
+  manifest.name = path.filename().string();
+  const auto count = chunk_count_for(manifest.size, manifest.chunk_size);
+  if (count > kMaxChunkCount) {
+    throw Error(Errc::bad_request, fmt::format("file is too large for chunk size {}", manifest.chunk_size));
+  }
+  manifest.chunk_hashes.resize(count);
+  ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<std::uint64_t>(threads, std::max<std::uint64_t>(count, 1)));
+  std::atomic<std::uint64_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  auto worker = [&] {
+    std::vector<std::uint8_t> buffer(std::min<std::uint64_t>(manifest.chunk_size, std::max<std::uint64_t>(manifest.size, 1)));
+    Sha256 hasher;
+    try {
+      for (std::uint64_t i = next++; i < count; i = next++) {
+        const ChunkIndex index{static_cast<std::uint32_t>(i)};
+        const std::uint32_t length = manifest.chunk_length(index);
+        std::uint32_t done = 0;
+        while (done < length) {
+          const ssize_t n = ::pread(file.fd, buffer.data() + done, length - done,
+                                    static_cast<off_t>(manifest.chunk_offset(index) + done));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) {
+            throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(),
+                                              n == 0 ? "file shrank while hashing" : std::strerror(errno)));
+          }
+          done += static_cast<std::uint32_t>(n);
+        }
+        hasher.update(std::span(buffer.data(), length));
+        manifest.chunk_hashes[i] = hasher.finish();
+      }
+    } catch (...) {
+      std::lock_guard lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next = count;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+  return manifest;
+}
+
+Manifest manifest_from_wire(const pb::Manifest& wire) {
+  Manifest manifest;
+  manifest.size = wire.size();
+  manifest.chunk_size = wire.chunk_size();
+  if (!valid_chunk_size(manifest.chunk_size)) {
+    throw Error(Errc::bad_request, fmt::format("manifest: invalid chunk size {}", manifest.chunk_size));
+  }
+  const std::uint64_t count = chunk_count_for(manifest.size, manifest.chunk_size);
+  if (count > kMaxChunkCount) {
+    throw Error(Errc::bad_request, fmt::format("manifest: {} chunks is over the limit of {}", count, kMaxChunkCount));
+  }
+  if (wire.chunk_hashes().size() != count * Sha256Digest::kSize) {
+    throw Error(Errc::bad_request,
+                fmt::format("manifest: {} bytes of hashes for {} chunks", wire.chunk_hashes().size(), count));
+  }
+  if (wire.name().size() > kMaxNameLength * 4) {
+    throw Error(Errc::bad_request, "manifest: name too long");
+  }
+  manifest.chunk_hashes.resize(count);
+  const auto* raw = reinterpret_cast<const std::uint8_t*>(wire.chunk_hashes().data());
+  for (std::uint64_t i = 0; i < count; ++i) {
+    std::memcpy(manifest.chunk_hashes[i].bytes.data(), raw + i * Sha256Digest::kSize, Sha256Digest::kSize);
+  }
+  manifest.name = wire.name();
+  return manifest;
+}
+
+void manifest_to_wire(const Manifest& manifest, pb::Manifest* wire) {
+  wire->set_size(manifest.size);
+  wire->set_chunk_size(manifest.chunk_size);
+  std::string hashes;
+  hashes.reserve(manifest.chunk_hashes.size() * Sha256Digest::kSize);
+  for (const auto& h : manifest.chunk_hashes) {
+    hashes.append(reinterpret_cast<const char*>(h.bytes.data()), h.bytes.size());
+  }
+  wire->set_chunk_hashes(std::move(hashes));
+  wire->set_name(manifest.name);
+}
+
+}  // namespace p2pshare

@@ -1,0 +1,54 @@
+// Starts the real binary as a child process for end-to-end tests. stdout and
+// stderr go to files so a test can wait for a line without a reader thread.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace p2pshare::test {
+
+struct RunResult {
+  int exit_code = -1;  // -1: killed by a signal or timed out
+  std::string out;
+  std::string err;
+};
+
+class Process {
+ public:
+  // Starts `args` (args[0] is the program). Output goes under `log_dir`.
+  Process(std::vector<std::string> args, const std::filesystem::path& log_dir);
+  ~Process();  // SIGKILLs the child if it still runs
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  std::string out() const;
+  std::string err() const;
+  // Waits until stdout holds a line starting with `prefix`; returns the rest of it.
+  std::optional<std::string> wait_for_line(const std::string& prefix,
+                                           std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // For a server: waits for "listening on HOST:PORT" and returns HOST:PORT.
+  std::string wait_listening(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  void signal(int sig);
+  // Waits for exit; the exit code, or -1 on a signal, nullopt on timeout.
+  std::optional<int> wait(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  bool running();
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+  std::filesystem::path out_path_;
+  std::filesystem::path err_path_;
+};
+
+// Runs to completion with a deadline (the child is killed past it).
+RunResult run(const std::vector<std::string>& args, const std::filesystem::path& log_dir,
+              std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+}  // namespace p2pshare::test
