@@ -1,0 +1,72 @@
+// What every command file provides, and the plumbing they share: option
+// parsing with the CONTRACT's exit statuses, the two client connections
+// (control to the own peer-server, central), and output helpers.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <cxxopts.hpp>
+#include <nlohmann/json.hpp>
+
+#include "central.pb.h"
+#include "control.pb.h"
+#include "p2pshare/cli.hpp"
+#include "p2pshare/types.hpp"
+#include "p2pshare/wire.hpp"
+
+namespace p2pshare::cmd {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+const std::vector<Command>& commands();
+
+// Parses argv with `options`; prints help and exits 0 on --help; throws
+// Error(usage) on an unknown flag, a missing value, a missing required one.
+cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv,
+                           const std::vector<std::string>& required = {});
+void add_help(cxxopts::Options& options);
+
+FileId parse_file_id(const std::string& text);
+
+// The owner's connection to its peer-server's control side.
+class ControlClient {
+ public:
+  ControlClient(const cli::Address& peer, const std::filesystem::path& data_dir);
+  void send(const pb::ControlRequest& request);
+  pb::ControlResponse receive(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+ private:
+  wire::SyncClient client_;
+};
+
+inline constexpr const char* kDefaultCentralAddr = "127.0.0.1:7070";
+inline constexpr const char* kDefaultPeerAddr = "127.0.0.1:7071";
+
+// --peer-addr, --data-dir, --json for the commands that talk to a peer-server.
+void add_control_options(cxxopts::Options& options);
+ControlClient connect_control(const cxxopts::ParseResult& args);
+// --central-server-addr, --json for the commands that talk to the central server.
+void add_central_options(cxxopts::Options& options);
+cli::Address central_address(const cxxopts::ParseResult& args);
+
+// One request, one answer, to the central server.
+pb::CentralResponse ask_central(const cli::Address& central, pb::CentralRequest request);
+
+// Throws the Error carried by a response, with its code.
+[[noreturn]] void throw_remote(const pb::Error& error);
+
+void print_json(const nlohmann::json& value);
+// --log-level: throws Error(usage) for an unknown level.
+void set_log_level(const std::string& level);
+// Prints rows as aligned columns under a header.
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows);
+
+}  // namespace p2pshare::cmd

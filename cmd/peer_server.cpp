@@ -1,0 +1,56 @@
+// p2pshare peer-server
+#include <asio.hpp>
+
+#include "command.hpp"
+#include "p2pshare/log.hpp"
+#include "p2pshare/peer_server.hpp"
+#include "servers.hpp"
+
+namespace p2pshare::cmd {
+
+int run_peer_server(int argc, char** argv) {
+  const auto default_dir = cli::default_data_dir("peer");
+  cxxopts::Options options("p2pshare peer-server",
+                           "Serve the files you register, download files from every peer that has them.");
+  options.add_options()
+      ("central-server-addr", "The central server, HOST:PORT", cxxopts::value<std::string>())
+      ("addr", "Address to listen on for peers and your own commands, HOST:PORT (port 0: pick one)",
+       cxxopts::value<std::string>())
+      ("data-dir", "Identity, control cookie, shared files and resume state",
+       cxxopts::value<std::string>()->default_value(default_dir.string()))
+      ("download-dir", "Where finished downloads go (default: DATA-DIR/downloads)", cxxopts::value<std::string>())
+      ("upload-limit", "Upload rate cap for all peers together, e.g. 16M (MiB/s), 500K; 0 = unlimited",
+       cxxopts::value<std::string>()->default_value("0"))
+      ("download-limit", "Download rate cap, same form; 0 = unlimited", cxxopts::value<std::string>()->default_value("0"))
+      ("max-connections", "Connections served at once; more are refused",
+       cxxopts::value<std::size_t>()->default_value("1024"))
+      ("request-timeout", "Milliseconds before an unanswered chunk request marks a peer as stalled",
+       cxxopts::value<unsigned>()->default_value("15000"))
+      ("holder-refresh", "Milliseconds between asking the central server for new holders while downloading",
+       cxxopts::value<unsigned>()->default_value("2000"))
+      ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
+  add_help(options);
+  auto args = parse(options, argc, argv, {"central-server-addr", "addr"});
+  set_log_level(args["log-level"].as<std::string>());
+
+  peer::PeerConfig config;
+  config.central = cli::parse_address(args["central-server-addr"].as<std::string>());
+  config.listen = cli::parse_address(args["addr"].as<std::string>());
+  config.data_dir = args["data-dir"].as<std::string>();
+  config.download_dir = args.count("download-dir") ? std::filesystem::path(args["download-dir"].as<std::string>())
+                                                   : config.data_dir / "downloads";
+  config.data_dir = std::filesystem::absolute(config.data_dir);
+  config.download_dir = std::filesystem::absolute(config.download_dir);
+  config.upload_limit = cli::parse_rate(args["upload-limit"].as<std::string>());
+  config.download_limit = cli::parse_rate(args["download-limit"].as<std::string>());
+  config.max_connections = args["max-connections"].as<std::size_t>();
+  config.sched.request_timeout = std::chrono::milliseconds(args["request-timeout"].as<unsigned>());
+  config.holder_refresh = std::chrono::milliseconds(args["holder-refresh"].as<unsigned>());
+
+  asio::io_context io(1);
+  peer::PeerServer server(io, config);
+  const auto bound = server.start();
+  return serve(io, bound, [&] { server.stop(); });
+}
+
+}  // namespace p2pshare::cmd

@@ -1,0 +1,78 @@
+// p2pshare request-file --file-id ID [--out PATH]
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "command.hpp"
+#include "p2pshare/error.hpp"
+
+namespace p2pshare::cmd {
+namespace {
+
+void draw_progress(const pb::Progress& p) {
+  const double fraction = p.size() == 0 ? 1.0 : static_cast<double>(p.have_bytes()) / static_cast<double>(p.size());
+  constexpr int kWidth = 30;
+  const int filled = static_cast<int>(fraction * kWidth);
+  std::string bar(static_cast<std::size_t>(filled), '#');
+  bar.resize(kWidth, '.');
+  std::fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %u peer%s ", bar.c_str(), fraction * 100,
+               cli::format_bytes(p.have_bytes()).c_str(), cli::format_bytes(p.size()).c_str(), p.peers(),
+               p.peers() == 1 ? "" : "s");
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+int run_request_file(int argc, char** argv) {
+  cxxopts::Options options("p2pshare request-file",
+                           "Download a file from every peer that has it; prints the finished file's path.");
+  options.add_options()
+      ("file-id", "The file's id (64 hex digits)", cxxopts::value<std::string>())
+      ("out", "Where the finished file goes (default: the peer's download dir, under the file's name)",
+       cxxopts::value<std::string>())
+      ("wait", "While no peer holding the file is live, wait for one instead of failing");
+  add_control_options(options);
+  auto args = parse(options, argc, argv, {"file-id"});
+  const FileId id = parse_file_id(args["file-id"].as<std::string>());
+  pb::ControlRequest request;
+  request.mutable_request_file()->set_file_id(to_bytes(id));
+  if (args.count("out")) {
+    const auto out = std::filesystem::absolute(args["out"].as<std::string>());
+    if (!out.has_filename()) throw Error(Errc::usage, "--out must name a file");
+    if (std::filesystem::is_directory(out)) throw Error(Errc::bad_request, fmt::format("--out {} is a directory", out.string()));
+    request.mutable_request_file()->set_out_path(out.string());
+  }
+  request.mutable_request_file()->set_wait_for_holders(args.count("wait") > 0);
+  auto control = connect_control(args);
+  control.send(request);
+  const bool bar = ::isatty(STDERR_FILENO) && !args.count("json");
+  bool drew = false;
+  while (true) {
+    // Progress comes several times a second while anything happens; a
+    // resume check of a very large file may be quiet for a while.
+    auto response = control.receive(std::chrono::minutes(10));
+    if (response.has_progress()) {
+      if (bar) {
+        draw_progress(response.progress());
+        drew = true;
+      }
+      continue;
+    }
+    if (drew) std::fprintf(stderr, "\n");
+    if (response.has_error()) throw_remote(response.error());
+    if (!response.has_downloaded()) throw Error(Errc::protocol, "unexpected answer from the peer-server");
+    const auto& d = response.downloaded();
+    if (args.count("json")) {
+      print_json({{"file_id", to_hex(id)}, {"path", d.path()}, {"size", d.size()},
+                  {"bytes_received", d.bytes_received()}, {"seconds", d.seconds()}});
+    } else {
+      std::cout << d.path() << "\n";
+    }
+    return 0;
+  }
+}
+
+}  // namespace p2pshare::cmd

@@ -1,0 +1,43 @@
+// The central server: a tracker-like registry of live peers and the files
+// they hold, over the central plane (proto/central.proto).
+//
+// Threading: everything runs on the one io_context thread that calls run();
+// the Registry is touched only there. stop() may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <asio.hpp>
+
+#include "p2pshare/cli.hpp"
+
+namespace p2pshare::central {
+
+struct ServerConfig {
+  cli::Address listen;
+  std::filesystem::path data_dir;
+  // Peers heartbeat this often; one silent for 3 periods is no longer live.
+  std::chrono::milliseconds heartbeat_interval{10000};
+  std::size_t max_connections = 4096;
+};
+
+class CentralServer {
+ public:
+  CentralServer(asio::io_context& io, ServerConfig config);
+  ~CentralServer();
+  // Binds and starts accepting; returns the address actually bound.
+  cli::Address start();
+  // Closes the listener and every connection, flushes the registry.
+  void stop();
+  std::size_t connection_count() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace p2pshare::central

@@ -1,0 +1,53 @@
+// The peer-server daemon: serves the chunks of the files its owner
+// registered, downloads files from every peer that has them, and answers its
+// owner's control commands (proved by the cookie in --data-dir).
+//
+// Threading: one network thread runs the io_context (every connection, the
+// schedulers, SQLite state); a small disk pool preads, hashes, pwrites and
+// fsyncs. stop() may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+
+#include <asio.hpp>
+
+#include "p2pshare/cli.hpp"
+#include "p2pshare/sched.hpp"
+
+namespace p2pshare::peer {
+
+struct PeerConfig {
+  cli::Address listen;
+  cli::Address central;
+  std::filesystem::path data_dir;
+  std::filesystem::path download_dir;
+  std::uint64_t upload_limit = 0;    // bytes/s, 0 = unlimited
+  std::uint64_t download_limit = 0;  // bytes/s, 0 = unlimited
+  unsigned disk_threads = 0;         // 0 = one per core
+  std::size_t max_connections = 1024;
+  sched::Config sched;
+  std::chrono::milliseconds holder_refresh{2000};
+};
+
+class PeerServer {
+ public:
+  PeerServer(asio::io_context& io, PeerConfig config);
+  ~PeerServer();
+  // Loads the state, binds, starts accepting and resumes unfinished
+  // downloads. Returns the address actually bound.
+  cli::Address start();
+  // Closes the listener and every connection, saves resume state (clean).
+  void stop();
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+// Where the control cookie lives for a data dir.
+std::filesystem::path cookie_path(const std::filesystem::path& data_dir);
+
+}  // namespace p2pshare::peer

@@ -1,0 +1,320 @@
+#include "p2pshare/central_server.hpp"
+
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "central.pb.h"
+#include "p2pshare/error.hpp"
+#include "p2pshare/hash.hpp"
+#include "p2pshare/log.hpp"
+#include "p2pshare/protocol.hpp"
+#include "p2pshare/registry.hpp"
+#include "p2pshare/wire.hpp"
+
+namespace p2pshare::central {
+namespace {
+
+constexpr std::uint32_t kMaxPageSize = 1000;
+
+std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
+  auto address = endpoint.address();
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+  }
+  return address.to_string();
+}
+
+void fill_peer(const PeerRecord& peer, pb::PeerEntry* entry) {
+  entry->set_peer_id(to_bytes(peer.id));
+  entry->set_host(peer.host);
+  entry->set_port(peer.port);
+  entry->set_last_seen_ms(
+      std::chrono::duration_cast<std::chrono::milliseconds>(peer.last_seen.time_since_epoch()).count());
+}
+
+}  // namespace
+
+struct Session {
+  std::shared_ptr<wire::Connection> connection;
+  bool hello_done = false;
+  std::optional<PeerId> peer;
+};
+
+struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
+  Impl(asio::io_context& io_context, ServerConfig cfg)
+      : io(io_context),
+        config(std::move(cfg)),
+        acceptor(io),
+        flush_timer(io),
+        registry(config.data_dir, config.heartbeat_interval * 3) {}
+
+  asio::io_context& io;
+  ServerConfig config;
+  asio::ip::tcp::acceptor acceptor;
+  asio::steady_timer flush_timer;
+  Registry registry;
+  std::set<std::shared_ptr<Session>> sessions;
+  std::map<PeerId, std::weak_ptr<Session>> bound;  // who speaks for each peer id now
+  bool stopping = false;
+
+  void accept() {
+    acceptor.async_accept([self = shared_from_this()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+      if (self->stopping) return;
+      if (!ec) self->on_accept(std::move(socket));
+      self->accept();
+    });
+  }
+
+  void on_accept(asio::ip::tcp::socket socket) {
+    if (sessions.size() >= config.max_connections) {
+      std::error_code ignored;
+      socket.close(ignored);  // at the cap: refuse at once, spend nothing
+      return;
+    }
+    wire::tune_socket(socket);
+    wire::ConnectionOptions options;
+    options.limits = protocol::kHelloLimits;
+    options.timeouts.first_frame = std::chrono::seconds(10);
+    // A registered peer heartbeats; anyone else asks and goes.
+    options.timeouts.idle = std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(30));
+    options.max_queued_bytes = 32 * 1024 * 1024;
+    auto session = std::make_shared<Session>();
+    session->connection = wire::Connection::create(std::move(socket), options);
+    sessions.insert(session);
+    std::weak_ptr<Session> weak = session;
+    session->connection->start(
+        [self = shared_from_this(), weak](std::string_view message, std::uint32_t) {
+          if (auto s = weak.lock()) self->on_frame(*s, message);
+        },
+        [self = shared_from_this(), weak](const std::string&) {
+          if (auto s = weak.lock()) self->on_close(s);
+        });
+  }
+
+  void on_close(const std::shared_ptr<Session>& session) {
+    if (session->peer) {
+      auto it = bound.find(*session->peer);
+      if (it != bound.end() && it->second.lock() == session) bound.erase(it);
+    }
+    sessions.erase(session);
+  }
+
+  void on_frame(Session& session, std::string_view message) {
+    if (!session.hello_done) {
+      try {
+        const auto hello = protocol::parse_hello(message);
+        if (hello.plane() != pb::PLANE_CENTRAL) throw Error(Errc::protocol, "this is a central server");
+      } catch (const Error& e) {
+        reply_error(session, 0, e.code(), e.what(), true);
+        return;
+      }
+      session.hello_done = true;
+      session.connection->set_limits(protocol::kCentralLimits);
+      return;
+    }
+    pb::CentralRequest request;
+    if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+      reply_error(session, 0, Errc::protocol, "malformed request", true);
+      return;
+    }
+    pb::CentralResponse response;
+    response.set_request_id(request.request_id());
+    try {
+      handle(session, request, response);
+    } catch (const Error& e) {
+      // A bad request gets an error answer; the connection stays unless the
+      // peer broke the protocol itself.
+      reply_error(session, request.request_id(), e.code(), e.what(), e.code() == Errc::protocol);
+      return;
+    } catch (const std::exception& e) {
+      log::error("central: request failed: {}", e.what());
+      reply_error(session, request.request_id(), Errc::unavailable, "internal error", false);
+      return;
+    }
+    session.connection->send(response.SerializeAsString());
+  }
+
+  void reply_error(Session& session, std::uint64_t request_id, Errc code, const std::string& text, bool close) {
+    pb::CentralResponse response;
+    response.set_request_id(request_id);
+    *response.mutable_error() = protocol::make_error(static_cast<int>(code), text);
+    if (close) {
+      session.connection->send_and_close(response.SerializeAsString(), text);
+    } else {
+      session.connection->send(response.SerializeAsString());
+    }
+  }
+
+  const PeerId& require_peer(const Session& session) {
+    if (!session.peer) throw Error(Errc::unauthorized, "register first");
+    return *session.peer;
+  }
+
+  void handle(Session& session, const pb::CentralRequest& request, pb::CentralResponse& response) {
+    const auto now = std::chrono::system_clock::now();
+    switch (request.body_case()) {
+      case pb::CentralRequest::kRegister: {
+        const auto& reg = request.register_();
+        if (reg.peer_secret().size() != 32) throw Error(Errc::bad_request, "peer secret must be 32 bytes");
+        if (reg.listen_port() == 0 || reg.listen_port() > 65535) throw Error(Errc::bad_request, "invalid listen port");
+        const auto digest = Sha256::digest(
+            std::span(reinterpret_cast<const std::uint8_t*>(reg.peer_secret().data()), reg.peer_secret().size()));
+        PeerId id;
+        std::copy_n(digest.bytes.begin(), PeerId::kSize, id.bytes.begin());
+        const std::string host = observed_host(session.connection->remote());
+        registry.upsert_peer(id, host, static_cast<std::uint16_t>(reg.listen_port()), now);
+        // The newest connection that proves the secret speaks for the peer.
+        if (auto old = bound[id].lock(); old && old.get() != &session) {
+          old->peer.reset();
+          old->connection->close("replaced by a newer registration");
+        }
+        for (const auto& s : sessions) {
+          if (s.get() == &session) bound[id] = s;
+        }
+        session.peer = id;
+        auto* out = response.mutable_registered();
+        out->set_peer_id(to_bytes(id));
+        out->set_heartbeat_interval_ms(static_cast<std::uint32_t>(config.heartbeat_interval.count()));
+        out->set_observed_host(host);
+        return;
+      }
+      case pb::CentralRequest::kAnnounce: {
+        const PeerId& peer = require_peer(session);
+        const Manifest manifest = manifest_from_wire(request.announce().manifest());
+        std::optional<Bitfield> partial;
+        if (!request.announce().bitfield().empty()) {
+          partial = Bitfield::from_wire(request.announce().bitfield(), manifest.chunk_count());
+          if (!partial) throw Error(Errc::bad_request, "bitfield does not match the manifest");
+        }
+        registry.touch_peer(peer, now);
+        registry.announce(peer, manifest, std::move(partial));
+        response.mutable_ok();
+        return;
+      }
+      case pb::CentralRequest::kWithdraw: {
+        const PeerId& peer = require_peer(session);
+        auto id = file_id_from_bytes(request.withdraw().file_id());
+        if (!id) throw Error(Errc::bad_request, "file id must be 32 bytes");
+        registry.withdraw(peer, *id);
+        response.mutable_ok();
+        return;
+      }
+      case pb::CentralRequest::kHeartbeat: {
+        const PeerId& peer = require_peer(session);
+        if (!registry.touch_peer(peer, now)) throw Error(Errc::unauthorized, "register first");
+        response.mutable_ok();
+        return;
+      }
+      case pb::CentralRequest::kListFiles: {
+        std::optional<FileId> after;
+        if (!request.list_files().after_file_id().empty()) {
+          after = file_id_from_bytes(request.list_files().after_file_id());
+          if (!after) throw Error(Errc::bad_request, "file id must be 32 bytes");
+        }
+        std::uint32_t limit = request.list_files().limit();
+        if (limit == 0 || limit > kMaxPageSize) limit = kMaxPageSize;
+        auto files = registry.list_files(after, limit + 1, now);
+        auto* out = response.mutable_file_list();
+        out->set_more(files.size() > limit);
+        if (files.size() > limit) files.resize(limit);
+        for (const auto& f : files) {
+          auto* entry = out->add_files();
+          entry->set_file_id(to_bytes(f.id));
+          entry->set_name(f.name);
+          entry->set_size(f.size);
+          entry->set_holders(f.live_holders);
+        }
+        return;
+      }
+      case pb::CentralRequest::kListPeers: {
+        std::optional<FileId> file;
+        if (!request.list_peers().file_id().empty()) {
+          file = file_id_from_bytes(request.list_peers().file_id());
+          if (!file) throw Error(Errc::bad_request, "file id must be 32 bytes");
+        }
+        auto* out = response.mutable_peer_list();
+        for (const auto& peer : registry.live_peers(file, now)) fill_peer(peer, out->add_peers());
+        return;
+      }
+      case pb::CentralRequest::kGetFile: {
+        auto id = file_id_from_bytes(request.get_file().file_id());
+        if (!id) throw Error(Errc::bad_request, "file id must be 32 bytes");
+        auto details = registry.file(*id, now);
+        if (!details) throw Error(Errc::not_found, fmt::format("unknown file id {}", to_hex(*id)));
+        auto* out = response.mutable_file();
+        manifest_to_wire(details->manifest, out->mutable_manifest());
+        for (const auto& name : details->names) out->add_names(name);
+        for (const auto& holder : details->live_holders) {
+          auto* entry = out->add_holders();
+          fill_peer(holder.peer, entry);
+          if (holder.partial) entry->set_bitfield(holder.partial->to_wire());
+        }
+        return;
+      }
+      case pb::CentralRequest::BODY_NOT_SET:
+        break;
+    }
+    throw Error(Errc::protocol, "unknown request");
+  }
+
+  void schedule_flush() {
+    flush_timer.expires_after(config.heartbeat_interval);
+    flush_timer.async_wait([self = shared_from_this()](const std::error_code& ec) {
+      if (ec || self->stopping) return;
+      try {
+        self->registry.flush_last_seen();
+      } catch (const std::exception& e) {
+        log::error("central: {}", e.what());
+      }
+      self->schedule_flush();
+    });
+  }
+};
+
+CentralServer::CentralServer(asio::io_context& io, ServerConfig config)
+    : impl_(std::make_shared<Impl>(io, std::move(config))) {}
+
+CentralServer::~CentralServer() = default;
+
+cli::Address CentralServer::start() {
+  asio::ip::tcp::resolver resolver(impl_->io);
+  std::error_code ec;
+  auto results = resolver.resolve(impl_->config.listen.host, std::to_string(impl_->config.listen.port), ec);
+  if (ec || results.empty()) {
+    throw Error(Errc::unavailable, fmt::format("cannot resolve {}: {}", impl_->config.listen.to_string(), ec.message()));
+  }
+  const auto endpoint = results.begin()->endpoint();
+  auto& acceptor = impl_->acceptor;
+  acceptor.open(endpoint.protocol());
+  acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
+  acceptor.bind(endpoint, ec);
+  if (ec) throw Error(Errc::unavailable, fmt::format("cannot listen on {}: {}", impl_->config.listen.to_string(), ec.message()));
+  acceptor.listen(asio::socket_base::max_listen_connections);
+  impl_->accept();
+  impl_->schedule_flush();
+  const auto local = acceptor.local_endpoint();
+  return cli::Address{local.address().to_string(), local.port()};
+}
+
+void CentralServer::stop() {
+  asio::post(impl_->io, [impl = impl_] {
+    if (impl->stopping) return;
+    impl->stopping = true;
+    std::error_code ignored;
+    impl->acceptor.close(ignored);
+    impl->flush_timer.cancel();
+    auto sessions = impl->sessions;
+    for (const auto& s : sessions) s->connection->close("server shutting down");
+    try {
+      impl->registry.flush_last_seen();
+    } catch (const std::exception& e) {
+      log::error("central: {}", e.what());
+    }
+  });
+}
+
+std::size_t CentralServer::connection_count() const { return impl_->sessions.size(); }
+
+}  // namespace p2pshare::central

@@ -1,0 +1,95 @@
+#include "p2pshare/cli.hpp"
+
+#include <charconv>
+#include <cstdlib>
+#include <ctime>
+
+#include <fmt/format.h>
+
+#include "p2pshare/error.hpp"
+
+namespace p2pshare::cli {
+
+std::string Address::to_string() const {
+  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
+  return fmt::format("{}:{}", host, port);
+}
+
+Address parse_address(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return Error(Errc::usage, fmt::format("malformed address '{}': {} (expected HOST:PORT)", text, why));
+  };
+  Address address;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos) throw bad("missing ']'");
+    address.host = std::string(text.substr(1, close - 1));
+    if (close + 1 >= text.size() || text[close + 1] != ':') throw bad("missing ':PORT'");
+    port_text = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) throw bad("missing ':PORT'");
+    address.host = std::string(text.substr(0, colon));
+    if (address.host.find(':') != std::string::npos) throw bad("IPv6 hosts go in brackets");
+    port_text = text.substr(colon + 1);
+  }
+  if (address.host.empty()) throw bad("empty host");
+  unsigned port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port_text.empty() || port > 65535) {
+    throw bad("port must be a number from 0 to 65535");
+  }
+  address.port = static_cast<std::uint16_t>(port);
+  return address;
+}
+
+std::uint64_t parse_rate(std::string_view text) {
+  auto bad = [&] {
+    return Error(Errc::usage, fmt::format("malformed rate '{}' (expected e.g. 16M, 500K, 0 for unlimited)", text));
+  };
+  if (text.empty()) throw bad();
+  std::uint64_t multiplier = 1;
+  switch (text.back()) {
+    case 'K': case 'k': multiplier = 1ull << 10; break;
+    case 'M': case 'm': multiplier = 1ull << 20; break;
+    case 'G': case 'g': multiplier = 1ull << 30; break;
+    default: break;
+  }
+  if (multiplier != 1) text.remove_suffix(1);
+  std::uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) throw bad();
+  if (value > (~0ull) / multiplier) throw bad();
+  return value * multiplier;
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", value, kUnits[unit]);
+}
+
+std::string rfc3339(std::chrono::system_clock::time_point time) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count();
+  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  ::gmtime_r(&seconds, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+}
+
+std::filesystem::path default_data_dir(std::string_view role) {
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg != nullptr && *xdg != '\0') {
+    return std::filesystem::path(xdg) / "p2pshare" / role;
+  }
+  const char* home = std::getenv("HOME");
+  return std::filesystem::path(home != nullptr && *home != '\0' ? home : ".") / ".local/share/p2pshare" / role;
+}
+
+}  // namespace p2pshare::cli

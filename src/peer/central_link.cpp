@@ -1,0 +1,191 @@
+#include "peer/central_link.hpp"
+
+#include <fmt/format.h>
+
+#include "p2pshare/hash.hpp"
+#include "p2pshare/log.hpp"
+#include "p2pshare/protocol.hpp"
+
+namespace p2pshare::peer {
+
+CentralLink::CentralLink(asio::io_context& io, cli::Address central, std::string secret, std::uint16_t listen_port,
+                         std::function<void()> on_registered)
+    : io_(io),
+      central_(std::move(central)),
+      secret_(std::move(secret)),
+      listen_port_(listen_port),
+      on_registered_(std::move(on_registered)),
+      timer_(io),
+      waiting_timer_(io) {
+  const auto digest =
+      Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret_.data()), secret_.size()));
+  std::copy_n(digest.bytes.begin(), PeerId::kSize, peer_id_.bytes.begin());
+}
+
+void CentralLink::start() { connect(); }
+
+void CentralLink::stop() {
+  stopped_ = true;
+  timer_.cancel();
+  waiting_timer_.cancel();
+  if (connection_) connection_->close("shutting down");
+  for (auto& w : waiting_) w.callback(std::nullopt, "shutting down");
+  waiting_.clear();
+}
+
+void CentralLink::connect() {
+  if (stopped_) return;
+  auto resolver = std::make_shared<asio::ip::tcp::resolver>(io_);
+  auto socket = std::make_shared<asio::ip::tcp::socket>(io_);
+  auto deadline = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(5));
+  deadline->async_wait([socket, resolver](const std::error_code& ec) {
+    if (!ec) {
+      resolver->cancel();
+      std::error_code ignored;
+      socket->close(ignored);
+    }
+  });
+  resolver->async_resolve(
+      central_.host, std::to_string(central_.port),
+      [self = shared_from_this(), resolver, socket, deadline](const std::error_code& ec, auto endpoints) {
+        if (ec) {
+          deadline->cancel();
+          self->last_error_ = fmt::format("cannot resolve {}: {}", self->central_.to_string(), ec.message());
+          self->retry_later();
+          return;
+        }
+        asio::async_connect(*socket, endpoints, [self, socket, deadline](const std::error_code& e, const auto&) {
+          deadline->cancel();
+          if (e) {
+            self->last_error_ = fmt::format("cannot reach the central server at {}: {}", self->central_.to_string(),
+                                            e == asio::error::operation_aborted ? "timed out" : e.message());
+            self->retry_later();
+            return;
+          }
+          self->on_connected(std::move(*socket));
+        });
+      });
+}
+
+void CentralLink::retry_later() {
+  if (stopped_) return;
+  timer_.expires_after(backoff_);
+  backoff_ = std::min<std::chrono::milliseconds>(backoff_ * 2, std::chrono::seconds(5));
+  timer_.async_wait([self = shared_from_this()](const std::error_code& ec) {
+    if (!ec) self->connect();
+  });
+}
+
+void CentralLink::on_connected(asio::ip::tcp::socket socket) {
+  if (stopped_) return;
+  wire::tune_socket(socket);
+  wire::ConnectionOptions options;
+  options.limits = protocol::kCentralLimits;
+  options.timeouts.first_frame = std::chrono::seconds(10);
+  options.timeouts.idle = std::chrono::hours(24);  // we heartbeat; silence from the server is fine
+  connection_ = wire::Connection::create(std::move(socket), options);
+  auto self = shared_from_this();
+  connection_->start([self](std::string_view message, std::uint32_t) { self->on_frame(message); },
+                     [self](const std::string& reason) { self->on_closed(reason); });
+  connection_->send(protocol::hello(pb::PLANE_CENTRAL));
+  pb::CentralRequest reg;
+  reg.mutable_register_()->set_peer_secret(secret_);
+  reg.mutable_register_()->set_listen_port(listen_port_);
+  send(std::move(reg), [self](std::optional<pb::CentralResponse> response, const std::string& error) {
+    if (!response || !response->has_registered()) {
+      self->last_error_ = response && response->has_error() ? response->error().message() : error;
+      log::warn("central server refused registration: {}", self->last_error_);
+      if (self->connection_) self->connection_->close("registration failed");
+      return;
+    }
+    self->registered_ = true;
+    self->backoff_ = std::chrono::milliseconds(250);
+    self->heartbeat_interval_ = std::chrono::milliseconds(
+        std::clamp<std::uint32_t>(response->registered().heartbeat_interval_ms(), 50, 3600000));
+    log::info("registered with the central server {} as {}", self->central_.to_string(), to_hex(self->peer_id_));
+    if (self->on_registered_) self->on_registered_();
+    auto waiting = std::move(self->waiting_);
+    self->waiting_.clear();
+    for (auto& w : waiting) self->send(std::move(w.request), std::move(w.callback));
+    self->heartbeat();
+  });
+}
+
+void CentralLink::heartbeat() {
+  timer_.expires_after(heartbeat_interval_);
+  timer_.async_wait([self = shared_from_this()](const std::error_code& ec) {
+    if (ec || self->stopped_ || !self->registered_) return;
+    pb::CentralRequest beat;
+    beat.mutable_heartbeat();
+    self->send(std::move(beat), [self](std::optional<pb::CentralResponse> response, const std::string&) {
+      // The server forgot us (its registry expired us): register afresh.
+      if (response && response->has_error() && self->connection_) self->connection_->close("heartbeat refused");
+    });
+    self->heartbeat();
+  });
+}
+
+void CentralLink::send(pb::CentralRequest request, Callback callback) {
+  if (!connection_ || connection_->closed()) {
+    callback(std::nullopt, last_error_);
+    return;
+  }
+  const auto id = next_id_++;
+  request.set_request_id(id);
+  pending_[id] = std::move(callback);
+  connection_->send(request.SerializeAsString());
+}
+
+void CentralLink::request(pb::CentralRequest request, Callback callback, std::chrono::milliseconds wait) {
+  if (registered_) {
+    send(std::move(request), std::move(callback));
+    return;
+  }
+  if (stopped_ || wait.count() <= 0) {
+    callback(std::nullopt, last_error_);
+    return;
+  }
+  waiting_.push_back({std::move(request), std::move(callback), std::chrono::steady_clock::now() + wait});
+  waiting_timer_.expires_after(wait);
+  waiting_timer_.async_wait([self = shared_from_this()](const std::error_code& ec) {
+    if (ec) return;
+    const auto now = std::chrono::steady_clock::now();
+    while (!self->waiting_.empty() && self->waiting_.front().deadline <= now) {
+      auto w = std::move(self->waiting_.front());
+      self->waiting_.pop_front();
+      w.callback(std::nullopt, self->last_error_);
+    }
+  });
+}
+
+void CentralLink::on_frame(std::string_view message) {
+  pb::CentralResponse response;
+  if (!response.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+    connection_->close("malformed answer from the central server");
+    return;
+  }
+  auto it = pending_.find(response.request_id());
+  if (it == pending_.end()) {
+    if (response.has_error()) log::warn("central server: {}", response.error().message());
+    return;
+  }
+  auto callback = std::move(it->second);
+  pending_.erase(it);
+  callback(std::move(response), "");
+}
+
+void CentralLink::on_closed(const std::string& reason) {
+  const bool was_registered = registered_;
+  registered_ = false;
+  if (was_registered) {
+    last_error_ = fmt::format("lost the central server at {}: {}", central_.to_string(), reason);
+    log::warn("{}", last_error_);
+  }
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [id, callback] : pending) callback(std::nullopt, last_error_);
+  timer_.cancel();
+  retry_later();
+}
+
+}  // namespace p2pshare::peer

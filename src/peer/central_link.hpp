@@ -1,0 +1,76 @@
+// The peer-server's one connection to the central server. It registers with
+// the peer's secret (so the registration is bound to this connection and to
+// a proof, not a claimed id), heartbeats, and on every (re)connect calls
+// on_registered so the server re-announces everything it holds: a restarted
+// central server is refilled without anyone's help.
+//
+// Threading: network thread only.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <asio.hpp>
+
+#include "central.pb.h"
+#include "p2pshare/cli.hpp"
+#include "p2pshare/types.hpp"
+#include "p2pshare/wire.hpp"
+
+namespace p2pshare::peer {
+
+class CentralLink : public std::enable_shared_from_this<CentralLink> {
+ public:
+  // response is nullopt on failure, with `error` saying why in one line.
+  using Callback = std::function<void(std::optional<pb::CentralResponse> response, const std::string& error)>;
+
+  CentralLink(asio::io_context& io, cli::Address central, std::string secret, std::uint16_t listen_port,
+              std::function<void()> on_registered);
+  void start();
+  void stop();
+  // Sends now if registered; else waits up to `wait` for the registration.
+  void request(pb::CentralRequest request, Callback callback,
+               std::chrono::milliseconds wait = std::chrono::seconds(5));
+  bool registered() const { return registered_; }
+  const PeerId& peer_id() const { return peer_id_; }
+  const cli::Address& address() const { return central_; }
+
+ private:
+  void connect();
+  void on_connected(asio::ip::tcp::socket socket);
+  void on_frame(std::string_view message);
+  void on_closed(const std::string& reason);
+  void send(pb::CentralRequest request, Callback callback);
+  void heartbeat();
+  void retry_later();
+
+  asio::io_context& io_;
+  cli::Address central_;
+  std::string secret_;
+  std::uint16_t listen_port_;
+  std::function<void()> on_registered_;
+  PeerId peer_id_;
+  std::shared_ptr<wire::Connection> connection_;
+  asio::steady_timer timer_;  // reconnect backoff or heartbeat
+  std::chrono::milliseconds heartbeat_interval_{10000};
+  std::chrono::milliseconds backoff_{250};
+  bool registered_ = false;
+  bool stopped_ = false;
+  std::uint64_t next_id_ = 1;
+  std::map<std::uint64_t, Callback> pending_;
+  struct Waiting {
+    pb::CentralRequest request;
+    Callback callback;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::deque<Waiting> waiting_;
+  asio::steady_timer waiting_timer_;
+  std::string last_error_ = "not connected yet";
+};
+
+}  // namespace p2pshare::peer

@@ -1,0 +1,456 @@
+#include "p2pshare/peer_server.hpp"
+
+#include <sys/stat.h>
+
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "control.pb.h"
+#include "p2pshare/error.hpp"
+#include "p2pshare/hash.hpp"
+#include "p2pshare/log.hpp"
+#include "p2pshare/protocol.hpp"
+#include "peer/central_link.hpp"
+#include "peer/state.hpp"
+#include "peer/swarm.hpp"
+
+namespace p2pshare::peer {
+namespace {
+
+constexpr std::size_t kSecretSize = 32;
+
+std::string encode(const pb::ControlResponse& response) { return response.SerializeAsString(); }
+
+pb::ControlResponse error_response(Errc code, const std::string& text) {
+  pb::ControlResponse response;
+  *response.mutable_error() = protocol::make_error(static_cast<int>(code), text);
+  return response;
+}
+
+}  // namespace
+
+std::filesystem::path cookie_path(const std::filesystem::path& data_dir) { return data_dir / "control.cookie"; }
+
+struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
+  Impl(asio::io_context& io_context, PeerConfig cfg)
+      : io(io_context),
+        config(std::move(cfg)),
+        acceptor(io),
+        disk(config.disk_threads != 0 ? config.disk_threads : std::max(2u, std::thread::hardware_concurrency())) {}
+
+  asio::io_context& io;
+  PeerConfig config;
+  asio::ip::tcp::acceptor acceptor;
+  asio::thread_pool disk;
+  std::unique_ptr<PeerState> state;
+  std::string cookie;
+  std::unique_ptr<Services> services;
+  std::map<FileId, std::shared_ptr<Swarm>> swarms;
+  std::set<std::shared_ptr<wire::Connection>> connections;  // every accepted one, until it closes
+  cli::Address bound;
+  bool stopping = false;
+
+  std::string secret;
+
+  void load() {
+    std::filesystem::create_directories(config.data_dir);
+    ::chmod(config.data_dir.c_str(), 0700);
+    secret = load_or_create_secret(config.data_dir / "peer.key", kSecretSize);
+    const std::string raw_cookie = load_or_create_secret(cookie_path(config.data_dir), kSecretSize);
+    cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw_cookie.data()), raw_cookie.size()));
+    state = std::make_unique<PeerState>(config.data_dir);
+  }
+
+  // After bind: the central server must be told the port we really listen on.
+  void make_services(std::uint16_t port) {
+    auto central = std::make_shared<CentralLink>(io, config.central, secret, port, [weak = weak_from_this()] {
+      if (auto self = weak.lock()) self->announce_all();
+    });
+    services = std::unique_ptr<Services>(new Services{
+        io, disk, *state, central, std::make_shared<TokenBucket>(io, config.upload_limit),
+        std::make_shared<TokenBucket>(io, config.download_limit), std::make_shared<BufferPool>(), central->peer_id(),
+        config.sched});
+    services->holder_refresh = config.holder_refresh;
+  }
+
+  void announce_all() {
+    for (const auto& [id, swarm] : swarms) {
+      if (swarm->complete() || swarm->downloading()) {
+        services->central->request(swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+      }
+    }
+  }
+
+  std::shared_ptr<Swarm> lookup(const FileId& id) {
+    auto it = swarms.find(id);
+    return it == swarms.end() ? nullptr : it->second;
+  }
+
+  void accept() {
+    acceptor.async_accept([self = shared_from_this()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+      if (self->stopping) return;
+      if (!ec) self->on_accept(std::move(socket));
+      self->accept();
+    });
+  }
+
+  void on_accept(asio::ip::tcp::socket socket) {
+    if (connections.size() >= config.max_connections) {
+      std::error_code ignored;
+      socket.close(ignored);
+      return;
+    }
+    wire::tune_socket(socket);
+    wire::ConnectionOptions options;
+    options.limits = protocol::kHelloLimits;
+    options.timeouts.first_frame = std::chrono::seconds(10);
+    auto connection = wire::Connection::create(std::move(socket), options);
+    connections.insert(connection);
+    std::weak_ptr<wire::Connection> weak = connection;
+    auto forget = [self = shared_from_this(), weak](const std::string&) {
+      if (auto c = weak.lock()) self->connections.erase(c);
+    };
+    connection->start(
+        [self = shared_from_this(), weak, forget](std::string_view message, std::uint32_t) {
+          auto c = weak.lock();
+          if (!c) return;
+          pb::Hello hello;
+          try {
+            hello = protocol::parse_hello(message);
+          } catch (const Error& e) {
+            c->close(e.what());
+            return;
+          }
+          if (hello.plane() == pb::PLANE_PEER) {
+            auto link = PeerLink::accept(*self->services, c, [self](const FileId& id) { return self->lookup(id); },
+                                         message);
+            // The link took the close handler; keep counting the connection.
+            return;
+          }
+          if (hello.plane() == pb::PLANE_CONTROL) {
+            self->start_control(c, hello);
+            return;
+          }
+          c->close("unknown plane");
+        },
+        forget);
+  }
+
+  // --- control plane -----------------------------------------------------
+
+  void start_control(const std::shared_ptr<wire::Connection>& c, const pb::Hello& hello) {
+    const auto& given = hello.cookie();
+    if (!constant_time_equal(std::span(reinterpret_cast<const std::uint8_t*>(given.data()), given.size()),
+                             std::span(reinterpret_cast<const std::uint8_t*>(cookie.data()), cookie.size()))) {
+      log::warn("refused a control connection from {}: wrong cookie", c->remote().address().to_string());
+      c->send_and_close(encode(error_response(Errc::unauthorized,
+                                              "not authorized: the control cookie does not match (is --data-dir the "
+                                              "peer-server's?)")),
+                        "bad cookie");
+      return;
+    }
+    c->set_limits(protocol::kControlLimits);
+    std::weak_ptr<wire::Connection> weak = c;
+    c->start(
+        [self = shared_from_this(), weak](std::string_view message, std::uint32_t) {
+          auto conn = weak.lock();
+          if (!conn) return;
+          pb::ControlRequest request;
+          if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
+            conn->send_and_close(encode(error_response(Errc::protocol, "malformed control request")), "malformed");
+            return;
+          }
+          self->handle_control(conn, request);
+        },
+        [self = shared_from_this(), weak](const std::string&) {
+          if (auto conn = weak.lock()) self->connections.erase(conn);
+        });
+    pb::ControlResponse accepted;
+    accepted.mutable_done();
+    c->send(encode(accepted));
+  }
+
+  void handle_control(const std::shared_ptr<wire::Connection>& c, const pb::ControlRequest& request) {
+    try {
+      switch (request.body_case()) {
+        case pb::ControlRequest::kRegisterFile:
+          return register_file(c, request.register_file().path());
+        case pb::ControlRequest::kRequestFile:
+          return request_file(c, request.request_file());
+        case pb::ControlRequest::kStopSharing:
+          return stop_sharing(c, request.stop_sharing().file_id());
+        case pb::ControlRequest::kStatus:
+          return status(c);
+        case pb::ControlRequest::BODY_NOT_SET:
+          break;
+      }
+      throw Error(Errc::protocol, "unknown control request");
+    } catch (const Error& e) {
+      c->send(encode(error_response(e.code(), e.what())));
+    }
+  }
+
+  void register_file(const std::shared_ptr<wire::Connection>& c, const std::string& path_text) {
+    const std::filesystem::path path(path_text);
+    if (!path.is_absolute()) throw Error(Errc::bad_request, "the path must be absolute");
+    // Hashing a large file takes seconds: off the network thread.
+    auto self = shared_from_this();
+    asio::post(disk, [self, c, path] {
+      std::optional<Manifest> manifest;
+      std::string error;
+      Errc code = Errc::io;
+      try {
+        manifest = build_manifest(path, 0);
+      } catch (const Error& e) {
+        error = e.what();
+        code = e.code();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      asio::post(self->io, [self, c, path, manifest = std::move(manifest), error, code]() mutable {
+        if (!manifest) return c->send(encode(error_response(code, error)));
+        self->add_shared(c, path, std::move(*manifest));
+      });
+    });
+  }
+
+  void add_shared(const std::shared_ptr<wire::Connection>& c, const std::filesystem::path& path, Manifest manifest) {
+    const FileId id = manifest.file_id();
+    auto existing = lookup(id);
+    if (existing && existing->downloading()) {
+      // We were downloading these very bytes: the local copy wins.
+      existing->shutdown(false);
+      state->remove_download(id);
+      swarms.erase(id);
+      existing.reset();
+    }
+    try {
+      state->put_shared(SharedRecord{manifest, path, existing ? existing->uploaded() : 0});
+    } catch (const Error& e) {
+      return c->send(encode(error_response(e.code(), e.what())));
+    }
+    if (existing) existing->shutdown(false);
+    auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
+    swarms[id] = swarm;
+    services->central->request(swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+    log::info("sharing {} as {}", path.string(), to_hex(id));
+    pb::ControlResponse response;
+    auto* out = response.mutable_registered();
+    out->set_file_id(to_bytes(id));
+    out->set_name(manifest.name);
+    out->set_size(manifest.size);
+    out->set_chunk_size(manifest.chunk_size);
+    out->set_chunks(manifest.chunk_count());
+    c->send(encode(response));
+  }
+
+  void request_file(const std::shared_ptr<wire::Connection>& c, const pb::RequestFile& request) {
+    auto id = file_id_from_bytes(request.file_id());
+    if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
+    std::filesystem::path out(request.out_path());
+    if (!out.empty() && (!out.is_absolute() || !out.has_filename())) {
+      throw Error(Errc::bad_request, "--out must name a file");
+    }
+    auto swarm = lookup(*id);
+    if (swarm && swarm->complete() && !swarm->downloading()) {
+      if (!out.empty() && out != swarm->path()) {
+        throw Error(Errc::bad_request, fmt::format("this peer already has the file at {}", swarm->path().string()));
+      }
+      pb::ControlResponse response;
+      auto* done = response.mutable_downloaded();
+      done->set_file_id(to_bytes(*id));
+      done->set_path(swarm->path().string());
+      done->set_size(swarm->manifest().size);
+      c->send(encode(response));
+      return;
+    }
+    if (swarm) {
+      watch(c, swarm);
+      swarm->start_download(request.wait_for_holders());
+      return;
+    }
+    // A new download: the manifest comes from the central server, and is
+    // checked against the id we asked for before anything is trusted.
+    pb::CentralRequest get;
+    get.mutable_get_file()->set_file_id(to_bytes(*id));
+    auto self = shared_from_this();
+    services->central->request(std::move(get), [self, c, id = *id, out, request](auto response, const std::string& error) {
+      if (!response) {
+        return c->send(encode(error_response(Errc::unavailable, error)));
+      }
+      if (response->has_error()) {
+        const auto code = response->error().code() == pb::ERROR_NOT_FOUND ? Errc::not_found : Errc::unavailable;
+        return c->send(encode(error_response(code, fmt::format("the central server knows no file {}", to_hex(id)))));
+      }
+      if (!response->has_file()) return c->send(encode(error_response(Errc::protocol, "unexpected answer")));
+      Manifest manifest;
+      try {
+        manifest = manifest_from_wire(response->file().manifest());
+      } catch (const Error& e) {
+        return c->send(encode(error_response(Errc::verification, std::string("bad metadata: ") + e.what())));
+      }
+      if (manifest.file_id() != id) {
+        return c->send(encode(error_response(Errc::verification, "the central server's metadata does not match the file id")));
+      }
+      if (auto again = self->lookup(id)) {  // started meanwhile by another request
+        self->watch(c, again);
+        again->start_download(request.wait_for_holders());
+        return;
+      }
+      DownloadRecord record;
+      const std::string safe = store::sanitize_name(manifest.name, to_hex(id));
+      manifest.name = safe;
+      record.manifest = std::move(manifest);
+      if (out.empty()) {
+        record.directory = self->config.download_dir;
+        record.destination = self->config.download_dir / safe;
+        record.replace = false;
+      } else {
+        record.directory = out.parent_path();
+        record.destination = out;
+        record.replace = true;
+      }
+      record.have = Bitfield(record.manifest.chunk_count());
+      auto swarm = Swarm::download(*self->services, std::move(record));
+      self->swarms[id] = swarm;
+      self->watch(c, swarm);
+      swarm->start_download(request.wait_for_holders());
+    });
+  }
+
+  void watch(const std::shared_ptr<wire::Connection>& c, const std::shared_ptr<Swarm>& swarm) {
+    std::weak_ptr<wire::Connection> weak = c;
+    Observer observer;
+    observer.progress = [weak](const pb::Progress& progress) {
+      auto conn = weak.lock();
+      // A client that does not read its progress does not get more of it.
+      if (!conn || conn->closed() || conn->queued_bytes() > 64 * 1024) return;
+      pb::ControlResponse response;
+      *response.mutable_progress() = progress;
+      conn->send(encode(response));
+    };
+    observer.finished = [weak](const pb::Downloaded* done, const std::string& error) {
+      auto conn = weak.lock();
+      if (!conn || conn->closed()) return;
+      if (done == nullptr) {
+        const Errc code = error.find("disk is full") != std::string::npos || error.find("cannot") == 0 ? Errc::io
+                                                                                                         : Errc::no_holders;
+        conn->send(encode(error_response(code, error)));
+        return;
+      }
+      pb::ControlResponse response;
+      *response.mutable_downloaded() = *done;
+      conn->send(encode(response));
+    };
+    swarm->add_observer(std::move(observer));
+  }
+
+  void stop_sharing(const std::shared_ptr<wire::Connection>& c, const std::string& raw_id) {
+    auto id = file_id_from_bytes(raw_id);
+    if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
+    auto swarm = lookup(*id);
+    if (!swarm) throw Error(Errc::not_found, fmt::format("this peer does not share {}", to_hex(*id)));
+    const bool was_download = swarm->downloading() || !swarm->complete();
+    swarm->shutdown(true);
+    swarms.erase(*id);
+    if (!was_download) state->remove_shared(*id);
+    // A stopped download keeps its partial data and resume state: a later
+    // request-file picks it up.
+    pb::CentralRequest withdraw;
+    withdraw.mutable_withdraw()->set_file_id(to_bytes(*id));
+    services->central->request(std::move(withdraw), [](auto, const std::string&) {}, std::chrono::seconds(0));
+    pb::ControlResponse response;
+    response.mutable_done();
+    c->send(encode(response));
+  }
+
+  void status(const std::shared_ptr<wire::Connection>& c) {
+    pb::ControlResponse response;
+    auto* out = response.mutable_status();
+    out->set_peer_id(to_bytes(services->self));
+    out->set_listen_addr(bound.to_string());
+    out->set_central_connected(services->central->registered());
+    for (const auto& [id, swarm] : swarms) {
+      if (swarm->complete() && !swarm->downloading()) {
+        auto* shared = out->add_shared();
+        shared->set_file_id(to_bytes(id));
+        shared->set_name(swarm->manifest().name);
+        shared->set_path(swarm->path().string());
+        shared->set_size(swarm->manifest().size);
+        shared->set_uploaded(swarm->uploaded());
+      } else {
+        auto* download = out->add_downloads();
+        download->set_file_id(to_bytes(id));
+        download->set_name(swarm->manifest().name);
+        download->set_path(swarm->path().string());
+        download->set_size(swarm->manifest().size);
+        download->set_have_bytes(swarm->have_bytes());
+        download->set_peers(static_cast<std::uint32_t>(swarm->link_count()));
+        download->set_state(swarm->state_text());
+        download->set_bytes_received(swarm->bytes_received());
+      }
+    }
+    c->send(encode(response));
+  }
+};
+
+PeerServer::PeerServer(asio::io_context& io, PeerConfig config) : impl_(std::make_shared<Impl>(io, std::move(config))) {}
+
+PeerServer::~PeerServer() {
+  impl_->disk.join();
+}
+
+cli::Address PeerServer::start() {
+  auto& impl = *impl_;
+  impl.load();
+  asio::ip::tcp::resolver resolver(impl.io);
+  std::error_code ec;
+  auto results = resolver.resolve(impl.config.listen.host, std::to_string(impl.config.listen.port), ec);
+  if (ec || results.empty()) {
+    throw Error(Errc::unavailable, fmt::format("cannot resolve {}: {}", impl.config.listen.to_string(), ec.message()));
+  }
+  const auto endpoint = results.begin()->endpoint();
+  impl.acceptor.open(endpoint.protocol());
+  impl.acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
+  impl.acceptor.bind(endpoint, ec);
+  if (ec) throw Error(Errc::unavailable, fmt::format("cannot listen on {}: {}", impl.config.listen.to_string(), ec.message()));
+  impl.acceptor.listen(asio::socket_base::max_listen_connections);
+  const auto local = impl.acceptor.local_endpoint();
+  impl.bound = cli::Address{local.address().to_string(), local.port()};
+
+  impl.make_services(local.port());
+  for (auto& record : impl.state->shared_files()) {
+    const FileId id = record.manifest.file_id();
+    impl.swarms[id] = Swarm::seed(*impl.services, std::move(record.manifest), record.path, record.uploaded);
+  }
+  std::vector<std::shared_ptr<Swarm>> resumed;
+  for (auto& record : impl.state->downloads()) {
+    const FileId id = record.manifest.file_id();
+    if (impl.swarms.count(id)) continue;
+    auto swarm = Swarm::download(*impl.services, std::move(record));
+    impl.swarms[id] = swarm;
+    resumed.push_back(swarm);
+  }
+  impl.accept();
+  impl.services->central->start();
+  // Unfinished downloads go on by themselves.
+  for (const auto& swarm : resumed) swarm->start_download(false);
+  return impl.bound;
+}
+
+void PeerServer::stop() {
+  asio::post(impl_->io, [impl = impl_] {
+    if (impl->stopping) return;
+    impl->stopping = true;
+    std::error_code ignored;
+    impl->acceptor.close(ignored);
+    for (const auto& [id, swarm] : impl->swarms) swarm->shutdown(true);
+    auto connections = impl->connections;
+    for (const auto& c : connections) c->close("server shutting down");
+    if (impl->services) impl->services->central->stop();
+  });
+}
+
+}  // namespace p2pshare::peer

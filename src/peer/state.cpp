@@ -1,0 +1,194 @@
+#include "peer/state.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "p2pshare/error.hpp"
+#include "p2pshare/hash.hpp"
+
+namespace p2pshare::peer {
+namespace {
+
+constexpr std::int64_t kSchemaVersion = 1;
+
+FileId id_from_blob(std::span<const std::uint8_t> blob) {
+  FileId id;
+  if (blob.size() == id.bytes.size()) std::memcpy(id.bytes.data(), blob.data(), blob.size());
+  return id;
+}
+
+}  // namespace
+
+std::string encode_hashes(const Manifest& manifest) {
+  std::string out;
+  out.reserve(manifest.chunk_hashes.size() * Sha256Digest::kSize);
+  for (const auto& h : manifest.chunk_hashes) out.append(reinterpret_cast<const char*>(h.bytes.data()), h.bytes.size());
+  return out;
+}
+
+void decode_hashes(std::span<const std::uint8_t> blob, Manifest& manifest) {
+  const std::uint64_t count = chunk_count_for(manifest.size, manifest.chunk_size);
+  if (blob.size() != count * Sha256Digest::kSize) throw Error(Errc::io, "peer state: corrupt chunk hash list");
+  manifest.chunk_hashes.resize(count);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    std::memcpy(manifest.chunk_hashes[i].bytes.data(), blob.data() + i * Sha256Digest::kSize, Sha256Digest::kSize);
+  }
+}
+
+std::string load_or_create_secret(const std::filesystem::path& path, std::size_t size) {
+  store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (file) {
+    std::string secret(size, '\0');
+    const ssize_t n = ::read(file.get(), secret.data(), size);
+    if (n != static_cast<ssize_t>(size)) throw Error(Errc::io, fmt::format("{} is damaged: remove it to make a new one", path.string()));
+    return secret;
+  }
+  std::string secret(size, '\0');
+  random_bytes(std::span(reinterpret_cast<std::uint8_t*>(secret.data()), size));
+  // Written under a temporary name and renamed: a crash never leaves half a key.
+  const auto temp = path.string() + ".tmp";
+  store::FileHandle out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, std::strerror(errno)));
+  if (::write(out.get(), secret.data(), size) != static_cast<ssize_t>(size) || ::fsync(out.get()) != 0 ||
+      ::rename(temp.c_str(), path.c_str()) != 0) {
+    throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), std::strerror(errno)));
+  }
+  return secret;
+}
+
+PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "peer.db", "peer state") {
+  db_.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;", "configure");
+  const auto version = db_.user_version();
+  if (version > kSchemaVersion) {
+    throw Error(Errc::io, fmt::format("{} was written by a newer p2pshare (schema {})", (data_dir / "peer.db").string(), version));
+  }
+  if (version < kSchemaVersion) {
+    db_.exec(R"sql(
+      CREATE TABLE IF NOT EXISTS shared (
+        file_id BLOB PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+        chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL, uploaded INTEGER NOT NULL DEFAULT 0);
+      CREATE TABLE IF NOT EXISTS downloads (
+        file_id BLOB PRIMARY KEY, name TEXT NOT NULL, directory TEXT NOT NULL, destination TEXT NOT NULL,
+        replace INTEGER NOT NULL, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL,
+        have BLOB NOT NULL, clean INTEGER NOT NULL DEFAULT 0, part_size INTEGER NOT NULL DEFAULT 0,
+        part_mtime_ns INTEGER NOT NULL DEFAULT 0);
+    )sql", "create schema");
+    db_.set_user_version(kSchemaVersion);
+  }
+  put_shared_ = db_.prepare(
+      "INSERT INTO shared (file_id, name, path, size, chunk_size, hashes, uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0) "
+      "ON CONFLICT(file_id) DO UPDATE SET name = excluded.name, path = excluded.path",
+      "save shared file");
+  remove_shared_ = db_.prepare("DELETE FROM shared WHERE file_id = ?1", "remove shared file");
+  add_uploaded_ = db_.prepare("UPDATE shared SET uploaded = uploaded + ?2 WHERE file_id = ?1", "count upload");
+  put_download_ = db_.prepare(
+      "INSERT OR REPLACE INTO downloads (file_id, name, directory, destination, replace, size, chunk_size, hashes, "
+      "have, clean, part_size, part_mtime_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+      "save download");
+  update_resume_ = db_.prepare(
+      "UPDATE downloads SET have = ?2, clean = ?3, part_size = ?4, part_mtime_ns = ?5 WHERE file_id = ?1",
+      "save resume state");
+  remove_download_ = db_.prepare("DELETE FROM downloads WHERE file_id = ?1", "remove download");
+}
+
+std::vector<SharedRecord> PeerState::shared_files() {
+  auto query = db_.prepare("SELECT file_id, name, path, size, chunk_size, hashes, uploaded FROM shared", "load shared files");
+  std::vector<SharedRecord> out;
+  while (query.step()) {
+    SharedRecord r;
+    r.manifest.name = std::string(query.column_text(1));
+    r.path = std::string(query.column_text(2));
+    r.manifest.size = static_cast<std::uint64_t>(query.column_int(3));
+    r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(4));
+    decode_hashes(query.column_blob(5), r.manifest);
+    r.uploaded = static_cast<std::uint64_t>(query.column_int(6));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+void PeerState::put_shared(const SharedRecord& r) {
+  const FileId id = r.manifest.file_id();
+  put_shared_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
+      .bind_text(2, r.manifest.name)
+      .bind_text(3, r.path.string())
+      .bind_int(4, static_cast<std::int64_t>(r.manifest.size))
+      .bind_int(5, r.manifest.chunk_size)
+      .bind_blob(6, encode_hashes(r.manifest));
+  put_shared_.run();
+}
+
+void PeerState::remove_shared(const FileId& id) {
+  remove_shared_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
+  remove_shared_.run();
+}
+
+void PeerState::add_uploaded(const FileId& id, std::uint64_t bytes) {
+  add_uploaded_.bind_blob(1, std::span<const std::uint8_t>(id.bytes)).bind_int(2, static_cast<std::int64_t>(bytes));
+  add_uploaded_.run();
+}
+
+std::vector<DownloadRecord> PeerState::downloads() {
+  auto query = db_.prepare(
+      "SELECT name, directory, destination, replace, size, chunk_size, hashes, have, clean, part_size, part_mtime_ns "
+      "FROM downloads",
+      "load downloads");
+  std::vector<DownloadRecord> out;
+  while (query.step()) {
+    DownloadRecord r;
+    r.manifest.name = std::string(query.column_text(0));
+    r.directory = std::string(query.column_text(1));
+    r.destination = std::string(query.column_text(2));
+    r.replace = query.column_int(3) != 0;
+    r.manifest.size = static_cast<std::uint64_t>(query.column_int(4));
+    r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(5));
+    decode_hashes(query.column_blob(6), r.manifest);
+    const auto have = query.column_blob(7);
+    auto bits = Bitfield::from_wire(std::string_view(reinterpret_cast<const char*>(have.data()), have.size()),
+                                    r.manifest.chunk_count());
+    // Resume state that does not fit the manifest is not trusted at all.
+    r.have = bits ? *bits : Bitfield(r.manifest.chunk_count());
+    r.clean = bits && query.column_int(8) != 0;
+    r.stamp = {static_cast<std::uint64_t>(query.column_int(9)), query.column_int(10)};
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+void PeerState::put_download(const DownloadRecord& r) {
+  const FileId id = r.manifest.file_id();
+  put_download_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
+      .bind_text(2, r.manifest.name)
+      .bind_text(3, r.directory.string())
+      .bind_text(4, r.destination.string())
+      .bind_int(5, r.replace ? 1 : 0)
+      .bind_int(6, static_cast<std::int64_t>(r.manifest.size))
+      .bind_int(7, r.manifest.chunk_size)
+      .bind_blob(8, encode_hashes(r.manifest))
+      .bind_blob(9, r.have.to_wire())
+      .bind_int(10, r.clean ? 1 : 0)
+      .bind_int(11, static_cast<std::int64_t>(r.stamp.size))
+      .bind_int(12, r.stamp.mtime_ns);
+  put_download_.run();
+}
+
+void PeerState::update_resume(const FileId& id, const Bitfield& have, bool clean, const store::FileStamp& stamp) {
+  update_resume_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
+      .bind_blob(2, have.to_wire())
+      .bind_int(3, clean ? 1 : 0)
+      .bind_int(4, static_cast<std::int64_t>(stamp.size))
+      .bind_int(5, stamp.mtime_ns);
+  update_resume_.run();
+}
+
+void PeerState::remove_download(const FileId& id) {
+  remove_download_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
+  remove_download_.run();
+}
+
+}  // namespace p2pshare::peer

@@ -1,0 +1,63 @@
+// What a peer-server keeps under --data-dir so a restart loses nothing:
+// its secret (peer.key), the owner's cookie (control.cookie), and in
+// peer.db (SQLite) the files it shares and its unfinished downloads with
+// their resume state.
+//
+// Threading: owned by the network thread; SQLite is called only there.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "p2pshare/bitfield.hpp"
+#include "p2pshare/manifest.hpp"
+#include "p2pshare/sqlite.hpp"
+#include "p2pshare/store.hpp"
+
+namespace p2pshare::peer {
+
+struct SharedRecord {
+  Manifest manifest;
+  std::filesystem::path path;
+  std::uint64_t uploaded = 0;
+};
+
+struct DownloadRecord {
+  Manifest manifest;
+  std::filesystem::path directory;    // where the partial file lives
+  std::filesystem::path destination;  // where the finished file goes
+  bool replace = false;               // --out given: overwrite what is there
+  Bitfield have;                      // chunks verified and synced
+  bool clean = false;                 // last stop was orderly and the stamp matches
+  store::FileStamp stamp;
+};
+
+// Reads or creates a 0600 file of `size` random bytes.
+std::string load_or_create_secret(const std::filesystem::path& path, std::size_t size);
+
+class PeerState {
+ public:
+  explicit PeerState(const std::filesystem::path& data_dir);
+
+  std::vector<SharedRecord> shared_files();
+  void put_shared(const SharedRecord& record);
+  void remove_shared(const FileId& id);
+  void add_uploaded(const FileId& id, std::uint64_t bytes);
+
+  std::vector<DownloadRecord> downloads();
+  void put_download(const DownloadRecord& record);
+  void update_resume(const FileId& id, const Bitfield& have, bool clean, const store::FileStamp& stamp);
+  void remove_download(const FileId& id);
+
+ private:
+  sqlite::Database db_;
+  sqlite::Statement put_shared_, remove_shared_, add_uploaded_, put_download_, update_resume_, remove_download_;
+};
+
+std::string encode_hashes(const Manifest& manifest);
+void decode_hashes(std::span<const std::uint8_t> blob, Manifest& manifest);
+
+}  // namespace p2pshare::peer

@@ -1,0 +1,168 @@
+#include "p2pshare/store.hpp"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "p2pshare/error.hpp"
+
+namespace p2pshare::store {
+namespace {
+
+Error io_error(const std::string& what, int err) {
+  if (err == ENOSPC) return Error(Errc::io, fmt::format("{}: the disk is full", what));
+  return Error(err == ENOENT ? Errc::not_found : Errc::io, fmt::format("{}: {}", what, std::strerror(err)));
+}
+
+}  // namespace
+
+std::string sanitize_name(std::string_view name, std::string_view fallback) {
+  // Only the last component of whatever path the sender wrote: both slash
+  // kinds count as separators, so "..\\..\\x" and "/etc/passwd" lose their way out.
+  const auto cut = name.find_last_of("/\\");
+  if (cut != std::string_view::npos) name = name.substr(cut + 1);
+  std::string out;
+  out.reserve(name.size());
+  for (char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) continue;  // NUL and control bytes
+    out.push_back(c);
+  }
+  while (!out.empty() && (out.front() == '.' || out.front() == ' ')) out.erase(out.begin());
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  if (out.size() > kMaxNameLength) {
+    std::size_t end = kMaxNameLength;
+    // Do not split a UTF-8 sequence: back up over continuation bytes.
+    while (end > 0 && (static_cast<unsigned char>(out[end]) & 0xc0) == 0x80) --end;
+    out.resize(end);
+  }
+  if (out.empty()) out = std::string(fallback);
+  return out;
+}
+
+FileHandle::~FileHandle() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+FileHandle& FileHandle::operator=(FileHandle&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+void pread_exact(int fd, std::span<std::uint8_t> out, std::uint64_t offset, const std::string& what) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw io_error("cannot read " + what, errno);
+    if (n == 0) throw Error(Errc::io, fmt::format("cannot read {}: the file is shorter than registered", what));
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+void pwrite_exact(int fd, std::span<const std::uint8_t> data, std::uint64_t offset, const std::string& what) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw io_error("cannot write " + what, errno);
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+FileStamp stamp_of(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return {};
+  return {static_cast<std::uint64_t>(st.st_size),
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+ChunkReader::ChunkReader(std::filesystem::path path, std::uint64_t expected_size) : path_(std::move(path)) {
+  file_ = FileHandle(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!file_) throw io_error("cannot open " + path_.string(), errno);
+  const auto stamp = stamp_of(file_.get());
+  if (stamp.size != expected_size) {
+    throw Error(Errc::io, fmt::format("{} changed size since it was registered ({} bytes, was {})",
+                                      path_.string(), stamp.size, expected_size));
+  }
+}
+
+void ChunkReader::read(std::uint64_t offset, std::span<std::uint8_t> out) const {
+  pread_exact(file_.get(), out, offset, path_.string());
+}
+
+std::filesystem::path PartialFile::path_for(const std::filesystem::path& directory, const FileId& id) {
+  return directory / (".p2pshare-" + to_hex(id) + ".part");
+}
+
+PartialFile::PartialFile(const std::filesystem::path& directory, const FileId& id, std::uint64_t size)
+    : path_(path_for(directory, id)), size_(size) {
+  int fd = ::open(path_.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0 && errno == ENOENT) {
+    fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    created_ = fd >= 0;
+  }
+  if (fd < 0) throw io_error("cannot create " + path_.string(), errno);
+  file_ = FileHandle(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    throw Error(Errc::io, fmt::format("{} is not a regular file", path_.string()));
+  }
+  if (static_cast<std::uint64_t>(st.st_size) != size_) {
+    // A partial file of the wrong size holds nothing we can trust.
+    if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(size_)) != 0) {
+      throw io_error("cannot size " + path_.string(), errno);
+    }
+    created_ = true;
+  }
+}
+
+void PartialFile::write(std::uint64_t offset, std::span<const std::uint8_t> data) const {
+  pwrite_exact(file_.get(), data, offset, path_.string());
+}
+
+void PartialFile::read(std::uint64_t offset, std::span<std::uint8_t> out) const {
+  pread_exact(file_.get(), out, offset, path_.string());
+}
+
+void PartialFile::sync() const {
+  if (::fdatasync(file_.get()) != 0) throw io_error("cannot sync " + path_.string(), errno);
+}
+
+std::filesystem::path PartialFile::finish(const std::filesystem::path& destination, bool replace) {
+  if (::fsync(file_.get()) != 0) throw io_error("cannot sync " + path_.string(), errno);
+  std::filesystem::path target = destination;
+  if (replace) {
+    // rename(2) replaces a symlink at the target, never writes through it.
+    if (::rename(path_.c_str(), target.c_str()) != 0) throw io_error("cannot move the file to " + target.string(), errno);
+  } else {
+    for (int attempt = 1;; ++attempt) {
+      if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE) == 0) break;
+      if (errno != EEXIST || attempt > 1000) throw io_error("cannot move the file to " + target.string(), errno);
+      target = destination.parent_path() /
+               fmt::format("{} ({}){}", destination.stem().string(), attempt, destination.extension().string());
+    }
+  }
+  // Make the rename itself durable.
+  FileHandle dir(::open(target.parent_path().empty() ? "." : target.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir) ::fsync(dir.get());
+  path_ = target;
+  return target;
+}
+
+void PartialFile::remove() {
+  ::unlink(path_.c_str());
+}
+
+}  // namespace p2pshare::store

@@ -1,0 +1,382 @@
+#include "p2pshare/wire.hpp"
+
+#include <fmt/format.h>
+
+#include "p2pshare/error.hpp"
+
+namespace p2pshare::wire {
+
+std::array<std::uint8_t, kHeaderSize> encode_header(FrameHeader header) {
+  std::array<std::uint8_t, kHeaderSize> out{};
+  for (int i = 0; i < 4; ++i) {
+    out[i] = static_cast<std::uint8_t>(header.message_length >> (24 - 8 * i));
+    out[4 + i] = static_cast<std::uint8_t>(header.payload_length >> (24 - 8 * i));
+  }
+  return out;
+}
+
+std::optional<FrameHeader> decode_header(std::span<const std::uint8_t, kHeaderSize> bytes,
+                                         const Limits& limits, std::string* why) {
+  FrameHeader header;
+  for (int i = 0; i < 4; ++i) {
+    header.message_length = header.message_length << 8 | bytes[i];
+    header.payload_length = header.payload_length << 8 | bytes[4 + i];
+  }
+  if (header.message_length == 0) {
+    if (why) *why = "frame with an empty message";
+    return std::nullopt;
+  }
+  if (header.message_length > limits.max_message) {
+    if (why) *why = fmt::format("message of {} bytes is over the limit of {}", header.message_length, limits.max_message);
+    return std::nullopt;
+  }
+  if (header.payload_length > limits.max_payload) {
+    if (why) *why = fmt::format("payload of {} bytes is over the limit of {}", header.payload_length, limits.max_payload);
+    return std::nullopt;
+  }
+  return header;
+}
+
+bool FrameDecoder::feed(std::span<const std::uint8_t> bytes) {
+  if (!error_.empty()) return false;
+  // Compact before growing so a long stream does not keep consumed bytes.
+  if (consumed_ > 0 && consumed_ * 2 >= buffer_.size()) {
+    buffer_.erase(0, consumed_);
+    consumed_ = 0;
+  }
+  buffer_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  // Validate a complete header as soon as it is here, before the body arrives.
+  if (buffer_.size() - consumed_ >= kHeaderSize) {
+    std::array<std::uint8_t, kHeaderSize> head{};
+    std::memcpy(head.data(), buffer_.data() + consumed_, kHeaderSize);
+    if (!decode_header(head, limits_, &error_)) return false;
+  }
+  return true;
+}
+
+std::optional<FrameDecoder::Frame> FrameDecoder::next() {
+  if (!error_.empty() || buffer_.size() - consumed_ < kHeaderSize) return std::nullopt;
+  std::array<std::uint8_t, kHeaderSize> head{};
+  std::memcpy(head.data(), buffer_.data() + consumed_, kHeaderSize);
+  auto header = decode_header(head, limits_, &error_);
+  if (!header) return std::nullopt;
+  const std::size_t total = kHeaderSize + std::size_t{header->message_length} + header->payload_length;
+  if (buffer_.size() - consumed_ < total) return std::nullopt;
+  Frame frame;
+  frame.message = buffer_.substr(consumed_ + kHeaderSize, header->message_length);
+  frame.payload = buffer_.substr(consumed_ + kHeaderSize + header->message_length, header->payload_length);
+  consumed_ += total;
+  // The next header, if already here, is checked now too.
+  if (buffer_.size() - consumed_ >= kHeaderSize) {
+    std::memcpy(head.data(), buffer_.data() + consumed_, kHeaderSize);
+    decode_header(head, limits_, &error_);
+  }
+  return frame;
+}
+
+// ---------------------------------------------------------------------------
+
+std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, ConnectionOptions options) {
+  return std::shared_ptr<Connection>(new Connection(std::move(socket), options));
+}
+
+Connection::Connection(asio::ip::tcp::socket socket, ConnectionOptions options)
+    : socket_(std::move(socket)),
+      options_(options),
+      read_deadline_(socket_.get_executor()),
+      write_deadline_(socket_.get_executor()) {
+  std::error_code ec;
+  remote_ = socket_.remote_endpoint(ec);
+}
+
+Connection::~Connection() = default;
+
+void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
+  on_close_ = std::move(on_close);
+  if (started_) {
+    // The running handler must not be destroyed under its own feet.
+    if (in_frame_handler_) {
+      next_on_frame_ = std::move(on_frame);
+    } else {
+      on_frame_ = std::move(on_frame);
+    }
+    return;
+  }
+  started_ = true;
+  on_frame_ = std::move(on_frame);
+  arm_read_deadline(options_.timeouts.first_frame);
+  read_header();
+}
+
+void Connection::arm_read_deadline(std::chrono::milliseconds timeout) {
+  read_deadline_.expires_after(timeout);
+  read_deadline_.async_wait([self = shared_from_this()](const std::error_code& ec) {
+    if (ec || self->closed_) return;
+    if (self->read_deadline_.expiry() <= asio::steady_timer::clock_type::now()) {
+      self->close("read deadline passed");
+    }
+  });
+}
+
+void Connection::read_header() {
+  if (closed_) return;
+  if (!first_frame_) arm_read_deadline(options_.timeouts.idle);
+  reading_ = true;
+  asio::async_read(socket_, asio::buffer(header_bytes_),
+                   [self = shared_from_this()](const std::error_code& ec, std::size_t) { self->on_header(ec); });
+}
+
+void Connection::on_header(const std::error_code& ec) {
+  reading_ = false;
+  if (closed_) return;
+  if (ec) {
+    close(ec == asio::error::eof ? "closed by peer" : ec.message());
+    return;
+  }
+  std::string why;
+  auto header = decode_header(header_bytes_, options_.limits, &why);
+  if (!header) {
+    close("protocol error: " + why);
+    return;
+  }
+  header_ = *header;
+  if (!first_frame_) arm_read_deadline(options_.timeouts.frame);
+  message_.resize(header_.message_length);
+  reading_ = true;
+  asio::async_read(socket_, asio::buffer(message_),
+                   [self = shared_from_this()](const std::error_code& e, std::size_t) { self->on_message(e); });
+}
+
+void Connection::on_message(const std::error_code& ec) {
+  reading_ = false;
+  if (closed_) return;
+  if (ec) {
+    close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
+    return;
+  }
+  payload_claimed_ = false;
+  const std::uint32_t payload_length = header_.payload_length;
+  first_frame_ = false;
+  if (on_frame_) {
+    in_frame_handler_ = true;
+    on_frame_(std::string_view(reinterpret_cast<const char*>(message_.data()), message_.size()), payload_length);
+    in_frame_handler_ = false;
+    if (next_on_frame_) on_frame_ = std::move(next_on_frame_);
+    next_on_frame_ = nullptr;
+  }
+  if (closed_) return;
+  if (payload_length > 0) {
+    if (!payload_claimed_) close("protocol error: unexpected payload");
+    return;  // read_payload resumes the loop
+  }
+  read_header();
+}
+
+void Connection::read_payload(std::span<std::uint8_t> destination, std::function<void()> done) {
+  if (closed_) return;
+  if (destination.size() != header_.payload_length) {
+    close("protocol error: payload length does not match");
+    return;
+  }
+  payload_claimed_ = true;
+  auto self = shared_from_this();
+  auto do_read = [self, destination, done = std::move(done)]() mutable {
+    if (self->closed_) return;
+    self->arm_read_deadline(self->options_.timeouts.frame);
+    self->reading_ = true;
+    asio::async_read(self->socket_, asio::buffer(destination.data(), destination.size()),
+                     [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {
+                       self->reading_ = false;
+                       if (self->closed_) return;
+                       if (ec) {
+                         self->close(ec == asio::error::eof ? "closed by peer mid-payload" : ec.message());
+                         return;
+                       }
+                       self->payload_received_ += n;
+                       done();
+                       self->read_header();
+                     });
+  };
+  if (read_throttle_) {
+    // Waiting for the rate limit is not the peer's fault: no deadline meanwhile.
+    read_deadline_.cancel();
+    read_throttle_->acquire(destination.size(), std::move(do_read));
+  } else {
+    do_read();
+  }
+}
+
+void Connection::send(std::string message, Payload payload) {
+  if (closed_) return;
+  Outgoing out;
+  out.header = encode_header({static_cast<std::uint32_t>(message.size()),
+                              static_cast<std::uint32_t>(payload.bytes.size())});
+  queued_bytes_ += kHeaderSize + message.size() + payload.bytes.size();
+  out.message = std::move(message);
+  out.payload = std::move(payload);
+  queue_.push_back(std::move(out));
+  if (queued_bytes_ > options_.max_queued_bytes) {
+    close(fmt::format("peer is not reading: {} bytes unsent", queued_bytes_));
+    return;
+  }
+  if (!writing_) write_next();
+}
+
+void Connection::send_and_close(std::string message, const std::string& reason) {
+  if (closed_) return;
+  send(std::move(message));
+  if (!queue_.empty()) {
+    queue_.back().close_after = true;
+    queue_.back().close_reason = reason;
+  }
+}
+
+void Connection::write_next() {
+  if (closed_ || queue_.empty()) {
+    writing_ = false;
+    return;
+  }
+  writing_ = true;
+  auto self = shared_from_this();
+  auto do_write = [self] {
+    if (self->closed_) return;
+    Outgoing& out = self->queue_.front();
+    std::array<asio::const_buffer, 3> buffers{
+        asio::buffer(out.header), asio::buffer(out.message),
+        asio::buffer(out.payload.bytes.data(), out.payload.bytes.size())};
+    self->write_deadline_.expires_after(self->options_.timeouts.write);
+    self->write_deadline_.async_wait([self](const std::error_code& ec) {
+      if (ec || self->closed_) return;
+      if (self->write_deadline_.expiry() <= asio::steady_timer::clock_type::now()) {
+        self->close("write deadline passed");
+      }
+    });
+    asio::async_write(self->socket_, buffers, [self](const std::error_code& ec, std::size_t n) {
+      self->write_deadline_.cancel();
+      if (self->closed_) return;
+      if (ec) {
+        self->close(ec.message());
+        return;
+      }
+      self->queued_bytes_ -= n;
+      Outgoing done = std::move(self->queue_.front());
+      self->queue_.pop_front();
+      if (done.close_after) {
+        self->close(done.close_reason);
+        return;
+      }
+      self->write_next();
+      if (self->on_sent_ && !self->closed_) self->on_sent_();
+    });
+  };
+  const auto payload_size = queue_.front().payload.bytes.size();
+  if (write_throttle_ && payload_size > 0) {
+    write_throttle_->acquire(payload_size, std::move(do_write));
+  } else {
+    do_write();
+  }
+}
+
+void Connection::close(const std::string& reason) {
+  if (closed_) return;
+  closed_ = true;
+  auto self = shared_from_this();
+  std::error_code ignored;
+  read_deadline_.cancel();
+  write_deadline_.cancel();
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  queue_.clear();
+  queued_bytes_ = 0;
+  if (on_close_) on_close_(reason);
+  // Handlers may be running right now (close from inside on_frame): drop
+  // them, and the references they capture, only after the stack unwinds.
+  asio::post(socket_.get_executor(), [self] {
+    self->on_frame_ = nullptr;
+    self->on_close_ = nullptr;
+    self->on_sent_ = nullptr;
+    self->next_on_frame_ = nullptr;
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+SyncClient::SyncClient(Limits limits) : socket_(io_), decoder_(limits) {}
+
+void SyncClient::run(std::chrono::milliseconds timeout, const char* what) {
+  io_.restart();
+  io_.run_for(timeout);
+  if (!io_.stopped()) {
+    std::error_code ignored;
+    socket_.close(ignored);
+    io_.run();  // let the cancelled operation finish
+    throw Error(Errc::unavailable, fmt::format("{} timed out talking to {}", what, peer_));
+  }
+}
+
+void SyncClient::connect(const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout) {
+  peer_ = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+  asio::ip::tcp::resolver resolver(io_);
+  std::error_code result = asio::error::would_block;
+  resolver.async_resolve(host, std::to_string(port), [&](const std::error_code& ec, auto endpoints) {
+    if (ec) {
+      result = ec;
+      return;
+    }
+    asio::async_connect(socket_, endpoints, [&](const std::error_code& e, const auto&) { result = e; });
+  });
+  run(timeout, "connecting");
+  if (result) {
+    throw Error(Errc::unavailable, fmt::format("cannot reach {}: {}", peer_, result.message()));
+  }
+  std::error_code ignored;
+  socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+}
+
+void SyncClient::send(const std::string& message, std::chrono::milliseconds timeout) {
+  const auto header = encode_header({static_cast<std::uint32_t>(message.size()), 0});
+  std::array<asio::const_buffer, 2> buffers{asio::buffer(header), asio::buffer(message)};
+  std::error_code result = asio::error::would_block;
+  asio::async_write(socket_, buffers, [&](const std::error_code& ec, std::size_t) { result = ec; });
+  run(timeout, "sending");
+  if (result) throw Error(Errc::unavailable, fmt::format("lost connection to {}: {}", peer_, result.message()));
+}
+
+std::string SyncClient::receive(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::array<std::uint8_t, 64 * 1024> chunk{};
+  while (true) {
+    if (auto frame = decoder_.next()) return std::move(frame->message);
+    if (!decoder_.error().empty()) {
+      throw Error(Errc::protocol, fmt::format("bad frame from {}: {}", peer_, decoder_.error()));
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) throw Error(Errc::unavailable, fmt::format("no answer from {} in time", peer_));
+    std::error_code result = asio::error::would_block;
+    std::size_t got = 0;
+    socket_.async_read_some(asio::buffer(chunk), [&](const std::error_code& ec, std::size_t n) {
+      result = ec;
+      got = n;
+    });
+    run(left, "waiting for an answer");
+    if (result) {
+      throw Error(Errc::unavailable, fmt::format("{} closed the connection{}", peer_,
+                                                 result == asio::error::eof ? "" : ": " + result.message()));
+    }
+    if (!decoder_.feed(std::span(chunk.data(), got))) {
+      throw Error(Errc::protocol, fmt::format("bad frame from {}: {}", peer_, decoder_.error()));
+    }
+  }
+}
+
+void SyncClient::close() {
+  std::error_code ignored;
+  socket_.close(ignored);
+}
+
+void tune_socket(asio::ip::tcp::socket& socket) {
+  std::error_code ignored;
+  socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+}
+
+}  // namespace p2pshare::wire
