@@ -1,6 +1,7 @@
 #include "p2pshare/cli.hpp"
 
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <ctime>
 
@@ -68,7 +69,8 @@ std::string format_bytes(std::uint64_t bytes) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double value = static_cast<double>(bytes);
   int unit = 0;
-  while (value >= 1024 && unit < 4) {
+  // Round first, so 1048575 bytes reads "1.0 MiB", not "1024.0 KiB".
+  while (unit < 4 && (value >= 1024 || (unit > 0 && std::round(value * 10) / 10 >= 1024))) {
     value /= 1024;
     ++unit;
   }
@@ -77,11 +79,14 @@ std::string format_bytes(std::uint64_t bytes) {
 
 std::string rfc3339(std::chrono::system_clock::time_point time) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count();
-  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  // Floor division: times before 1970 still have a non-negative millisecond part.
+  const std::int64_t floor_seconds = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+  const auto millis = static_cast<int>(ms - floor_seconds * 1000);
+  const std::time_t seconds = static_cast<std::time_t>(floor_seconds);
   std::tm tm{};
   ::gmtime_r(&seconds, &tm);
   return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                     tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+                     tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
 }
 
 std::filesystem::path default_data_dir(std::string_view role) {

@@ -122,15 +122,32 @@ void Connection::read_header() {
   if (closed_) return;
   if (!first_frame_) arm_read_deadline(options_.timeouts.idle);
   reading_ = true;
-  asio::async_read(socket_, asio::buffer(header_bytes_),
-                   [self = shared_from_this()](const std::error_code& ec, std::size_t) { self->on_header(ec); });
+  // The first bytes are read on their own: the frame deadline runs from the
+  // frame's first byte, so a peer trickling the header is cut off in time.
+  socket_.async_read_some(asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec,
+                                                                                   std::size_t n) {
+    self->reading_ = false;
+    if (self->closed_) return;
+    if (ec) {
+      self->close(ec == asio::error::eof ? "closed by peer" : ec.message());
+      return;
+    }
+    if (!self->first_frame_) self->arm_read_deadline(self->options_.timeouts.frame);
+    if (n == kHeaderSize) {
+      self->on_header({});
+      return;
+    }
+    self->reading_ = true;
+    asio::async_read(self->socket_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
+                     [self](const std::error_code& e, std::size_t) { self->on_header(e); });
+  });
 }
 
 void Connection::on_header(const std::error_code& ec) {
   reading_ = false;
   if (closed_) return;
   if (ec) {
-    close(ec == asio::error::eof ? "closed by peer" : ec.message());
+    close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
     return;
   }
   std::string why;
@@ -140,7 +157,6 @@ void Connection::on_header(const std::error_code& ec) {
     return;
   }
   header_ = *header;
-  if (!first_frame_) arm_read_deadline(options_.timeouts.frame);
   message_.resize(header_.message_length);
   reading_ = true;
   asio::async_read(socket_, asio::buffer(message_),
@@ -180,9 +196,11 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
   }
   payload_claimed_ = true;
   auto self = shared_from_this();
-  auto do_read = [self, destination, done = std::move(done)]() mutable {
+  auto do_read = [self, destination, throttled = read_throttle_ != nullptr, done = std::move(done)]() mutable {
     if (self->closed_) return;
-    self->arm_read_deadline(self->options_.timeouts.frame);
+    // The frame's deadline still runs, unless a rate limit paused it: then
+    // the payload gets a fresh one of its own.
+    if (throttled) self->arm_read_deadline(self->options_.timeouts.frame);
     self->reading_ = true;
     asio::async_read(self->socket_, asio::buffer(destination.data(), destination.size()),
                      [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {

@@ -1,0 +1,130 @@
+// Command-line helpers: addresses, rates, byte counts, timestamps.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <string>
+
+#include "p2pshare/cli.hpp"
+#include "p2pshare/error.hpp"
+
+using p2pshare::Errc;
+using p2pshare::Error;
+namespace cli = p2pshare::cli;
+
+namespace {
+
+// The code of the p2pshare::Error `fn` throws; fails the test when it throws
+// nothing or something else.
+template <typename Fn>
+Errc thrown_code(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.code();
+  } catch (const std::exception& e) {
+    FAIL("threw a non-p2pshare exception: " << e.what());
+  }
+  FAIL("did not throw");
+  return Errc::io;
+}
+
+std::chrono::system_clock::time_point at_ms(std::int64_t ms) {
+  return std::chrono::system_clock::time_point(std::chrono::milliseconds(ms));
+}
+
+}  // namespace
+
+TEST_CASE("parse_address accepts host:port, [v6]:port and names", "[cli]") {
+  auto a = cli::parse_address("127.0.0.1:80");
+  CHECK(a.host == "127.0.0.1");
+  CHECK(a.port == 80);
+  CHECK(a.to_string() == "127.0.0.1:80");
+
+  auto b = cli::parse_address("[::1]:0");
+  CHECK(b.host == "::1");  // brackets stripped
+  CHECK(b.port == 0);
+  CHECK(b.to_string() == "[::1]:0");
+
+  auto c = cli::parse_address("localhost:65535");
+  CHECK(c.host == "localhost");
+  CHECK(c.port == 65535);
+  CHECK(c.to_string() == "localhost:65535");
+
+  auto d = cli::parse_address("[fe80::1:2]:4242");
+  CHECK(d.host == "fe80::1:2");
+  CHECK(d.port == 4242);
+}
+
+TEST_CASE("parse_address rejects malformed addresses with Errc::usage", "[cli]") {
+  const char* bad[] = {"",           "host",      ":80",     "host:",   "host:65536", "host:-1",
+                       "host:80x",   "[::1",      "[::1]80", "::1:80",  "[]:80",      "host:+80",
+                       "host: 80",   "[::1]:",    "host:99999999999999999999"};
+  for (const char* text : bad) {
+    INFO("address: '" << text << "'");
+    CHECK(thrown_code([&] { cli::parse_address(text); }) == Errc::usage);
+  }
+}
+
+TEST_CASE("parse_address names the bad input in its message", "[cli]") {
+  try {
+    cli::parse_address("host:65536");
+    FAIL("did not throw");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("host:65536") != std::string::npos);
+  }
+}
+
+TEST_CASE("parse_rate takes plain bytes and K/M/G suffixes in either case", "[cli]") {
+  CHECK(cli::parse_rate("0") == 0);
+  CHECK(cli::parse_rate("16M") == 16ull * 1024 * 1024);
+  CHECK(cli::parse_rate("16m") == 16ull * 1024 * 1024);
+  CHECK(cli::parse_rate("500K") == 500ull * 1024);
+  CHECK(cli::parse_rate("500k") == 500ull * 1024);
+  CHECK(cli::parse_rate("1G") == 1ull << 30);
+  CHECK(cli::parse_rate("1g") == 1ull << 30);
+  CHECK(cli::parse_rate("12345") == 12345);
+  CHECK(cli::parse_rate("18446744073709551615") == ~0ull);  // the largest u64 still parses
+  CHECK(cli::parse_rate("17179869183G") == 17179869183ull << 30);  // the largest G that fits
+}
+
+TEST_CASE("parse_rate rejects malformed rates with Errc::usage", "[cli]") {
+  const char* bad[] = {"", "M", "16X", "-1", "99999999999999999999G", "17179869184G", "18446744073709551616",
+                       "1.5M", " 16M", "16 M", "16MB", "K16", "+5"};
+  for (const char* text : bad) {
+    INFO("rate: '" << text << "'");
+    CHECK(thrown_code([&] { cli::parse_rate(text); }) == Errc::usage);
+  }
+}
+
+TEST_CASE("format_bytes uses binary units with one decimal", "[cli]") {
+  CHECK(cli::format_bytes(0) == "0 B");
+  CHECK(cli::format_bytes(1) == "1 B");
+  CHECK(cli::format_bytes(1023) == "1023 B");
+  CHECK(cli::format_bytes(1024) == "1.0 KiB");
+  CHECK(cli::format_bytes(1536) == "1.5 KiB");
+  CHECK(cli::format_bytes(16ull << 20) == "16.0 MiB");
+  CHECK(cli::format_bytes(3ull << 29) == "1.5 GiB");
+  CHECK(cli::format_bytes(5ull << 40) == "5.0 TiB");
+  CHECK(cli::format_bytes(2048ull << 40) == "2048.0 TiB");  // TiB is the largest unit
+}
+
+// The unit is chosen after rounding: just under the next unit reads as it.
+TEST_CASE("format_bytes never prints 1024.0 of a unit", "[cli]") {
+  CHECK(cli::format_bytes((1ull << 20) - 1) == "1.0 MiB");
+  CHECK(cli::format_bytes((1ull << 30) - 1) == "1.0 GiB");
+}
+
+TEST_CASE("rfc3339 formats UTC with milliseconds", "[cli]") {
+  CHECK(cli::rfc3339(at_ms(0)) == "1970-01-01T00:00:00.000Z");
+  CHECK(cli::rfc3339(at_ms(1700000000123)) == "2023-11-14T22:13:20.123Z");
+  CHECK(cli::rfc3339(at_ms(951782400007)) == "2000-02-29T00:00:00.007Z");  // leap day
+  CHECK(cli::rfc3339(at_ms(4102444799999)) == "2099-12-31T23:59:59.999Z");
+  // Sub-millisecond precision is truncated, not rounded.
+  const auto us = std::chrono::system_clock::time_point(std::chrono::microseconds(1700000000123999));
+  CHECK(cli::rfc3339(us) == "2023-11-14T22:13:20.123Z");
+}
+
+// Times before the epoch use floor division (-1 ms is 23:59:59.999).
+TEST_CASE("rfc3339 handles times before the epoch", "[cli]") {
+  CHECK(cli::rfc3339(at_ms(-1)) == "1969-12-31T23:59:59.999Z");
+}

@@ -1,0 +1,402 @@
+// The chunk store: name sanitising, partial files, chunk readers.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "p2pshare/error.hpp"
+#include "p2pshare/store.hpp"
+#include "p2pshare/types.hpp"
+#include "support/temp_dir.hpp"
+
+namespace fs = std::filesystem;
+using p2pshare::Errc;
+using p2pshare::Error;
+using p2pshare::FileId;
+using p2pshare::store::ChunkReader;
+using p2pshare::store::FileHandle;
+using p2pshare::store::PartialFile;
+using p2pshare::store::pread_exact;
+using p2pshare::store::sanitize_name;
+using p2pshare::test::read_file;
+using p2pshare::test::TempDir;
+using p2pshare::test::write_random_file;
+
+namespace {
+
+FileId make_id(std::uint8_t fill) {
+  FileId id;
+  for (std::size_t i = 0; i < id.bytes.size(); ++i) id.bytes[i] = static_cast<std::uint8_t>(fill + i);
+  return id;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  REQUIRE(out.good());
+}
+
+std::vector<std::uint8_t> pattern(std::size_t n, std::uint8_t seed) {
+  std::vector<std::uint8_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint8_t>(seed + i * 7 + (i >> 8));
+  return v;
+}
+
+std::string as_string(const std::vector<std::uint8_t>& v) { return std::string(v.begin(), v.end()); }
+
+template <typename Fn>
+Errc thrown_code(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.code();
+  } catch (const std::exception& e) {
+    FAIL("threw a non-p2pshare exception: " << e.what());
+  }
+  FAIL("did not throw");
+  return Errc::bad_request;
+}
+
+bool valid_utf8(const std::string& s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+}  // namespace
+
+// --- sanitize_name -----------------------------------------------------------
+
+TEST_CASE("sanitize_name keeps only the last path component", "[store]") {
+  CHECK(sanitize_name("../../etc/passwd", "fb") == "passwd");
+  CHECK(sanitize_name("..\\..\\x", "fb") == "x");
+  CHECK(sanitize_name("/abs/path", "fb") == "path");
+  CHECK(sanitize_name("C:\\Users\\me\\notes.txt", "fb") == "notes.txt");
+  CHECK(sanitize_name("dir/", "fb") == "fb");  // nothing after the last separator
+}
+
+TEST_CASE("sanitize_name falls back for empty, dot and dot-dot names", "[store]") {
+  CHECK(sanitize_name("", "abc123") == "abc123");
+  CHECK(sanitize_name(".", "abc123") == "abc123");
+  CHECK(sanitize_name("..", "abc123") == "abc123");
+  CHECK(sanitize_name("...", "abc123") == "abc123");
+  CHECK(sanitize_name("a/..", "abc123") == "abc123");
+  CHECK(sanitize_name(std::string_view("\0\x01\x1f", 3), "abc123") == "abc123");
+}
+
+TEST_CASE("sanitize_name drops NUL and control bytes", "[store]") {
+  CHECK(sanitize_name(std::string_view("ab\0cd", 5), "fb") == "abcd");
+  CHECK(sanitize_name("a\x01" "b\nc\td\x7f" "e\x1b[31m", "fb") == "abcde[31m");
+  const std::string out = sanitize_name(std::string_view("x\0y\r\n.txt", 9), "fb");
+  CHECK(out == "xy.txt");
+  for (char c : out) CHECK(static_cast<unsigned char>(c) >= 0x20);
+}
+
+TEST_CASE("sanitize_name strips leading dots", "[store]") {
+  CHECK(sanitize_name(".hidden", "fb") == "hidden");
+  CHECK(sanitize_name("..hidden.txt", "fb") == "hidden.txt");
+  CHECK(sanitize_name("../.bashrc", "fb") == "bashrc");
+}
+
+TEST_CASE("sanitize_name cuts long names on a UTF-8 boundary", "[store]") {
+  std::string e_acute;
+  for (int i = 0; i < 500; ++i) e_acute += "\xc3\xa9";  // "é", 2 bytes: 1000 bytes
+  REQUIRE(e_acute.size() == 1000);
+  const std::string cut = sanitize_name(e_acute, "fb");
+  CHECK(cut.size() <= 255);
+  CHECK(cut.size() == 254);  // 127 whole characters: 255 would split one
+  CHECK(valid_utf8(cut));
+  CHECK(cut == e_acute.substr(0, 254));
+
+  std::string emoji;
+  for (int i = 0; i < 250; ++i) emoji += "\xf0\x9f\x98\x80";  // U+1F600, 4 bytes
+  const std::string cut4 = sanitize_name(emoji, "fb");
+  CHECK(cut4.size() == 252);
+  CHECK(valid_utf8(cut4));
+
+  const std::string ascii(1000, 'a');
+  CHECK(sanitize_name(ascii, "fb") == std::string(255, 'a'));
+}
+
+TEST_CASE("sanitize_name leaves ordinary names alone", "[store]") {
+  CHECK(sanitize_name("report 2026.pdf", "fb") == "report 2026.pdf");
+  CHECK(sanitize_name("r\xc3\xa9sum\xc3\xa9.txt", "fb") == "r\xc3\xa9sum\xc3\xa9.txt");
+  CHECK(sanitize_name("archive.tar.gz", "fb") == "archive.tar.gz");
+}
+
+// --- PartialFile -------------------------------------------------------------
+
+TEST_CASE("PartialFile is created pre-sized under its hidden name", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0xa0);
+  PartialFile part(dir.path(), id, 123457);
+  CHECK(part.created());
+  CHECK(part.path() == dir.path() / (".p2pshare-" + p2pshare::to_hex(id) + ".part"));
+  CHECK(part.path() == PartialFile::path_for(dir.path(), id));
+  CHECK(fs::is_regular_file(part.path()));
+  CHECK(fs::file_size(part.path()) == 123457);
+  CHECK(part.stamp().size == 123457);
+
+  const auto data = pattern(1000, 3);
+  part.write(122457, data);  // the last 1000 bytes
+  std::vector<std::uint8_t> back(1000);
+  part.read(122457, back);
+  CHECK(back == data);
+  std::vector<std::uint8_t> zeros(100);
+  part.read(0, zeros);
+  CHECK(zeros == std::vector<std::uint8_t>(100, 0));
+  CHECK(fs::file_size(part.path()) == 123457);  // writing did not grow it
+}
+
+TEST_CASE("PartialFile reads and writes past 4 GiB in a sparse file", "[store]") {
+  TempDir dir;
+  const std::uint64_t size = 5ull << 30;
+  PartialFile part(dir.path(), make_id(1), size);
+  REQUIRE(part.created());
+  CHECK(fs::file_size(part.path()) == size);
+
+  const std::uint64_t offset = (9ull << 30) / 2;  // 4.5 GiB
+  const auto data = pattern(256 * 1024, 9);
+  part.write(offset, data);
+  std::vector<std::uint8_t> back(data.size());
+  part.read(offset, back);
+  CHECK(back == data);
+
+  // A chunk straddling the 4 GiB line.
+  const auto across = pattern(4096, 77);
+  part.write((4ull << 30) - 2048, across);
+  std::vector<std::uint8_t> back2(across.size());
+  part.read((4ull << 30) - 2048, back2);
+  CHECK(back2 == across);
+
+  // The last byte of the file is readable; one past it is not.
+  std::vector<std::uint8_t> last(1);
+  part.read(size - 1, last);
+  CHECK(last[0] == 0);
+  std::vector<std::uint8_t> two(2);
+  CHECK(thrown_code([&] { part.read(size - 1, two); }) == Errc::io);
+
+  struct stat st {};
+  REQUIRE(::stat(part.path().c_str(), &st) == 0);
+  CHECK(static_cast<std::uint64_t>(st.st_size) == size);
+  // Really sparse: well under 16 MiB allocated for a 5 GiB file.
+  CHECK(static_cast<std::uint64_t>(st.st_blocks) * 512 < (16ull << 20));
+}
+
+TEST_CASE("PartialFile reopens an existing partial file and keeps its data", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x10);
+  const auto data = pattern(4096, 42);
+  {
+    PartialFile part(dir.path(), id, 1 << 20);
+    CHECK(part.created());
+    part.write(65536, data);
+    part.sync();
+  }
+  PartialFile again(dir.path(), id, 1 << 20);
+  CHECK_FALSE(again.created());
+  CHECK(fs::file_size(again.path()) == (1u << 20));
+  std::vector<std::uint8_t> back(data.size());
+  again.read(65536, back);
+  CHECK(back == data);
+}
+
+TEST_CASE("PartialFile resets a partial file of the wrong size", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x20);
+  const auto data = pattern(4096, 5);
+  {
+    PartialFile part(dir.path(), id, 100000);
+    part.write(0, data);
+  }
+  PartialFile bigger(dir.path(), id, 200000);
+  CHECK(bigger.created());
+  CHECK(fs::file_size(bigger.path()) == 200000);
+  std::vector<std::uint8_t> back(data.size());
+  bigger.read(0, back);
+  CHECK(back == std::vector<std::uint8_t>(data.size(), 0));  // old bytes are gone
+
+  // Smaller than recorded is reset too.
+  bigger.write(0, data);
+  PartialFile smaller(dir.path(), id, 5000);
+  CHECK(smaller.created());
+  CHECK(fs::file_size(smaller.path()) == 5000);
+  smaller.read(0, back);
+  CHECK(back == std::vector<std::uint8_t>(data.size(), 0));
+}
+
+TEST_CASE("PartialFile::finish without replace never overwrites", "[store]") {
+  TempDir dir;
+  const fs::path dest = dir / "report.pdf";
+  write_text(dest, "old");
+
+  PartialFile first(dir.path(), make_id(1), 5);
+  first.write(0, std::vector<std::uint8_t>{'f', 'i', 'r', 's', 't'});
+  const fs::path partial_path = first.path();
+  const fs::path got1 = first.finish(dest, false);
+  CHECK(got1 == dir / "report (1).pdf");
+  CHECK(first.path() == got1);
+  CHECK(read_file(got1) == "first");
+  CHECK(read_file(dest) == "old");
+  CHECK_FALSE(fs::exists(partial_path));
+
+  PartialFile second(dir.path(), make_id(2), 6);
+  second.write(0, std::vector<std::uint8_t>{'s', 'e', 'c', 'o', 'n', 'd'});
+  const fs::path got2 = second.finish(dest, false);
+  CHECK(got2 == dir / "report (2).pdf");
+  CHECK(read_file(got2) == "second");
+  CHECK(read_file(got1) == "first");
+  CHECK(read_file(dest) == "old");
+
+  // A free destination is used as is.
+  PartialFile third(dir.path(), make_id(3), 5);
+  third.write(0, std::vector<std::uint8_t>{'t', 'h', 'i', 'r', 'd'});
+  CHECK(third.finish(dir / "fresh.bin", false) == dir / "fresh.bin");
+  CHECK(read_file(dir / "fresh.bin") == "third");
+}
+
+TEST_CASE("PartialFile::finish with replace replaces the destination", "[store]") {
+  TempDir dir;
+  const fs::path dest = dir / "data.bin";
+  write_text(dest, "old contents");
+  PartialFile part(dir.path(), make_id(7), 3);
+  part.write(0, std::vector<std::uint8_t>{'n', 'e', 'w'});
+  const fs::path partial_path = part.path();
+  CHECK(part.finish(dest, true) == dest);
+  CHECK(read_file(dest) == "new");
+  CHECK_FALSE(fs::exists(partial_path));
+  CHECK_FALSE(fs::exists(dir / "data (1).bin"));
+}
+
+TEST_CASE("PartialFile::finish replaces a symlink, never writes through it", "[store]") {
+  TempDir dir;
+  const fs::path target = dir / "target.bin";
+  write_text(target, "precious");
+  const fs::path link = dir / "link.bin";
+  fs::create_symlink(target, link);
+
+  SECTION("replace") {
+    PartialFile part(dir.path(), make_id(8), 3);
+    part.write(0, std::vector<std::uint8_t>{'n', 'e', 'w'});
+    CHECK(part.finish(link, true) == link);
+    CHECK_FALSE(fs::is_symlink(link));
+    CHECK(fs::is_regular_file(fs::symlink_status(link)));
+    CHECK(read_file(link) == "new");
+    CHECK(read_file(target) == "precious");
+  }
+  SECTION("no replace") {
+    PartialFile part(dir.path(), make_id(9), 3);
+    part.write(0, std::vector<std::uint8_t>{'n', 'e', 'w'});
+    CHECK(part.finish(link, false) == dir / "link (1).bin");
+    CHECK(fs::is_symlink(link));
+    CHECK(read_file(target) == "precious");
+    CHECK(read_file(dir / "link (1).bin") == "new");
+  }
+}
+
+TEST_CASE("PartialFile never follows a symlink at its own path", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x33);
+  const fs::path elsewhere = dir / "elsewhere.txt";
+  write_text(elsewhere, "do not touch");
+  fs::create_symlink(elsewhere, PartialFile::path_for(dir.path(), id));
+
+  // Neither a size that would truncate it nor its exact size opens it.
+  CHECK_THROWS_AS(PartialFile(dir.path(), id, 1 << 20), Error);
+  CHECK_THROWS_AS(PartialFile(dir.path(), id, 12), Error);
+  CHECK(read_file(elsewhere) == "do not touch");
+  CHECK(fs::file_size(elsewhere) == 12);
+  CHECK(fs::is_symlink(PartialFile::path_for(dir.path(), id)));
+
+  // A dangling link does not get its target created either.
+  const FileId id2 = make_id(0x44);
+  const fs::path missing = dir / "missing.txt";
+  fs::create_symlink(missing, PartialFile::path_for(dir.path(), id2));
+  CHECK_THROWS_AS(PartialFile(dir.path(), id2, 100), Error);
+  CHECK_FALSE(fs::exists(missing));
+}
+
+TEST_CASE("PartialFile::remove deletes the partial file", "[store]") {
+  TempDir dir;
+  PartialFile part(dir.path(), make_id(0x55), 10);
+  REQUIRE(fs::exists(part.path()));
+  part.remove();
+  CHECK_FALSE(fs::exists(part.path()));
+}
+
+// --- ChunkReader and pread_exact ----------------------------------------------
+
+TEST_CASE("ChunkReader reads the right bytes", "[store]") {
+  TempDir dir;
+  const fs::path file = dir / "shared.bin";
+  write_random_file(file, 300000, 7);
+  const std::string whole = read_file(file);
+  REQUIRE(whole.size() == 300000);
+
+  ChunkReader reader(file, 300000);
+  CHECK(reader.path() == file);
+  for (std::uint64_t offset : {0ull, 1ull, 65536ull, 299000ull}) {
+    std::vector<std::uint8_t> out(1000);
+    reader.read(offset, out);
+    CHECK(as_string(out) == whole.substr(offset, 1000));
+  }
+  std::vector<std::uint8_t> all(300000);
+  reader.read(0, all);
+  CHECK(as_string(all) == whole);
+}
+
+TEST_CASE("ChunkReader refuses a file whose size changed since registration", "[store]") {
+  TempDir dir;
+  const fs::path file = dir / "shared.bin";
+  write_random_file(file, 5000, 1);
+  CHECK(thrown_code([&] { ChunkReader(file, 5001); }) == Errc::io);
+  CHECK(thrown_code([&] { ChunkReader(file, 4999); }) == Errc::io);
+  CHECK(thrown_code([&] { ChunkReader(dir / "gone.bin", 10); }) == Errc::not_found);
+
+  // Shrunk after opening: reading the lost tail throws instead of returning short.
+  ChunkReader reader(file, 5000);
+  fs::resize_file(file, 2500);
+  std::vector<std::uint8_t> out(1000);
+  reader.read(0, out);  // still there
+  CHECK(thrown_code([&] { reader.read(2000, out); }) == Errc::io);
+  CHECK(thrown_code([&] { reader.read(4000, out); }) == Errc::io);
+}
+
+TEST_CASE("pread_exact on a short file throws", "[store]") {
+  TempDir dir;
+  const fs::path file = dir / "short.bin";
+  write_text(file, "0123456789");
+  FileHandle fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(fd);
+
+  std::vector<std::uint8_t> out(10);
+  pread_exact(fd.get(), out, 0, "short.bin");
+  CHECK(as_string(out) == "0123456789");
+
+  std::vector<std::uint8_t> more(20);
+  try {
+    pread_exact(fd.get(), more, 0, "short.bin");
+    FAIL("did not throw");
+  } catch (const Error& e) {
+    CHECK(e.code() == Errc::io);
+    CHECK(std::string(e.what()).find("short.bin") != std::string::npos);
+  }
+  std::vector<std::uint8_t> one(1);
+  CHECK(thrown_code([&] { pread_exact(fd.get(), one, 10, "short.bin"); }) == Errc::io);
+  CHECK(thrown_code([&] { pread_exact(-1, one, 0, "bad fd"); }) == Errc::io);
+}
