@@ -23,7 +23,7 @@ int run_peer_server(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("0"))
       ("download-limit", "Download rate cap, same form; 0 = unlimited", cxxopts::value<std::string>()->default_value("0"))
       ("max-connections", "Connections served at once; more are refused",
-       cxxopts::value<std::size_t>()->default_value("1024"))
+       cxxopts::value<std::size_t>()->default_value("4096"))
       ("request-timeout", "Milliseconds before an unanswered chunk request marks a peer as stalled",
        cxxopts::value<unsigned>()->default_value("15000"))
       ("holder-refresh", "Milliseconds between asking the central server for new holders while downloading",

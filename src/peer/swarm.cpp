@@ -346,6 +346,7 @@ void Swarm::begin_transfer() {
   for (const auto& link : links_) scheduler_->add_peer(link->key(), link->remote_have_);
   if (complete()) return finish();
   // Tell the central server we are a (partial) holder: others can fetch from us.
+  announced_chunks_ = have_.count();
   services_.central->request(announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
   sourceless_since_ = std::chrono::steady_clock::now();
   last_save_ = sourceless_since_;
@@ -363,7 +364,14 @@ void Swarm::tick() {
     }
     self->notify_progress();
     if (now - self->last_save_ >= std::chrono::seconds(1)) self->save_resume(false);
-    if (now - self->last_refresh_ >= self->services_.holder_refresh) self->refresh_holders();
+    if (now - self->last_refresh_ >= self->services_.holder_refresh) {
+      self->refresh_holders();
+      // Others learn from the central server which chunks we can serve.
+      if (self->have_.count() != self->announced_chunks_) {
+        self->announced_chunks_ = self->have_.count();
+        self->services_.central->request(self->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+      }
+    }
     if (self->scheduler_->any_source() || !self->connecting_.empty() || self->refreshing_) {
       self->sourceless_since_ = now;
     } else if (now - self->sourceless_since_ > kSourcelessGrace && !self->wait_for_holders_) {

@@ -202,6 +202,7 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   std::uint64_t uploaded_ = 0;
   std::uint64_t uploaded_unsaved_ = 0;
   std::uint64_t bytes_received_ = 0;
+  std::uint32_t announced_chunks_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_refresh_;
   std::chrono::steady_clock::time_point last_save_;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what p2pshare needs from Debian's packages, skipping what is there.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  clang clang-format clang-tidy libclang-rt-14-dev   # fuzzing, sanitizers, style
+  libasio-dev libprotobuf-dev protobuf-compiler libcxxopts-dev libfmt-dev
+  catch2 nlohmann-json3-dev libssl-dev libsqlite3-dev
+  xxd   # scripts/file_id.sh, the independent file-id check
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

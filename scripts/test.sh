@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds and runs every test: the style check, the unit and end-to-end suites
+# in release, under ASan+UBSan and under TSan, each fuzzer for a bounded time,
+# and a small run of the benchmarks so they never rot. Installs what is
+# missing first. Exits non-zero on the first failure.
+#
+#   scripts/test.sh              everything
+#   P2PSHARE_TEST_STAGES="release asan" scripts/test.sh     a subset
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+"$root/scripts/setup.sh"
+
+stages=${P2PSHARE_TEST_STAGES:-"format release asan tsan fuzz bench"}
+jobs=$(nproc)
+fuzz_seconds=${P2PSHARE_FUZZ_SECONDS:-30}
+
+section() { printf '\n===== %s =====\n' "$*"; }
+
+for stage in $stages; do
+  case "$stage" in
+    format)
+      section "clang-format check"
+      mapfile -t sources < <(git ls-files '*.cpp' '*.hpp' '*.h' '*.cc')
+      clang-format --dry-run --Werror "${sources[@]}"
+      echo "formatting ok (${#sources[@]} files)"
+      ;;
+    release|debug|asan|tsan)
+      section "build and test: $stage"
+      cmake --preset "$stage" >/dev/null
+      cmake --build --preset "$stage" -j"$jobs"
+      # Sanitizer builds are slower: the same tests, longer timeout.
+      ctest --preset "$stage" -j"$jobs" --timeout 600
+      ;;
+    fuzz)
+      section "fuzzing, ${fuzz_seconds}s per target"
+      bash tests/fuzz/run.sh "$fuzz_seconds"
+      ;;
+    bench)
+      section "benchmarks, small run"
+      BENCH_SMALL=1 bash bench/run.sh
+      ;;
+    *)
+      echo "unknown stage '$stage'" >&2
+      exit 2
+      ;;
+  esac
+done
+section "all stages passed: $stages"
