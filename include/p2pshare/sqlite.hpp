@@ -1,0 +1,129 @@
+// A thin RAII layer over the SQLite C API: a connection, prepared statements
+// and transactions that roll back unless committed. Every failure throws
+// p2pshare::Error(Errc::io, "<label>: <what> failed: <sqlite message>"), where
+// the label names the database's owner ("registry") and `what` the operation,
+// so a log line says which store and which step broke.
+//
+// Threading: a Database and its statements belong to one thread at a time
+// (the connection is opened without SQLite's own mutex).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace p2pshare::sqlite {
+
+// A prepared statement, finalized on destruction. Meant to be prepared once
+// and kept: bind, step (or run), and it is reset for the next use.
+//
+// Bind indices start at 1 and column indices at 0, as in SQLite itself.
+// Bound text and blobs are copied, so the caller's buffers may go away.
+class Statement {
+ public:
+  Statement() = default;
+  ~Statement();
+  Statement(Statement&& other) noexcept;
+  Statement& operator=(Statement&& other) noexcept;
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  Statement& bind_int(int index, std::int64_t value);
+  Statement& bind_text(int index, std::string_view value);
+  Statement& bind_blob(int index, std::span<const std::uint8_t> value);
+  Statement& bind_blob(int index, std::string_view value);
+  Statement& bind_null(int index);
+
+  // Advances to the next row: true if there is one. At the end (or on an
+  // error) the statement is reset, so it does not keep a read transaction
+  // open; its bindings stay until reset().
+  bool step();
+  // Runs a statement that returns no rows we need (INSERT, UPDATE, ...) to
+  // completion and resets it, also when it fails.
+  void run();
+  // Stops an unfinished query and clears the bindings.
+  void reset() noexcept;
+
+  // Column values of the current row. Views stay valid until the next
+  // step(), run() or reset().
+  bool column_is_null(int column) const;
+  std::int64_t column_int(int column) const;
+  std::string_view column_text(int column) const;
+  std::span<const std::uint8_t> column_blob(int column) const;
+
+ private:
+  friend class Database;
+  Statement(sqlite3* db, sqlite3_stmt* statement, std::string context);
+  [[noreturn]] void fail(std::string_view what) const;
+  void check_bind(int result, int index) const;
+
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* statement_ = nullptr;
+  std::string context_;  // "<label>: <what>", the prefix of its error messages
+};
+
+class Transaction;
+
+// One connection. The file is created if missing (its directory is not).
+class Database {
+ public:
+  Database(const std::filesystem::path& path, std::string label);
+  ~Database();
+  Database(Database&& other) noexcept;
+  Database& operator=(Database&& other) noexcept;
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  // Runs one or more statements, discarding any rows. For setup and pragmas,
+  // not for hot paths: it prepares the SQL every time.
+  void exec(std::string_view sql, std::string_view what);
+  // `what` names the statement in error messages ("insert file").
+  Statement prepare(std::string_view sql, std::string_view what);
+  // BEGIN IMMEDIATE: takes the write lock up front, so a transaction never
+  // fails halfway through on a lock upgrade.
+  Transaction transaction();
+
+  // The schema version kept in the file header (PRAGMA user_version).
+  std::int64_t user_version();
+  void set_user_version(std::int64_t version);
+
+  sqlite3* handle() const noexcept { return db_; }
+  const std::string& label() const noexcept { return label_; }
+
+ private:
+  friend class Transaction;
+  [[noreturn]] void fail(std::string_view what) const;
+
+  sqlite3* db_ = nullptr;
+  std::string label_;
+  // Prepared on first use and kept, like any other hot statement.
+  std::unique_ptr<Statement> begin_;
+  std::unique_ptr<Statement> commit_;
+  std::unique_ptr<Statement> rollback_;
+};
+
+// Rolls back on destruction unless commit() succeeded, so an exception
+// between BEGIN and COMMIT leaves the database as it was.
+class Transaction {
+ public:
+  explicit Transaction(Database& db);
+  ~Transaction();
+  Transaction(Transaction&& other) noexcept;
+  Transaction& operator=(Transaction&&) = delete;
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  void commit();
+
+ private:
+  Database* db_;
+};
+
+}  // namespace p2pshare::sqlite

@@ -1,0 +1,524 @@
+#include "p2pshare/registry.hpp"
+
+#include <algorithm>
+#include <array>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "p2pshare/error.hpp"
+#include "p2pshare/sqlite.hpp"
+
+// Durability: the database runs in WAL mode with synchronous=NORMAL. A
+// committed transaction is in the WAL file (handed to the OS) before the call
+// returns, so a crash of the process itself (SIGKILL, abort) loses nothing
+// that was acknowledged; the next open replays the WAL. Only a power loss or
+// OS crash can roll back the last transactions since the WAL was last synced,
+// and even then the database stays consistent. For a tracker that is the
+// right trade: peers re-announce, and a commit costs no fsync.
+
+namespace p2pshare::central {
+namespace {
+
+constexpr std::int64_t kSchemaVersion = 1;
+// Names are metadata anyone can add to; the cap keeps a popular file's row
+// (and every FileDetails reply) bounded.
+constexpr std::size_t kMaxNamesPerFile = 16;
+constexpr int kBusyTimeoutMs = 5000;
+
+// kMigrations[v] brings a database at schema version v to version v + 1.
+// Append a step for every schema change; never edit a released one.
+constexpr std::array<std::string_view, kSchemaVersion> kMigrations = {
+    R"sql(
+CREATE TABLE peers (
+  id BLOB PRIMARY KEY NOT NULL,   -- PeerId, 16 bytes
+  host TEXT NOT NULL,
+  port INTEGER NOT NULL,
+  last_seen_ms INTEGER NOT NULL   -- Unix milliseconds
+) WITHOUT ROWID;
+-- A rowid table: chunk_hashes is up to 2 MiB, too large for WITHOUT ROWID.
+CREATE TABLE files (
+  id BLOB PRIMARY KEY NOT NULL,   -- FileId, 32 bytes
+  size INTEGER NOT NULL,
+  chunk_size INTEGER NOT NULL,
+  chunk_hashes BLOB NOT NULL      -- 32 bytes per chunk, in chunk order
+);
+CREATE TABLE file_names (
+  file_id BLOB NOT NULL REFERENCES files (id),
+  position INTEGER NOT NULL,      -- 0 is the first name, the one listed
+  name TEXT NOT NULL,
+  PRIMARY KEY (file_id, position),
+  UNIQUE (file_id, name)
+) WITHOUT ROWID;
+CREATE TABLE holders (
+  peer_id BLOB NOT NULL REFERENCES peers (id),
+  file_id BLOB NOT NULL REFERENCES files (id),
+  partial BLOB,                   -- bitfield wire form; NULL: a complete holder
+  PRIMARY KEY (peer_id, file_id)
+) WITHOUT ROWID;
+-- Lets deleting a file check its foreign keys without scanning all holders.
+CREATE INDEX holders_by_file ON holders (file_id);
+)sql",
+};
+
+std::int64_t to_unix_ms(SystemClock::time_point time) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count();
+}
+
+SystemClock::time_point from_unix_ms(std::int64_t ms) {
+  return SystemClock::time_point(std::chrono::milliseconds(ms));
+}
+
+std::string_view as_chars(std::span<const std::uint8_t> bytes) {
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
+std::string join_hashes(const std::vector<Sha256Digest>& hashes) {
+  std::string joined;
+  joined.reserve(hashes.size() * Sha256Digest::kSize);
+  for (const auto& hash : hashes) joined.append(as_chars(hash.bytes));
+  return joined;
+}
+
+[[noreturn]] void corrupt(const std::filesystem::path& path, std::string_view detail) {
+  throw Error(Errc::io, fmt::format("registry: {} is corrupt: {}; restore it from a backup or "
+                                    "move it away to start empty",
+                                    path.string(), detail));
+}
+
+void configure(sqlite::Database& db) {
+  // Set first: switching to WAL itself needs a lock another process may hold.
+  db.exec(fmt::format("PRAGMA busy_timeout = {}", kBusyTimeoutMs), "setting busy_timeout");
+  sqlite::Statement journal = db.prepare("PRAGMA journal_mode = WAL", "enabling WAL");
+  const std::string mode = journal.step() ? std::string(journal.column_text(0)) : "";
+  journal.reset();
+  // Some file systems cannot do WAL; the durability promises above need it.
+  if (mode != "wal") {
+    throw Error(Errc::io, fmt::format("registry: enabling WAL failed: journal mode is '{}'", mode));
+  }
+  db.exec("PRAGMA synchronous = NORMAL", "setting synchronous");
+  db.exec("PRAGMA foreign_keys = ON", "enabling foreign keys");
+}
+
+void migrate(sqlite::Database& db, const std::filesystem::path& path) {
+  std::int64_t version = db.user_version();
+  if (version < 0 || version > kSchemaVersion) {
+    throw Error(Errc::io,
+                fmt::format("registry: {} has schema version {}, but this build knows versions up "
+                            "to {}; run a newer p2pshare or use another data directory",
+                            path.string(), version, kSchemaVersion));
+  }
+  for (; version < kSchemaVersion; ++version) {
+    // One transaction per step: the version number moves with the schema.
+    auto transaction = db.transaction();
+    db.exec(kMigrations[static_cast<std::size_t>(version)],
+            fmt::format("migrating the schema to version {}", version + 1));
+    db.set_user_version(version + 1);
+    transaction.commit();
+  }
+}
+
+sqlite::Database open_database(const std::filesystem::path& data_dir) {
+  std::error_code error;
+  std::filesystem::create_directories(data_dir, error);
+  if (error) {
+    throw Error(Errc::io, fmt::format("registry: creating {} failed: {}", data_dir.string(),
+                                      error.message()));
+  }
+  const auto path = data_dir / "registry.db";
+  sqlite::Database db(path, "registry");
+  configure(db);
+  migrate(db, path);
+  return db;
+}
+
+}  // namespace
+
+struct Registry::Impl {
+  struct Peer {
+    PeerId id;
+    std::string host;
+    std::uint16_t port = 0;
+    std::int64_t last_seen_ms = 0;
+    bool last_seen_dirty = false;  // memory is newer than the row
+    std::set<FileId> files;        // the files it holds
+  };
+  struct Holding {
+    // Peers are never erased, and std::map nodes do not move, so this
+    // pointer stays valid; it makes the liveness check free of lookups.
+    const Peer* peer = nullptr;
+    std::optional<Bitfield> partial;
+  };
+  struct File {
+    std::uint64_t size = 0;
+    std::uint32_t chunk_size = 0;
+    std::vector<Sha256Digest> chunk_hashes;
+    std::vector<std::string> names;  // in order of first announcement
+    std::map<PeerId, Holding> holders;
+  };
+
+  Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry);
+  void load(const std::filesystem::path& path);
+
+  bool live(const Peer& peer, std::int64_t now_ms) const {
+    return now_ms - peer.last_seen_ms < expiry_ms;
+  }
+  void set_last_seen(Peer& peer, std::int64_t ms);
+  std::uint32_t count_live_holders(const File& file, std::int64_t now_ms) const;
+
+  sqlite::Database db;
+  std::int64_t expiry_ms;
+  // Prepared once; each call only binds and runs.
+  sqlite::Statement upsert_peer;
+  sqlite::Statement update_last_seen;
+  sqlite::Statement insert_file;
+  sqlite::Statement insert_name;
+  sqlite::Statement upsert_holder;
+  sqlite::Statement delete_holder;
+
+  std::map<PeerId, Peer> peers;
+  // Every peer ordered by last_seen, so listing live peers visits only the
+  // live ones, however many stale peers have piled up.
+  std::set<std::pair<std::int64_t, PeerId>> peers_by_last_seen;
+  std::vector<Peer*> dirty_peers;  // those with last_seen_dirty set
+  std::map<FileId, File> files;    // in id order, for paging
+};
+
+Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry)
+    : db(open_database(data_dir)),
+      expiry_ms(expiry.count()),
+      upsert_peer(db.prepare(
+          "INSERT INTO peers (id, host, port, last_seen_ms) VALUES (?1, ?2, ?3, ?4) "
+          "ON CONFLICT (id) DO UPDATE SET host = excluded.host, port = excluded.port, "
+          "last_seen_ms = excluded.last_seen_ms",
+          "upsert peer")),
+      update_last_seen(db.prepare("UPDATE peers SET last_seen_ms = ?2 WHERE id = ?1",
+                                  "update last_seen")),
+      insert_file(db.prepare(
+          "INSERT INTO files (id, size, chunk_size, chunk_hashes) VALUES (?1, ?2, ?3, ?4)",
+          "insert file")),
+      insert_name(db.prepare(
+          "INSERT INTO file_names (file_id, position, name) VALUES (?1, ?2, ?3)",
+          "insert file name")),
+      upsert_holder(db.prepare(
+          "INSERT INTO holders (peer_id, file_id, partial) VALUES (?1, ?2, ?3) "
+          "ON CONFLICT (peer_id, file_id) DO UPDATE SET partial = excluded.partial",
+          "upsert holder")),
+      delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2",
+                               "delete holder")) {
+  load(data_dir / "registry.db");
+}
+
+void Registry::Impl::load(const std::filesystem::path& path) {
+  // One transaction: a consistent snapshot even if another process writes.
+  auto transaction = db.transaction();
+
+  auto peer_rows = db.prepare("SELECT id, host, port, last_seen_ms FROM peers", "load peers");
+  while (peer_rows.step()) {
+    const auto id = peer_id_from_bytes(as_chars(peer_rows.column_blob(0)));
+    if (!id) corrupt(path, "a peer id is not 16 bytes");
+    Peer& peer = peers[*id];
+    peer.id = *id;
+    peer.host = peer_rows.column_text(1);
+    peer.port = static_cast<std::uint16_t>(peer_rows.column_int(2));
+    peer.last_seen_ms = peer_rows.column_int(3);
+    peers_by_last_seen.emplace(peer.last_seen_ms, *id);
+  }
+
+  auto file_rows =
+      db.prepare("SELECT id, size, chunk_size, chunk_hashes FROM files", "load files");
+  while (file_rows.step()) {
+    const auto id = file_id_from_bytes(as_chars(file_rows.column_blob(0)));
+    if (!id) corrupt(path, "a file id is not 32 bytes");
+    const auto hashes = file_rows.column_blob(3);
+    if (hashes.size() % Sha256Digest::kSize != 0) {
+      corrupt(path, fmt::format("file {} has a partial chunk hash", to_hex(*id)));
+    }
+    File& file = files[*id];
+    file.size = static_cast<std::uint64_t>(file_rows.column_int(1));
+    file.chunk_size = static_cast<std::uint32_t>(file_rows.column_int(2));
+    file.chunk_hashes.resize(hashes.size() / Sha256Digest::kSize);
+    for (std::size_t i = 0; i < file.chunk_hashes.size(); ++i) {
+      std::copy_n(hashes.begin() + static_cast<std::ptrdiff_t>(i * Sha256Digest::kSize),
+                  Sha256Digest::kSize, file.chunk_hashes[i].bytes.begin());
+    }
+  }
+
+  auto name_rows = db.prepare(
+      "SELECT file_id, name FROM file_names ORDER BY file_id, position", "load file names");
+  while (name_rows.step()) {
+    const auto id = file_id_from_bytes(as_chars(name_rows.column_blob(0)));
+    const auto file = id ? files.find(*id) : files.end();
+    if (file == files.end()) corrupt(path, "a file name belongs to no known file");
+    file->second.names.emplace_back(name_rows.column_text(1));
+  }
+
+  auto holder_rows =
+      db.prepare("SELECT peer_id, file_id, partial FROM holders", "load holders");
+  while (holder_rows.step()) {
+    const auto peer_id = peer_id_from_bytes(as_chars(holder_rows.column_blob(0)));
+    const auto file_id = file_id_from_bytes(as_chars(holder_rows.column_blob(1)));
+    const auto peer = peer_id ? peers.find(*peer_id) : peers.end();
+    const auto file = file_id ? files.find(*file_id) : files.end();
+    if (peer == peers.end() || file == files.end()) {
+      corrupt(path, "a holder refers to an unknown peer or file");
+    }
+    Holding holding{&peer->second, std::nullopt};
+    if (!holder_rows.column_is_null(2)) {
+      const auto chunks = static_cast<std::uint32_t>(file->second.chunk_hashes.size());
+      holding.partial = Bitfield::from_wire(as_chars(holder_rows.column_blob(2)), chunks);
+      if (!holding.partial) {
+        corrupt(path, fmt::format("a bitfield of file {} does not fit its {} chunks",
+                                  to_hex(*file_id), chunks));
+      }
+    }
+    file->second.holders.emplace(*peer_id, std::move(holding));
+    peer->second.files.insert(*file_id);
+  }
+  transaction.commit();
+}
+
+void Registry::Impl::set_last_seen(Peer& peer, std::int64_t ms) {
+  if (peer.last_seen_ms == ms) return;
+  peers_by_last_seen.erase({peer.last_seen_ms, peer.id});
+  peer.last_seen_ms = ms;
+  peers_by_last_seen.emplace(ms, peer.id);
+}
+
+std::uint32_t Registry::Impl::count_live_holders(const File& file, std::int64_t now_ms) const {
+  std::uint32_t count = 0;
+  for (const auto& [id, holding] : file.holders) {
+    if (live(*holding.peer, now_ms)) ++count;
+  }
+  return count;
+}
+
+namespace {
+
+PeerRecord record_of(const PeerId& id, const std::string& host, std::uint16_t port,
+                     std::int64_t last_seen_ms) {
+  return PeerRecord{id, host, port, from_unix_ms(last_seen_ms)};
+}
+
+bool same_partial(const std::optional<Bitfield>& a, const std::optional<Bitfield>& b) {
+  if (a.has_value() != b.has_value()) return false;
+  return !a || (a->size() == b->size() && a->to_wire() == b->to_wire());
+}
+
+}  // namespace
+
+Registry::Registry(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry)
+    : impl_(std::make_unique<Impl>(data_dir, expiry)) {}
+
+Registry::~Registry() {
+  // A clean shutdown keeps the heartbeats too; a failure here only loses
+  // last_seen values, which the next heartbeats restore.
+  try {
+    flush_last_seen();
+  } catch (...) {
+  }
+}
+
+void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port,
+                           SystemClock::time_point now) {
+  const std::int64_t now_ms = to_unix_ms(now);
+  impl_->upsert_peer.bind_blob(1, id.bytes).bind_text(2, host).bind_int(3, port);
+  impl_->upsert_peer.bind_int(4, now_ms);
+  impl_->upsert_peer.run();
+
+  auto [it, inserted] = impl_->peers.try_emplace(id);
+  Impl::Peer& peer = it->second;
+  if (inserted) {
+    peer.id = id;
+    peer.last_seen_ms = now_ms;
+    impl_->peers_by_last_seen.emplace(now_ms, id);
+  } else {
+    impl_->set_last_seen(peer, now_ms);
+  }
+  peer.host = host;
+  peer.port = port;
+  // The row now holds the newest value; flush_last_seen skips this peer.
+  peer.last_seen_dirty = false;
+}
+
+bool Registry::touch_peer(const PeerId& id, SystemClock::time_point now) {
+  const auto it = impl_->peers.find(id);
+  if (it == impl_->peers.end()) return false;
+  Impl::Peer& peer = it->second;
+  impl_->set_last_seen(peer, to_unix_ms(now));
+  if (!peer.last_seen_dirty) {
+    peer.last_seen_dirty = true;
+    impl_->dirty_peers.push_back(&peer);
+  }
+  return true;
+}
+
+FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest,
+                          std::optional<Bitfield> partial) {
+  const auto peer_it = impl_->peers.find(peer_id);
+  if (peer_it == impl_->peers.end()) {
+    throw Error(Errc::protocol,
+                fmt::format("registry: announce from unknown peer {}", to_hex(peer_id)));
+  }
+  if (partial && partial->size() != manifest.chunk_count()) {
+    throw Error(Errc::bad_request,
+                fmt::format("registry: announced bitfield has {} bits for {} chunks",
+                            partial->size(), manifest.chunk_count()));
+  }
+  // A holder with every chunk is a complete holder; one form for one fact.
+  if (partial && partial->all()) partial.reset();
+
+  const FileId id = manifest.file_id();
+  auto file_it = impl_->files.find(id);
+  const bool new_file = file_it == impl_->files.end();
+  const std::vector<std::string>* names = new_file ? nullptr : &file_it->second.names;
+  const std::size_t name_count = names != nullptr ? names->size() : 0;
+  const bool add_name =
+      !manifest.name.empty() && name_count < kMaxNamesPerFile &&
+      (names == nullptr || std::find(names->begin(), names->end(), manifest.name) == names->end());
+  const Impl::Holding* current = nullptr;
+  if (!new_file) {
+    const auto holder_it = file_it->second.holders.find(peer_id);
+    if (holder_it != file_it->second.holders.end()) current = &holder_it->second;
+  }
+  // Peers re-announce everything on reconnect; an unchanged fact costs no write.
+  if (!new_file && !add_name && current != nullptr && same_partial(current->partial, partial)) {
+    return id;
+  }
+
+  {
+    auto transaction = impl_->db.transaction();
+    if (new_file) {
+      impl_->insert_file.bind_blob(1, id.bytes)
+          .bind_int(2, static_cast<std::int64_t>(manifest.size))
+          .bind_int(3, manifest.chunk_size)
+          .bind_blob(4, join_hashes(manifest.chunk_hashes));
+      impl_->insert_file.run();
+    }
+    if (add_name) {
+      impl_->insert_name.bind_blob(1, id.bytes)
+          .bind_int(2, static_cast<std::int64_t>(name_count))
+          .bind_text(3, manifest.name);
+      impl_->insert_name.run();
+    }
+    impl_->upsert_holder.bind_blob(1, peer_id.bytes).bind_blob(2, id.bytes);
+    if (partial) {
+      impl_->upsert_holder.bind_blob(3, partial->to_wire());
+    } else {
+      impl_->upsert_holder.bind_null(3);
+    }
+    impl_->upsert_holder.run();
+    transaction.commit();
+  }
+
+  // Memory changes only after the commit, so a failed write leaves both
+  // views agreeing.
+  if (new_file) {
+    Impl::File file;
+    file.size = manifest.size;
+    file.chunk_size = manifest.chunk_size;
+    file.chunk_hashes = manifest.chunk_hashes;
+    file_it = impl_->files.emplace(id, std::move(file)).first;
+  }
+  if (add_name) file_it->second.names.push_back(manifest.name);
+  file_it->second.holders.insert_or_assign(peer_id,
+                                           Impl::Holding{&peer_it->second, std::move(partial)});
+  peer_it->second.files.insert(id);
+  return id;
+}
+
+bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
+  const auto file_it = impl_->files.find(file_id);
+  if (file_it == impl_->files.end()) return false;
+  auto& holders = file_it->second.holders;
+  const auto holder_it = holders.find(peer_id);
+  if (holder_it == holders.end()) return false;
+
+  impl_->delete_holder.bind_blob(1, peer_id.bytes).bind_blob(2, file_id.bytes);
+  impl_->delete_holder.run();
+
+  holders.erase(holder_it);
+  impl_->peers.at(peer_id).files.erase(file_id);
+  return true;
+}
+
+std::vector<FileSummary> Registry::list_files(std::optional<FileId> after, std::size_t limit,
+                                              SystemClock::time_point now) const {
+  const std::int64_t now_ms = to_unix_ms(now);
+  std::vector<FileSummary> page;
+  page.reserve(std::min(limit, impl_->files.size()));
+  auto it = after ? impl_->files.upper_bound(*after) : impl_->files.begin();
+  for (; it != impl_->files.end() && page.size() < limit; ++it) {
+    const Impl::File& file = it->second;
+    page.push_back(FileSummary{it->first, file.names.empty() ? std::string() : file.names.front(),
+                               file.size, impl_->count_live_holders(file, now_ms)});
+  }
+  return page;
+}
+
+std::size_t Registry::file_count() const noexcept { return impl_->files.size(); }
+
+std::vector<PeerRecord> Registry::live_peers(std::optional<FileId> file,
+                                             SystemClock::time_point now) const {
+  const std::int64_t now_ms = to_unix_ms(now);
+  std::vector<PeerRecord> result;
+  if (file) {
+    const auto file_it = impl_->files.find(*file);
+    if (file_it == impl_->files.end()) return result;
+    for (const auto& [id, holding] : file_it->second.holders) {
+      const Impl::Peer& peer = *holding.peer;
+      if (impl_->live(peer, now_ms)) {
+        result.push_back(record_of(id, peer.host, peer.port, peer.last_seen_ms));
+      }
+    }
+    return result;
+  }
+  // Most recently seen first; stop at the first stale peer.
+  for (auto it = impl_->peers_by_last_seen.rbegin(); it != impl_->peers_by_last_seen.rend();
+       ++it) {
+    const Impl::Peer& peer = impl_->peers.at(it->second);
+    if (!impl_->live(peer, now_ms)) break;
+    result.push_back(record_of(peer.id, peer.host, peer.port, peer.last_seen_ms));
+  }
+  return result;
+}
+
+std::optional<FileDetails> Registry::file(const FileId& id, SystemClock::time_point now) const {
+  const auto it = impl_->files.find(id);
+  if (it == impl_->files.end()) return std::nullopt;
+  const Impl::File& file = it->second;
+  const std::int64_t now_ms = to_unix_ms(now);
+  FileDetails details;
+  details.manifest.size = file.size;
+  details.manifest.chunk_size = file.chunk_size;
+  details.manifest.chunk_hashes = file.chunk_hashes;
+  details.manifest.name = file.names.empty() ? std::string() : file.names.front();
+  details.names = file.names;
+  for (const auto& [peer_id, holding] : file.holders) {
+    const Impl::Peer& peer = *holding.peer;
+    if (!impl_->live(peer, now_ms)) continue;
+    details.live_holders.push_back(
+        HolderRecord{record_of(peer_id, peer.host, peer.port, peer.last_seen_ms), holding.partial});
+  }
+  return details;
+}
+
+void Registry::flush_last_seen() {
+  if (impl_->dirty_peers.empty()) return;
+  {
+    auto transaction = impl_->db.transaction();
+    for (const Impl::Peer* peer : impl_->dirty_peers) {
+      // upsert_peer may have written the newest value already.
+      if (!peer->last_seen_dirty) continue;
+      impl_->update_last_seen.bind_blob(1, peer->id.bytes).bind_int(2, peer->last_seen_ms);
+      impl_->update_last_seen.run();
+    }
+    transaction.commit();
+  }
+  for (Impl::Peer* peer : impl_->dirty_peers) peer->last_seen_dirty = false;
+  impl_->dirty_peers.clear();
+}
+
+}  // namespace p2pshare::central

@@ -1,0 +1,464 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+
+#include <catch2/catch.hpp>
+
+#include "p2pshare/error.hpp"
+#include "p2pshare/registry.hpp"
+#include "p2pshare/sqlite.hpp"
+#include "support/temp_dir.hpp"
+
+using p2pshare::Bitfield;
+using p2pshare::ChunkIndex;
+using p2pshare::Errc;
+using p2pshare::FileId;
+using p2pshare::Manifest;
+using p2pshare::PeerId;
+using p2pshare::central::PeerRecord;
+using p2pshare::central::Registry;
+using p2pshare::central::SystemClock;
+using p2pshare::test::TempDir;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kExpiry = std::chrono::milliseconds(60s);
+// Fixed times, never the real clock: expiry tests must not depend on speed.
+const SystemClock::time_point kStart(std::chrono::milliseconds(1'700'000'000'000));
+
+PeerId make_peer_id(std::uint8_t n) {
+  PeerId id;
+  id.bytes[0] = n;
+  id.bytes[15] = static_cast<std::uint8_t>(0xa5 ^ n);
+  return id;
+}
+
+// A manifest of `chunks` chunks whose hashes are distinct for every (seed, i).
+Manifest make_manifest(std::uint32_t seed, std::uint32_t chunks = 3, std::string name = "") {
+  Manifest manifest;
+  manifest.chunk_size = 16384;
+  manifest.size = chunks == 0 ? 0 : std::uint64_t{chunks} * manifest.chunk_size - 100;
+  for (std::uint32_t i = 0; i < chunks; ++i) {
+    p2pshare::Sha256Digest hash;
+    for (int b = 0; b < 4; ++b) {
+      hash.bytes[b] = static_cast<std::uint8_t>(seed >> (8 * b));
+      hash.bytes[4 + b] = static_cast<std::uint8_t>(i >> (8 * b));
+    }
+    hash.bytes[31] = 0x5a;
+    manifest.chunk_hashes.push_back(hash);
+  }
+  manifest.name = std::move(name);
+  return manifest;
+}
+
+// The code of the p2pshare::Error `action` throws; nullopt if it throws none.
+template <typename Action>
+std::optional<Errc> error_code_of(Action&& action, std::string* message = nullptr) {
+  try {
+    action();
+  } catch (const p2pshare::Error& error) {
+    if (message != nullptr) *message = error.what();
+    return error.code();
+  }
+  return std::nullopt;
+}
+
+std::set<PeerId> ids_of(const std::vector<PeerRecord>& peers) {
+  std::set<PeerId> ids;
+  for (const auto& peer : peers) ids.insert(peer.id);
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("registry upserts peers and lists the live ones", "[registry]") {
+  TempDir dir;
+  Registry registry(dir / "nested" / "central", kExpiry);  // the directory is created
+  const PeerId a = make_peer_id(1);
+  const PeerId b = make_peer_id(2);
+  CHECK(registry.live_peers(std::nullopt, kStart).empty());
+
+  registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+  registry.upsert_peer(b, "10.0.0.2", 4001, kStart + 1s);
+  auto peers = registry.live_peers(std::nullopt, kStart + 2s);
+  REQUIRE(peers.size() == 2);
+  CHECK(peers[0].id == b);  // most recently seen first
+  CHECK(peers[0].host == "10.0.0.2");
+  CHECK(peers[0].port == 4001);
+  CHECK(peers[0].last_seen == kStart + 1s);
+  CHECK(peers[1].id == a);
+
+  // A peer that moves keeps its id and gets the new address.
+  registry.upsert_peer(a, "10.0.0.9", 5000, kStart + 3s);
+  peers = registry.live_peers(std::nullopt, kStart + 3s);
+  REQUIRE(peers.size() == 2);
+  CHECK(peers[0].id == a);
+  CHECK(peers[0].host == "10.0.0.9");
+  CHECK(peers[0].port == 5000);
+  CHECK(std::filesystem::exists(dir / "nested" / "central" / "registry.db"));
+}
+
+TEST_CASE("registry expires silent peers and touching revives them", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  const PeerId a = make_peer_id(1);
+  const PeerId b = make_peer_id(2);
+  registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+  registry.upsert_peer(b, "10.0.0.2", 4000, kStart);
+  const FileId id = registry.announce(a, make_manifest(1, 3, "x"), std::nullopt);
+  registry.announce(b, make_manifest(1, 3, "x"), std::nullopt);
+
+  CHECK(registry.touch_peer(b, kStart + 50s));
+  CHECK_FALSE(registry.touch_peer(make_peer_id(99), kStart + 50s));  // unknown
+
+  // Exactly `expiry` after the last sighting a peer is no longer live.
+  const auto later = kStart + kExpiry;
+  CHECK(ids_of(registry.live_peers(std::nullopt, later)) == std::set<PeerId>{b});
+  CHECK(ids_of(registry.live_peers(id, later)) == std::set<PeerId>{b});
+  auto files = registry.list_files(std::nullopt, 10, later);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].live_holders == 1);
+  auto details = registry.file(id, later);
+  REQUIRE(details);
+  REQUIRE(details->live_holders.size() == 1);
+  CHECK(details->live_holders[0].peer.id == b);
+  CHECK(ids_of(registry.live_peers(std::nullopt, later - 1ms)) == std::set<PeerId>{a, b});
+
+  CHECK(registry.touch_peer(a, later));
+  CHECK(ids_of(registry.live_peers(std::nullopt, later)) == std::set<PeerId>{a, b});
+  CHECK(registry.list_files(std::nullopt, 10, later)[0].live_holders == 2);
+  CHECK(registry.live_peers(std::nullopt, later + 2 * kExpiry).empty());
+}
+
+TEST_CASE("registry announces complete and partial holders", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  const PeerId seeder = make_peer_id(1);
+  const PeerId leecher = make_peer_id(2);
+  registry.upsert_peer(seeder, "10.0.0.1", 4000, kStart);
+  registry.upsert_peer(leecher, "10.0.0.2", 4000, kStart);
+  const Manifest manifest = make_manifest(7, 11, "movie.mkv");
+
+  const FileId id = registry.announce(seeder, manifest, std::nullopt);
+  CHECK(id == manifest.file_id());
+  Bitfield have(11);
+  have.set(ChunkIndex{0});
+  have.set(ChunkIndex{9});
+  CHECK(registry.announce(leecher, manifest, have) == id);
+  CHECK(registry.file_count() == 1);
+
+  auto details = registry.file(id, kStart);
+  REQUIRE(details);
+  CHECK(details->manifest.size == manifest.size);
+  CHECK(details->manifest.chunk_size == manifest.chunk_size);
+  CHECK(details->manifest.chunk_hashes == manifest.chunk_hashes);
+  CHECK(details->manifest.file_id() == id);
+  REQUIRE(details->live_holders.size() == 2);
+  for (const auto& holder : details->live_holders) {
+    if (holder.peer.id == seeder) {
+      CHECK_FALSE(holder.partial);
+    } else {
+      REQUIRE(holder.partial);
+      CHECK(holder.partial->to_wire() == have.to_wire());
+      CHECK(holder.partial->count() == 2);
+    }
+  }
+
+  // The leecher finishes: a full bitfield is recorded as a complete holder.
+  registry.announce(leecher, manifest, Bitfield(11, true));
+  details = registry.file(id, kStart);
+  REQUIRE(details);
+  for (const auto& holder : details->live_holders) CHECK_FALSE(holder.partial);
+
+  std::string message;
+  CHECK(error_code_of([&] { registry.announce(leecher, manifest, Bitfield(12)); }, &message) ==
+        Errc::bad_request);
+  CHECK_THAT(message, Catch::Contains("12 bits for 11 chunks"));
+}
+
+TEST_CASE("registry accumulates names and lists the first", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  const PeerId a = make_peer_id(1);
+  const PeerId b = make_peer_id(2);
+  registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+  registry.upsert_peer(b, "10.0.0.2", 4000, kStart);
+
+  const FileId id = registry.announce(a, make_manifest(3, 2, ""), std::nullopt);
+  CHECK(registry.file(id, kStart)->names.empty());
+  registry.announce(a, make_manifest(3, 2, "first.iso"), std::nullopt);
+  registry.announce(b, make_manifest(3, 2, "second.iso"), std::nullopt);
+  registry.announce(b, make_manifest(3, 2, "first.iso"), std::nullopt);  // not repeated
+
+  auto details = registry.file(id, kStart);
+  REQUIRE(details);
+  CHECK(details->names == std::vector<std::string>{"first.iso", "second.iso"});
+  CHECK(details->manifest.name == "first.iso");
+  auto files = registry.list_files(std::nullopt, 10, kStart);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].name == "first.iso");
+
+  // Names are bounded, whoever keeps inventing them.
+  for (int i = 0; i < 40; ++i) {
+    registry.announce(a, make_manifest(3, 2, "name-" + std::to_string(i)), std::nullopt);
+  }
+  details = registry.file(id, kStart);
+  REQUIRE(details);
+  CHECK(details->names.size() == 16);
+  CHECK(details->names.front() == "first.iso");
+}
+
+TEST_CASE("registry withdraws a holder but remembers the file", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  const PeerId a = make_peer_id(1);
+  const PeerId b = make_peer_id(2);
+  registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+  registry.upsert_peer(b, "10.0.0.2", 4000, kStart);
+  const FileId id = registry.announce(a, make_manifest(5, 4, "f"), std::nullopt);
+  registry.announce(b, make_manifest(5, 4, "f"), std::nullopt);
+
+  CHECK(registry.withdraw(a, id));
+  CHECK_FALSE(registry.withdraw(a, id));  // no longer a holder
+  CHECK_FALSE(registry.withdraw(a, make_manifest(6).file_id()));  // unknown file
+  CHECK(ids_of(registry.live_peers(id, kStart)) == std::set<PeerId>{b});
+  CHECK(registry.withdraw(b, id));
+
+  auto files = registry.list_files(std::nullopt, 10, kStart);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].id == id);
+  CHECK(files[0].live_holders == 0);
+  REQUIRE(registry.file(id, kStart));
+  CHECK(registry.file(id, kStart)->live_holders.empty());
+  CHECK(registry.live_peers(id, kStart).empty());
+  CHECK(registry.live_peers(std::nullopt, kStart).size() == 2);  // the peers stay
+}
+
+TEST_CASE("registry pages files in id order", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  const PeerId a = make_peer_id(1);
+  registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+  std::set<FileId> announced;
+  for (std::uint32_t i = 0; i < 25; ++i) {
+    announced.insert(registry.announce(a, make_manifest(100 + i, 1 + i % 3, "f"), std::nullopt));
+  }
+  REQUIRE(announced.size() == 25);
+  CHECK(registry.file_count() == 25);
+
+  std::vector<FileId> seen;
+  std::vector<std::size_t> page_sizes;
+  std::optional<FileId> after;
+  // Bounded, so a paging bug that repeats a page fails instead of hanging.
+  for (int pages = 0; pages < 5; ++pages) {
+    const auto page = registry.list_files(after, 10, kStart);
+    if (page.empty()) break;
+    page_sizes.push_back(page.size());
+    for (const auto& file : page) {
+      CHECK(file.live_holders == 1);
+      seen.push_back(file.id);
+    }
+    after = page.back().id;
+  }
+  CHECK(page_sizes == std::vector<std::size_t>{10, 10, 5});
+  CHECK(seen == std::vector<FileId>(announced.begin(), announced.end()));  // sorted, complete
+
+  CHECK(registry.list_files(std::nullopt, 0, kStart).empty());
+  // `after` need not be a known id: paging resumes at the next one.
+  FileId between = seen[3];
+  between.bytes[31] ^= 1;
+  const auto resumed = registry.list_files(between, 1, kStart);
+  REQUIRE(resumed.size() == 1);
+  CHECK(resumed[0].id == *std::upper_bound(seen.begin(), seen.end(), between));
+}
+
+TEST_CASE("registry keeps everything across a reopen", "[registry]") {
+  TempDir dir;
+  const PeerId a = make_peer_id(1);
+  const PeerId b = make_peer_id(2);
+  const PeerId gone = make_peer_id(3);
+  const Manifest manifest = make_manifest(9, 5, "keep.bin");
+  Bitfield have(5);
+  have.set(ChunkIndex{2});
+  FileId id;
+  {
+    Registry registry(dir.path(), kExpiry);
+    registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+    registry.upsert_peer(b, "10.0.0.2", 4001, kStart);
+    id = registry.announce(a, manifest, std::nullopt);
+    registry.announce(b, make_manifest(9, 5, "other.bin"), have);
+    registry.upsert_peer(gone, "10.0.0.3", 4002, kStart);
+    registry.announce(gone, manifest, std::nullopt);
+    REQUIRE(registry.withdraw(gone, id));
+    registry.touch_peer(a, kStart + 10s);
+    registry.flush_last_seen();
+    registry.touch_peer(b, kStart + 20s);  // the destructor flushes it
+  }
+  Registry registry(dir.path(), kExpiry);
+  CHECK(registry.file_count() == 1);
+  auto peers = registry.live_peers(std::nullopt, kStart + 30s);
+  REQUIRE(peers.size() == 3);
+  CHECK(peers[0].id == b);
+  CHECK(peers[0].last_seen == kStart + 20s);
+  CHECK(peers[0].port == 4001);
+  CHECK(peers[1].id == a);
+  CHECK(peers[1].last_seen == kStart + 10s);
+  CHECK(peers[1].host == "10.0.0.1");
+
+  auto details = registry.file(id, kStart + 30s);
+  REQUIRE(details);
+  CHECK(details->manifest.chunk_hashes == manifest.chunk_hashes);
+  CHECK(details->manifest.size == manifest.size);
+  CHECK(details->names == std::vector<std::string>{"keep.bin", "other.bin"});
+  CHECK(ids_of(registry.live_peers(id, kStart + 30s)) == std::set<PeerId>{a, b});  // not `gone`
+  REQUIRE(details->live_holders.size() == 2);
+  for (const auto& holder : details->live_holders) {
+    CHECK(holder.partial.has_value() == (holder.peer.id == b));
+    if (holder.partial) CHECK(holder.partial->to_wire() == have.to_wire());
+  }
+  // The reloaded indexes work for further changes too.
+  CHECK(registry.withdraw(a, id));
+  CHECK(ids_of(registry.live_peers(id, kStart + 30s)) == std::set<PeerId>{b});
+}
+
+TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[registry]") {
+  TempDir dir;
+  const PeerId a = make_peer_id(1);
+  const Manifest manifest = make_manifest(11, 2, "crash.bin");
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The child never returns into Catch2: it dies like a killed server,
+    // with no destructors and no WAL checkpoint.
+    try {
+      Registry registry(dir.path(), kExpiry);
+      registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+      registry.announce(a, manifest, std::nullopt);
+      registry.touch_peer(a, kStart + 5s);
+      registry.flush_last_seen();
+      registry.touch_peer(a, kStart + 9s);
+      std::raise(SIGKILL);
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+
+  Registry registry(dir.path(), kExpiry);
+  const auto files = registry.list_files(std::nullopt, 10, kStart + 10s);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].id == manifest.file_id());
+  CHECK(files[0].name == "crash.bin");
+  CHECK(files[0].live_holders == 1);
+  const auto peers = registry.live_peers(std::nullopt, kStart + 10s);
+  REQUIRE(peers.size() == 1);
+  // Heartbeats stay in memory until flushed, so the last one is gone.
+  CHECK(peers[0].last_seen == kStart + 5s);
+}
+
+TEST_CASE("registry lists a file's holders only", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  const PeerId a = make_peer_id(1);
+  const PeerId b = make_peer_id(2);
+  const PeerId c = make_peer_id(3);
+  for (const PeerId& id : {a, b, c}) registry.upsert_peer(id, "127.0.0.1", 4000, kStart);
+  const FileId first = registry.announce(a, make_manifest(20), std::nullopt);
+  const FileId second = registry.announce(b, make_manifest(21), std::nullopt);
+  registry.announce(c, make_manifest(21), std::nullopt);
+
+  CHECK(ids_of(registry.live_peers(first, kStart)) == std::set<PeerId>{a});
+  CHECK(ids_of(registry.live_peers(second, kStart)) == std::set<PeerId>{b, c});
+  CHECK(registry.live_peers(make_manifest(22).file_id(), kStart).empty());
+  CHECK(registry.live_peers(std::nullopt, kStart).size() == 3);
+}
+
+TEST_CASE("registry answers nullopt for an unknown file", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  CHECK_FALSE(registry.file(make_manifest(1).file_id(), kStart));
+  registry.upsert_peer(make_peer_id(1), "127.0.0.1", 4000, kStart);
+  registry.announce(make_peer_id(1), make_manifest(1), std::nullopt);
+  CHECK(registry.file(make_manifest(1).file_id(), kStart));
+  CHECK_FALSE(registry.file(make_manifest(2).file_id(), kStart));
+}
+
+TEST_CASE("registry refuses an announce from an unknown peer", "[registry]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry);
+  std::string message;
+  CHECK(error_code_of([&] { registry.announce(make_peer_id(7), make_manifest(1), std::nullopt); },
+                      &message) == Errc::protocol);
+  CHECK_THAT(message, Catch::Contains("unknown peer"));
+  CHECK(registry.file_count() == 0);  // nothing half-stored
+}
+
+TEST_CASE("registry refuses a database from a newer version", "[registry]") {
+  TempDir dir;
+  { Registry registry(dir.path(), kExpiry); }
+  {
+    p2pshare::sqlite::Database db(dir / "registry.db", "test");
+    CHECK(db.user_version() == 1);
+    db.set_user_version(2);
+  }
+  std::string message;
+  CHECK(error_code_of([&] { Registry registry(dir.path(), kExpiry); }, &message) == Errc::io);
+  CHECK_THAT(message, Catch::Contains("schema version 2"));
+}
+
+TEST_CASE("sqlite transactions roll back unless committed", "[registry][sqlite]") {
+  TempDir dir;
+  p2pshare::sqlite::Database db(dir / "t.db", "test");
+  db.exec("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)", "create table");
+  auto insert = db.prepare("INSERT INTO t (k, v) VALUES (?1, ?2)", "insert row");
+  auto count = db.prepare("SELECT count(*) FROM t", "count rows");
+  const auto rows = [&] {
+    REQUIRE(count.step());
+    const auto n = count.column_int(0);
+    count.reset();
+    return n;
+  };
+  {
+    auto transaction = db.transaction();
+    insert.bind_int(1, 1).bind_blob(2, std::string_view("\0\1", 2));
+    insert.run();
+  }  // no commit
+  CHECK(rows() == 0);
+  {
+    auto transaction = db.transaction();
+    insert.bind_int(1, 1).bind_null(2);
+    insert.run();
+    transaction.commit();
+  }
+  CHECK(rows() == 1);
+
+  std::string message;
+  CHECK(error_code_of(
+            [&] {
+              insert.bind_int(1, 1).bind_null(2);
+              insert.run();
+            },
+            &message) == Errc::io);
+  CHECK_THAT(message, Catch::StartsWith("test: insert row failed: UNIQUE constraint failed"));
+  // The failed statement was reset and can be used again.
+  insert.bind_int(1, 2).bind_blob(2, std::string_view("\0\1", 2));
+  insert.run();
+  auto read = db.prepare("SELECT v FROM t WHERE k = ?1", "read row");
+  read.bind_int(1, 2);
+  REQUIRE(read.step());
+  const auto blob = read.column_blob(0);
+  CHECK(std::string(reinterpret_cast<const char*>(blob.data()), blob.size()) ==
+        std::string("\0\1", 2));
+  read.reset();
+  CHECK(rows() == 2);
+}
