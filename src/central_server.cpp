@@ -111,7 +111,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         return;
       }
       session.hello_done = true;
-      session.connection->set_limits(protocol::kCentralLimits);
+      session.connection->set_limits(protocol::kCentralRequestLimits);
       return;
     }
     pb::CentralRequest request;
@@ -174,6 +174,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           if (s.get() == &session) bound[id] = s;
         }
         session.peer = id;
+        session.connection->set_limits(protocol::kCentralPeerRequestLimits);
         auto* out = response.mutable_registered();
         out->set_peer_id(to_bytes(id));
         out->set_heartbeat_interval_ms(static_cast<std::uint32_t>(config.heartbeat_interval.count()));

@@ -157,10 +157,27 @@ void Connection::on_header(const std::error_code& ec) {
     return;
   }
   header_ = *header;
-  message_.resize(header_.message_length);
+  message_.clear();
+  read_message_part();
+}
+
+void Connection::read_message_part() {
+  // The buffer grows only as bytes arrive: a header that promises megabytes
+  // costs nothing until the peer really sends them (within the frame deadline).
+  constexpr std::size_t kStep = 64 * 1024;
+  const std::size_t have = message_.size();
+  const std::size_t step = std::min<std::size_t>(kStep, header_.message_length - have);
+  message_.resize(have + step);
   reading_ = true;
-  asio::async_read(socket_, asio::buffer(message_),
-                   [self = shared_from_this()](const std::error_code& e, std::size_t) { self->on_message(e); });
+  asio::async_read(socket_, asio::buffer(message_.data() + have, step),
+                   [self = shared_from_this()](const std::error_code& e, std::size_t) {
+                     if (!e && !self->closed_ && self->message_.size() < self->header_.message_length) {
+                       self->reading_ = false;
+                       self->read_message_part();
+                       return;
+                     }
+                     self->on_message(e);
+                   });
 }
 
 void Connection::on_message(const std::error_code& ec) {
@@ -180,6 +197,8 @@ void Connection::on_message(const std::error_code& ec) {
     if (next_on_frame_) on_frame_ = std::move(next_on_frame_);
     next_on_frame_ = nullptr;
   }
+  // One large frame does not pin its buffer for the connection's life.
+  if (message_.capacity() > 256 * 1024) std::vector<std::uint8_t>().swap(message_);
   if (closed_) return;
   if (payload_length > 0) {
     if (!payload_claimed_) close("protocol error: unexpected payload");

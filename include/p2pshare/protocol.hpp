@@ -17,10 +17,16 @@ inline constexpr std::uint32_t kVersion = 1;
 
 // Peer plane: small messages; payloads up to one chunk.
 inline constexpr wire::Limits kPeerLimits{64 * 1024, kMaxChunkSize};
-// Central plane: a file record carries up to 2 MiB of hashes plus holders.
+// Central plane, answers: a file record carries up to 2 MiB of hashes plus holders.
 inline constexpr wire::Limits kCentralLimits{8 * 1024 * 1024, 0};
-// Control plane: requests are small; a status answer lists every file.
+// Central plane, requests the server accepts: small until the connection has
+// registered (only a peer announces a manifest of up to 2 MiB of hashes).
+inline constexpr wire::Limits kCentralRequestLimits{16 * 1024, 0};
+inline constexpr wire::Limits kCentralPeerRequestLimits{3 * 1024 * 1024, 0};
+// Control plane, answers: a status lists every file.
 inline constexpr wire::Limits kControlLimits{4 * 1024 * 1024, 0};
+// Control plane, requests the peer-server accepts: a path or an id.
+inline constexpr wire::Limits kControlRequestLimits{64 * 1024, 0};
 // What a server accepts before it knows the plane: a Hello.
 inline constexpr wire::Limits kHelloLimits{1024, 0};
 

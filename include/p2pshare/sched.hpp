@@ -116,21 +116,71 @@ class Scheduler {
   bool any_source() const;
 
  private:
-  struct PeerState;
-  struct ChunkState;
-  // ... implementation-defined members (see src/sched.cpp)
+  enum class ChunkStatus : std::uint8_t {
+    kMissing,  // wanted: open, or requested from one or more peers
+    kPending,  // arrived, awaiting hash check and write; never requested again
+    kHave,
+  };
+  struct ChunkState {
+    ChunkStatus status = ChunkStatus::kMissing;
+    std::uint32_t availability = 0;   // connected peers whose bit is set
+    std::uint32_t tiebreak = 0;       // position in this download's random permutation
+    std::vector<PeerKey> requesters;  // peers with a request outstanding (endgame: several)
+  };
+  // Sort key for the two chunk pools: (primary, tiebreak, index), where primary
+  // is the availability in open_ and the number of requests in requested_.
+  struct PoolKey {
+    std::uint32_t primary;
+    std::uint32_t tiebreak;
+    std::uint32_t index;
+    auto operator<=>(const PoolKey&) const = default;
+  };
+  struct PeerState {
+    Bitfield has;  // what it announced, minus what it rejected since
+    std::map<std::uint32_t, Clock::time_point> outstanding;  // chunk -> when requested
+    // Delivery rate in bytes per second, a moving average over samples of at
+    // least 50 ms of busy time each; unknown until the first sample closes.
+    double rate = 0;
+    bool rate_known = false;
+    std::optional<Clock::time_point> last_arrival;
+    std::uint64_t window_bytes = 0;
+    Clock::duration window_busy{};
+    // Where its next scan of open_ may start: no chunk it has sits before this
+    // key, as long as open_epoch_ still equals scan_epoch. Without it, a peer
+    // lacking the rarest chunks would walk past all of them on every call.
+    std::optional<PoolKey> scan_from;
+    std::uint64_t scan_epoch = 0;
+  };
+
+  // Every change to a missing chunk's availability or requesters goes between
+  // unfile() and refile(), so that its pool key is always current.
+  void unfile(std::uint32_t index);
+  // moved_later: only the availability grew, so no scan_from is invalidated.
+  void refile(std::uint32_t index, bool moved_later = false);
+  void add_request(PeerKey key, PeerState& peer, std::uint32_t index, Clock::time_point now);
+  void drop_request(PeerKey key, PeerState& peer, std::uint32_t index);
+  void set_peer_bit(PeerState& peer, std::uint32_t index, bool value);
+  // Sets (or clears) in the peer every bit set in `bits`.
+  void set_peer_bits(PeerState& peer, const Bitfield& bits, bool value);
+  void rebuild_open();
+  void record_delivery(PeerState& peer, Clock::time_point requested_at, Clock::time_point now);
+  unsigned target_for(const PeerState& peer) const;
+  bool endgame_allowed() const;
+
   std::uint32_t chunk_count_;
   Bitfield have_;
   Config config_;
-  std::unordered_map<PeerKey, std::unique_ptr<PeerState>> peers_;
+  std::unordered_map<PeerKey, PeerState> peers_;
+  // Outlives remove_peer on purpose: a ban must survive a reconnect.
   std::unordered_map<PeerKey, unsigned> strikes_;
   std::vector<ChunkState> chunks_;
-  // Missing chunks nobody is asked for, ordered rarest first:
-  // (availability, random tiebreak, index).
-  std::set<std::tuple<unsigned, std::uint32_t, std::uint32_t>> open_;
-  std::vector<std::uint32_t> tiebreak_;
-  std::uint32_t pending_ = 0;     // arrived, awaiting verify/write
-  std::uint32_t requested_ = 0;   // chunks with >= 1 request outstanding
+  std::vector<std::uint32_t> by_tiebreak_;  // chunk index at each tiebreak position
+  // Missing chunks nobody is asked for, rarest first: (availability, tiebreak, index).
+  std::set<PoolKey> open_;
+  // Missing chunks asked of someone, fewest requests first: (requests, tiebreak, index).
+  std::set<PoolKey> requested_;
+  // Bumped whenever a chunk enters open_ or moves earlier in it.
+  std::uint64_t open_epoch_ = 0;
 };
 
 }  // namespace p2pshare::sched

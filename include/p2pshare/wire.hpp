@@ -135,6 +135,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(asio::ip::tcp::socket socket, ConnectionOptions options);
   void read_header();
   void on_header(const std::error_code& ec);
+  void read_message_part();
   void on_message(const std::error_code& ec);
   void arm_read_deadline(std::chrono::milliseconds timeout);
   void write_next();

@@ -151,7 +151,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
                         "bad cookie");
       return;
     }
-    c->set_limits(protocol::kControlLimits);
+    c->set_limits(protocol::kControlRequestLimits);
     std::weak_ptr<wire::Connection> weak = c;
     c->start(
         [self = shared_from_this(), weak](std::string_view message, std::uint32_t) {

@@ -1,0 +1,400 @@
+#include "p2pshare/sched.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace p2pshare::sched {
+namespace {
+
+// A rate sample spans at least this much busy time: chunks drained from one
+// socket buffer arrive within microseconds and would otherwise read as an
+// absurd rate (or a division by zero).
+constexpr Clock::duration kMinRateWindow = std::chrono::milliseconds(50);
+// Weight of a new sample in the moving average: follows a real change within
+// a few samples, while one slow chunk does not collapse a fast peer's pipeline.
+constexpr double kRateSmoothing = 0.3;
+// From this many bit changes on (a peer with much of the file joining or
+// leaving), one rebuild of open_ from a sorted vector beats a tree erase and
+// insert per chunk by an order of magnitude.
+constexpr std::uint32_t kBulkBits = 256;
+
+// splitmix64 rather than std::uniform_int_distribution, whose output differs
+// between standard libraries: the same seed gives the same order everywhere.
+std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// The caller builds Config from user settings: nonsense must not divide by
+// zero or make std::clamp's bounds cross.
+Config sanitized(Config config) {
+  config.chunk_size = std::max<std::uint32_t>(config.chunk_size, 1);
+  config.max_strikes = std::max(config.max_strikes, 1u);
+  config.max_pipeline = std::max(config.max_pipeline, 1u);
+  config.min_pipeline = std::clamp(config.min_pipeline, 1u, config.max_pipeline);
+  config.initial_pipeline =
+      std::clamp(config.initial_pipeline, config.min_pipeline, config.max_pipeline);
+  if (!(config.pipeline_seconds >= 0)) config.pipeline_seconds = 0;  // also catches NaN
+  config.endgame_copies = std::max(config.endgame_copies, 1u);
+  return config;
+}
+
+}  // namespace
+
+Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
+    : chunk_count_(chunk_count),
+      have_(chunk_count),
+      config_(sanitized(config)),
+      chunks_(chunk_count) {
+  std::vector<std::uint32_t> permutation(chunk_count);
+  std::iota(permutation.begin(), permutation.end(), 0u);
+  std::uint64_t state = config_.random_seed;
+  for (std::uint32_t i = chunk_count; i > 1; --i) {
+    const auto j = static_cast<std::uint32_t>(splitmix64(state) % i);
+    std::swap(permutation[i - 1], permutation[j]);
+  }
+  by_tiebreak_.resize(chunk_count);
+  for (std::uint32_t i = 0; i < chunk_count; ++i) {
+    chunks_[i].tiebreak = permutation[i];
+    by_tiebreak_[permutation[i]] = i;
+    // A `have` of the wrong size is trusted only as far as it goes.
+    if (have.test(ChunkIndex{i})) {
+      have_.set(ChunkIndex{i});
+      chunks_[i].status = ChunkStatus::kHave;
+    }
+  }
+  rebuild_open();
+}
+
+// --- pools -------------------------------------------------------------------
+
+void Scheduler::unfile(std::uint32_t index) {
+  const ChunkState& chunk = chunks_[index];
+  if (chunk.status != ChunkStatus::kMissing) return;
+  if (chunk.requesters.empty()) {
+    open_.erase(PoolKey{chunk.availability, chunk.tiebreak, index});
+  } else {
+    const auto copies = static_cast<std::uint32_t>(chunk.requesters.size());
+    requested_.erase(PoolKey{copies, chunk.tiebreak, index});
+  }
+}
+
+void Scheduler::refile(std::uint32_t index, bool moved_later) {
+  const ChunkState& chunk = chunks_[index];
+  if (chunk.status != ChunkStatus::kMissing) return;
+  if (chunk.requesters.empty()) {
+    open_.insert(PoolKey{chunk.availability, chunk.tiebreak, index});
+    if (!moved_later) ++open_epoch_;
+  } else {
+    const auto copies = static_cast<std::uint32_t>(chunk.requesters.size());
+    requested_.insert(PoolKey{copies, chunk.tiebreak, index});
+  }
+}
+
+void Scheduler::add_request(PeerKey key, PeerState& peer, std::uint32_t index,
+                            Clock::time_point now) {
+  unfile(index);
+  chunks_[index].requesters.push_back(key);
+  refile(index);
+  peer.outstanding[index] = now;
+}
+
+void Scheduler::drop_request(PeerKey key, PeerState& peer, std::uint32_t index) {
+  peer.outstanding.erase(index);
+  unfile(index);
+  std::erase(chunks_[index].requesters, key);
+  refile(index);
+}
+
+void Scheduler::set_peer_bit(PeerState& peer, std::uint32_t index, bool value) {
+  if (peer.has.test(ChunkIndex{index}) == value) return;
+  peer.has.set(ChunkIndex{index}, value);
+  // A new bit may lie before where this peer's last scan stopped.
+  peer.scan_from.reset();
+  unfile(index);
+  if (value) {
+    ++chunks_[index].availability;
+  } else {
+    --chunks_[index].availability;
+  }
+  refile(index, /*moved_later=*/value);
+}
+
+void Scheduler::set_peer_bits(PeerState& peer, const Bitfield& bits, bool value) {
+  if (bits.count() < kBulkBits) {
+    for (std::uint32_t i = 0; i < chunk_count_; ++i) {
+      if (bits.test(ChunkIndex{i})) set_peer_bit(peer, i, value);
+    }
+    return;
+  }
+  for (std::uint32_t i = 0; i < chunk_count_; ++i) {
+    if (!bits.test(ChunkIndex{i}) || peer.has.test(ChunkIndex{i}) == value) continue;
+    peer.has.set(ChunkIndex{i}, value);
+    if (value) {
+      ++chunks_[i].availability;
+    } else {
+      --chunks_[i].availability;
+    }
+  }
+  peer.scan_from.reset();
+  if (!value) ++open_epoch_;  // chunks moved earlier in open_
+  rebuild_open();
+}
+
+// Keys are unique and tiebreaks are a permutation, so walking the chunks in
+// tiebreak order and bucketing them by availability sorts them in linear time.
+void Scheduler::rebuild_open() {
+  auto is_open = [this](const ChunkState& chunk) {
+    return chunk.status == ChunkStatus::kMissing && chunk.requesters.empty();
+  };
+  std::vector<std::size_t> bucket_start(1, 0);  // [a + 1]: open chunks of availability a
+  for (const ChunkState& chunk : chunks_) {
+    if (!is_open(chunk)) continue;
+    if (bucket_start.size() < chunk.availability + 2) bucket_start.resize(chunk.availability + 2);
+    ++bucket_start[chunk.availability + 1];
+  }
+  std::partial_sum(bucket_start.begin(), bucket_start.end(), bucket_start.begin());
+  std::vector<PoolKey> keys(bucket_start.back());
+  for (std::uint32_t index : by_tiebreak_) {
+    const ChunkState& chunk = chunks_[index];
+    if (is_open(chunk)) {
+      keys[bucket_start[chunk.availability]++] = PoolKey{chunk.availability, chunk.tiebreak, index};
+    }
+  }
+  open_ = std::set<PoolKey>(keys.begin(), keys.end());  // linear for sorted input
+}
+
+// Duplicates cost bandwidth, so they wait for the tail: every missing chunk
+// that some connected peer has is already requested. Chunks nobody has do
+// not hold the endgame back, or one lost chunk would stall the rest.
+bool Scheduler::endgame_allowed() const { return open_.empty() || open_.rbegin()->primary == 0; }
+
+// --- peers -------------------------------------------------------------------
+
+bool Scheduler::add_peer(PeerKey peer, const Bitfield& has) {
+  if (is_banned(peer) || peers_.contains(peer) || has.size() != chunk_count_) return false;
+  PeerState& state = peers_[peer];
+  state.has = Bitfield(chunk_count_);
+  set_peer_bits(state, has, true);
+  return true;
+}
+
+void Scheduler::on_have(PeerKey peer, ChunkIndex chunk) {
+  if (chunk.value >= chunk_count_) return;
+  auto found = peers_.find(peer);
+  if (found == peers_.end()) return;
+  set_peer_bit(found->second, chunk.value, true);
+}
+
+std::vector<ChunkIndex> Scheduler::remove_peer(PeerKey peer) {
+  std::vector<ChunkIndex> returned;
+  auto found = peers_.find(peer);
+  if (found == peers_.end()) return returned;
+  PeerState& state = found->second;
+  while (!state.outstanding.empty()) {
+    const std::uint32_t index = state.outstanding.begin()->first;
+    returned.push_back(ChunkIndex{index});
+    drop_request(peer, state, index);
+  }
+  const Bitfield had = state.has;
+  set_peer_bits(state, had, false);
+  peers_.erase(found);
+  return returned;
+}
+
+// --- decisions ---------------------------------------------------------------
+
+std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point now) {
+  std::vector<ChunkIndex> picks;
+  auto found = peers_.find(peer);
+  if (found == peers_.end()) return picks;
+  PeerState& state = found->second;
+  const std::size_t target = target_for(state);
+  if (state.outstanding.size() >= target) return picks;
+  const std::size_t wanted = target - state.outstanding.size();
+
+  // Rarest first. A seed matches the first entry; a peer lacking the rarest
+  // chunks skips them, but only once until open_ changes under it.
+  // Collected first because requesting moves a chunk out of open_.
+  auto it = open_.begin();
+  if (state.scan_from && state.scan_epoch == open_epoch_) it = open_.lower_bound(*state.scan_from);
+  PoolKey last_pick{};
+  for (; it != open_.end() && picks.size() < wanted; ++it) {
+    if (!state.has.test(ChunkIndex{it->index})) continue;
+    picks.push_back(ChunkIndex{it->index});
+    last_pick = *it;
+  }
+  // Short of picks means it has nothing left in open_: the next scan starts at the end.
+  state.scan_from = picks.size() == wanted ? last_pick : PoolKey{~0u, ~0u, ~0u};
+  for (ChunkIndex chunk : picks) add_request(peer, state, chunk.value, now);
+  state.scan_epoch = open_epoch_;
+  if (picks.size() == wanted || !endgame_allowed()) return picks;
+
+  // Endgame: the chunks with the fewest requests first, so the copies spread
+  // over the whole tail; never a second request to the same peer.
+  const std::size_t first_copy = picks.size();
+  for (const PoolKey& entry : requested_) {
+    if (entry.primary >= config_.endgame_copies || picks.size() == wanted) break;
+    if (!state.has.test(ChunkIndex{entry.index}) || state.outstanding.contains(entry.index)) {
+      continue;
+    }
+    picks.push_back(ChunkIndex{entry.index});
+  }
+  for (std::size_t i = first_copy; i < picks.size(); ++i) {
+    add_request(peer, state, picks[i].value, now);
+  }
+  return picks;
+}
+
+std::vector<PeerKey> Scheduler::stalled_peers(Clock::time_point now) const {
+  std::vector<PeerKey> stalled;
+  for (const auto& [key, state] : peers_) {
+    if (state.outstanding.empty()) continue;
+    Clock::time_point oldest = state.outstanding.begin()->second;
+    for (const auto& [index, requested_at] : state.outstanding) {
+      oldest = std::min(oldest, requested_at);
+    }
+    if (now - oldest > config_.request_timeout) stalled.push_back(key);
+  }
+  // unordered_map order is arbitrary; a sorted answer keeps callers and logs deterministic.
+  std::sort(stalled.begin(), stalled.end());
+  return stalled;
+}
+
+// --- outcomes ----------------------------------------------------------------
+
+void Scheduler::record_delivery(PeerState& peer, Clock::time_point requested_at,
+                                Clock::time_point now) {
+  // The peer has been working on this chunk since the later of its request
+  // and the previous delivery: time it sat idle with nothing asked of it must
+  // not count against its rate.
+  Clock::time_point start = requested_at;
+  if (peer.last_arrival && *peer.last_arrival > start) start = *peer.last_arrival;
+  if (now > start) peer.window_busy += now - start;
+  peer.window_bytes += config_.chunk_size;
+  if (!peer.last_arrival || now > *peer.last_arrival) peer.last_arrival = now;
+  if (peer.window_busy < kMinRateWindow) return;
+
+  const double seconds = std::chrono::duration<double>(peer.window_busy).count();
+  const double sample = static_cast<double>(peer.window_bytes) / seconds;
+  peer.rate = peer.rate_known ? peer.rate + kRateSmoothing * (sample - peer.rate) : sample;
+  peer.rate_known = true;
+  peer.window_bytes = 0;
+  peer.window_busy = Clock::duration::zero();
+}
+
+unsigned Scheduler::target_for(const PeerState& peer) const {
+  if (!peer.rate_known) return config_.initial_pipeline;
+  // Enough in flight to cover pipeline_seconds of its rate, plus one so that
+  // the peer is never idle while our next request crosses the wire.
+  const double in_flight = peer.rate * config_.pipeline_seconds / config_.chunk_size;
+  const double wanted = std::ceil(in_flight) + 1;
+  // Clamped as a double: a huge rate must not overflow the conversion.
+  return static_cast<unsigned>(std::clamp(wanted, static_cast<double>(config_.min_pipeline),
+                                          static_cast<double>(config_.max_pipeline)));
+}
+
+std::optional<std::vector<Cancel>> Scheduler::on_chunk_arrived(PeerKey peer, ChunkIndex chunk,
+                                                               Clock::time_point now) {
+  if (chunk.value >= chunk_count_) return std::nullopt;
+  auto found = peers_.find(peer);
+  if (found == peers_.end()) return std::nullopt;
+  PeerState& state = found->second;
+  auto request = state.outstanding.find(chunk.value);
+  if (request == state.outstanding.end()) return std::nullopt;
+  record_delivery(state, request->second, now);
+  state.outstanding.erase(request);
+
+  std::vector<Cancel> cancels;
+  ChunkState& arrived = chunks_[chunk.value];
+  unfile(chunk.value);
+  for (PeerKey other : arrived.requesters) {
+    if (other == peer) continue;
+    cancels.push_back(Cancel{other, chunk});
+    if (auto holder = peers_.find(other); holder != peers_.end()) {
+      holder->second.outstanding.erase(chunk.value);
+    }
+  }
+  arrived.requesters.clear();
+  if (arrived.status == ChunkStatus::kMissing) arrived.status = ChunkStatus::kPending;
+  return cancels;
+}
+
+void Scheduler::on_chunk_done(ChunkIndex chunk) {
+  if (chunk.value >= chunk_count_) return;
+  // Requests still recorded (done through some other path while asked for)
+  // stay with their peers: the data is on its way and must not look unasked.
+  unfile(chunk.value);
+  chunks_[chunk.value].status = ChunkStatus::kHave;
+  have_.set(chunk);
+}
+
+bool Scheduler::on_bad_chunk(PeerKey peer, ChunkIndex chunk) {
+  if (chunk.value >= chunk_count_) return false;
+  // A bad copy of a chunk we already verified does not undo it.
+  if (chunks_[chunk.value].status == ChunkStatus::kPending) {
+    chunks_[chunk.value].status = ChunkStatus::kMissing;
+    refile(chunk.value);
+  }
+  unsigned& count = strikes_[peer];
+  if (count >= config_.max_strikes) return false;  // already banned
+  ++count;
+  if (count < config_.max_strikes) return false;
+  remove_peer(peer);
+  return true;
+}
+
+void Scheduler::on_chunk_lost(ChunkIndex chunk) {
+  if (chunk.value >= chunk_count_) return;
+  ChunkState& state = chunks_[chunk.value];
+  if (state.status == ChunkStatus::kMissing) return;
+  state.status = ChunkStatus::kMissing;
+  have_.set(chunk, false);
+  refile(chunk.value);
+}
+
+void Scheduler::on_rejected(PeerKey peer, ChunkIndex chunk) {
+  if (chunk.value >= chunk_count_) return;
+  auto found = peers_.find(peer);
+  if (found == peers_.end()) return;
+  PeerState& state = found->second;
+  if (state.outstanding.contains(chunk.value)) drop_request(peer, state, chunk.value);
+  set_peer_bit(state, chunk.value, false);
+}
+
+// --- state -------------------------------------------------------------------
+
+bool Scheduler::in_endgame() const { return open_.empty() && !requested_.empty(); }
+
+bool Scheduler::is_banned(PeerKey peer) const { return strikes(peer) >= config_.max_strikes; }
+
+unsigned Scheduler::strikes(PeerKey peer) const {
+  auto found = strikes_.find(peer);
+  return found == strikes_.end() ? 0 : found->second;
+}
+
+unsigned Scheduler::pipeline_target(PeerKey peer) const {
+  auto found = peers_.find(peer);
+  return found == peers_.end() ? 0 : target_for(found->second);
+}
+
+std::size_t Scheduler::outstanding(PeerKey peer) const {
+  auto found = peers_.find(peer);
+  return found == peers_.end() ? 0 : found->second.outstanding.size();
+}
+
+unsigned Scheduler::availability(ChunkIndex chunk) const {
+  return chunk.value < chunk_count_ ? chunks_[chunk.value].availability : 0;
+}
+
+bool Scheduler::any_source() const {
+  // A requested chunk was asked of a connected peer that has it; an open one
+  // has a source iff its availability is positive, and open_ ends with the
+  // most available.
+  return !requested_.empty() || (!open_.empty() && open_.rbegin()->primary > 0);
+}
+
+}  // namespace p2pshare::sched
