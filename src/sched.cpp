@@ -42,6 +42,8 @@ Config sanitized(Config config) {
   return config;
 }
 
+constexpr std::uint32_t kExtentChunks = 16;
+
 }  // namespace
 
 Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
@@ -49,12 +51,24 @@ Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
       have_(chunk_count),
       config_(sanitized(config)),
       chunks_(chunk_count) {
-  std::vector<std::uint32_t> permutation(chunk_count);
-  std::iota(permutation.begin(), permutation.end(), 0u);
+  // Ties among equally rare chunks go in a random order of extents of
+  // consecutive chunks: downloaders of one file spread over different parts
+  // of it (the swarm stays diverse), while each writes runs of neighbouring
+  // chunks (the disk sees few, long extents; libtorrent's piece extent
+  // affinity makes the same trade). Small files shuffle single chunks.
+  const std::uint32_t extent = chunk_count >= kExtentChunks * 64 ? kExtentChunks : 1;
+  const std::uint32_t extents = (chunk_count + extent - 1) / extent;
+  std::vector<std::uint32_t> order(extents);
+  std::iota(order.begin(), order.end(), 0u);
   std::uint64_t state = config_.random_seed;
-  for (std::uint32_t i = chunk_count; i > 1; --i) {
+  for (std::uint32_t i = extents; i > 1; --i) {
     const auto j = static_cast<std::uint32_t>(splitmix64(state) % i);
-    std::swap(permutation[i - 1], permutation[j]);
+    std::swap(order[i - 1], order[j]);
+  }
+  std::vector<std::uint32_t> permutation(chunk_count);
+  std::uint32_t rank = 0;
+  for (std::uint32_t e : order) {
+    for (std::uint32_t i = e * extent; i < std::min(chunk_count, (e + 1) * extent); ++i) permutation[i] = rank++;
   }
   by_tiebreak_.resize(chunk_count);
   for (std::uint32_t i = 0; i < chunk_count; ++i) {
