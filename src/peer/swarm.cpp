@@ -65,6 +65,7 @@ std::shared_ptr<Swarm> Swarm::download(Services& services, DownloadRecord record
   auto swarm = std::shared_ptr<Swarm>(new Swarm(services, record.manifest));
   swarm->path_ = record.destination;
   swarm->record_ = std::move(record);
+  swarm->is_download_ = true;
   return swarm;
 }
 
@@ -269,7 +270,8 @@ void Swarm::add_observer(Observer observer) { observers_.push_back(std::move(obs
 
 void Swarm::start_download(bool wait_for_holders) {
   wait_for_holders_ = wait_for_holders || wait_for_holders_;
-  if (active_ || finishing_ || complete()) return;
+  // A file of 0 chunks is "complete" before it starts, yet must still be made.
+  if (active_ || finishing_ || !is_download_) return;
   failure_.clear();
   stopped_ = false;
   try {
@@ -372,7 +374,9 @@ void Swarm::tick() {
         self->services_.central->request(self->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
       }
     }
-    if (self->scheduler_->any_source() || !self->connecting_.empty() || self->refreshing_) {
+    // A refresh in flight is not a source: counting it would reset the grace
+    // at every refresh and a download with no holder would never fail.
+    if (self->scheduler_->any_source() || !self->connecting_.empty() || !self->pending_links_.empty()) {
       self->sourceless_since_ = now;
     } else if (now - self->sourceless_since_ > kSourcelessGrace && !self->wait_for_holders_) {
       self->fail(fmt::format("no live holder has the rest of {} ({} of {} chunks here; kept for a later retry)",
@@ -520,6 +524,7 @@ void Swarm::finish() {
       self->finishing_ = false;
       if (!error.empty()) return self->fail(error);
       self->active_ = false;
+      self->is_download_ = false;
       self->timer_.cancel();
       self->path_ = final_path;
       self->partial_.reset();

@@ -213,6 +213,7 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   bool wait_for_holders_ = false;
   bool active_ = false;      // download running (not failed, not finished)
   bool finishing_ = false;
+  bool is_download_ = false;  // created to download; false once finished (then it seeds)
   bool stopped_ = false;
   std::string failure_;
 };

@@ -1,0 +1,43 @@
+// Shared checks for the end-to-end tests (they need Catch, so they are not in
+// tests/support/cluster.hpp).
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <initializer_list>
+#include <regex>
+#include <string>
+
+#include "support/cluster.hpp"
+
+namespace p2pshare::test {
+
+inline std::string describe(const RunResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\nstdout [" + r.out + "]\nstderr [" + r.err + "]";
+}
+
+// The CONTRACT's failure shape: exit status `code`, nothing on stdout, exactly
+// one line on stderr that mentions every one of `words` (case-insensitive),
+// and no C++ internals.
+inline void check_fails(const std::string& what, const RunResult& r, int code,
+                        std::initializer_list<std::string> words = {}) {
+  INFO(what << "\n" << describe(r));
+  CHECK(r.exit_code == code);
+  CHECK(r.out.empty());
+  CHECK(lines_of(r.err).size() == 1);
+  CHECK((!r.err.empty() && r.err.back() == '\n'));
+  for (const auto& w : words) {
+    INFO("stderr should mention: " << w);
+    CHECK(contains_ci(r.err, w));
+  }
+  CHECK_FALSE(contains_ci(r.err, "std::"));
+  CHECK_FALSE(contains_ci(r.err, "exception"));
+  CHECK_FALSE(contains_ci(r.err, "what()"));
+}
+
+inline bool is_file_id(const std::string& text) {
+  static const std::regex hex64("^[0-9a-f]{64}$");
+  return std::regex_match(text, hex64);
+}
+
+}  // namespace p2pshare::test
