@@ -221,14 +221,20 @@ std::vector<ChunkIndex> Scheduler::remove_peer(PeerKey peer) {
 
 // --- decisions ---------------------------------------------------------------
 
-std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point now) {
+std::size_t Scheduler::total_outstanding() const {
+  std::size_t total = 0;
+  for (const auto& [key, state] : peers_) total += state.outstanding.size();
+  return total;
+}
+
+std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point now, std::size_t limit) {
   std::vector<ChunkIndex> picks;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return picks;
   PeerState& state = found->second;
   const std::size_t target = target_for(state);
-  if (state.outstanding.size() >= target) return picks;
-  const std::size_t wanted = target - state.outstanding.size();
+  if (state.outstanding.size() >= target || limit == 0) return picks;
+  const std::size_t wanted = std::min(target - state.outstanding.size(), limit);
 
   // Rarest first. A seed matches the first entry; a peer lacking the rarest
   // chunks skips them, but only once until open_ changes under it.

@@ -75,9 +75,13 @@ class Scheduler {
 
   // --- decisions -----------------------------------------------------------
   // The chunks to request from `peer` now, to bring its in-flight count up to
-  // its pipeline target. Records them as outstanding at `now`. Empty for
-  // unknown or banned peers, or when it has nothing we need.
-  std::vector<ChunkIndex> next_requests(PeerKey peer, Clock::time_point now);
+  // its pipeline target, and at most `limit` of them (the caller's budget of
+  // memory for chunks in flight). Records them as outstanding at `now`. Empty
+  // for unknown or banned peers, or when it has nothing we need.
+  std::vector<ChunkIndex> next_requests(PeerKey peer, Clock::time_point now,
+                                        std::size_t limit = static_cast<std::size_t>(-1));
+  // Requests outstanding at every peer together.
+  std::size_t total_outstanding() const;
   // Peers whose oldest outstanding request is older than request_timeout.
   std::vector<PeerKey> stalled_peers(Clock::time_point now) const;
 

@@ -177,13 +177,32 @@ void Swarm::detach(PeerLink& link) {
   }
 }
 
+std::size_t Swarm::chunk_budget() const {
+  // Every chunk asked for ends up in a buffer until it is written: this many
+  // at once, whatever the number of peers, bounds the download's memory and
+  // slows the requests down to what the disk takes.
+  constexpr std::uint64_t kBudgetBytes = 8 * 1024 * 1024;
+  return static_cast<std::size_t>(std::clamp<std::uint64_t>(kBudgetBytes / manifest_->chunk_size, 4, 64));
+}
+
 void Swarm::fill(PeerLink& link) {
   if (!scheduler_ || !active_ || link.closed()) return;
-  for (ChunkIndex chunk : scheduler_->next_requests(link.key(), sched::Clock::now())) link.send_request(chunk);
+  const std::size_t used = scheduler_->total_outstanding() + disk_jobs_;
+  const std::size_t budget = chunk_budget();
+  if (used >= budget) return;
+  for (ChunkIndex chunk : scheduler_->next_requests(link.key(), sched::Clock::now(), budget - used)) {
+    link.send_request(chunk);
+  }
 }
 
 void Swarm::fill_all() {
-  for (const auto& link : links_) fill(*link);
+  if (links_.empty()) return;
+  // Round robin: when the budget frees one chunk at a time, every peer gets
+  // its turn instead of the first in the set taking it each time.
+  fill_cursor_ = (fill_cursor_ + 1) % links_.size();
+  auto start = std::next(links_.begin(), static_cast<std::ptrdiff_t>(fill_cursor_));
+  for (auto it = start; it != links_.end(); ++it) fill(**it);
+  for (auto it = links_.begin(); it != start; ++it) fill(**it);
 }
 
 void Swarm::on_remote_have(PeerLink& link, ChunkIndex chunk) {
@@ -216,12 +235,11 @@ void Swarm::on_payload_lost(ChunkIndex chunk) {
 }
 
 void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buffer) {
-  // Keep asking while this chunk is checked and written.
-  fill(link);
   const auto from = link.key();
   auto manifest = manifest_;
   auto partial = partial_;
   auto self = shared_from_this();
+  ++disk_jobs_;
   asio::post(services_.disk, [self, manifest, partial, buffer, chunk, from] {
     const auto digest = Sha256::digest(std::span<const std::uint8_t>(buffer->data(), buffer->size()));
     const bool ok = digest == manifest->chunk_hashes[chunk.value];
@@ -238,6 +256,7 @@ void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buff
 }
 
 void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok, const std::string& io_error) {
+  --disk_jobs_;
   if (!scheduler_) return;
   if (!hash_ok) {
     log::warn("chunk {} of {} from peer {:016x} failed its hash", chunk.value, to_hex(id_), from);
@@ -376,7 +395,8 @@ void Swarm::tick() {
     }
     // A refresh in flight is not a source: counting it would reset the grace
     // at every refresh and a download with no holder would never fail.
-    if (self->scheduler_->any_source() || !self->connecting_.empty() || !self->pending_links_.empty()) {
+    if (self->scheduler_->any_source() || !self->connecting_.empty() || !self->pending_links_.empty() ||
+        self->disk_jobs_ > 0) {
       self->sourceless_since_ = now;
     } else if (now - self->sourceless_since_ > kSourcelessGrace && !self->wait_for_holders_) {
       self->fail(fmt::format("no live holder has the rest of {} ({} of {} chunks here; kept for a later retry)",

@@ -159,6 +159,7 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   Swarm(Services& services, Manifest manifest);
   void attach(const std::shared_ptr<PeerLink>& link, const Bitfield& remote_have);
   void detach(PeerLink& link);
+  std::size_t chunk_budget() const;
   void fill(PeerLink& link);
   void fill_all();
   void on_remote_have(PeerLink& link, ChunkIndex chunk);
@@ -203,6 +204,8 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   std::uint64_t uploaded_unsaved_ = 0;
   std::uint64_t bytes_received_ = 0;
   std::uint32_t announced_chunks_ = 0;
+  std::size_t disk_jobs_ = 0;  // chunks being hashed and written
+  std::size_t fill_cursor_ = 0;
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_refresh_;
   std::chrono::steady_clock::time_point last_save_;
