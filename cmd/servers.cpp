@@ -28,6 +28,9 @@ void raise_descriptor_limit() {
 int serve(asio::io_context& io, const cli::Address& bound, const std::function<void()>& stop) {
   raise_descriptor_limit();
   std::signal(SIGPIPE, SIG_IGN);
+  // Past a file-size limit (ulimit -f), a write fails with EFBIG and that one
+  // download fails with a clear error; the default action would kill the server.
+  std::signal(SIGXFSZ, SIG_IGN);
   asio::signal_set signals(io, SIGINT, SIGTERM);
 
   // After a signal, in-flight work gets a bounded time to drain; a server

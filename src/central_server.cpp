@@ -17,6 +17,7 @@ namespace p2pshare::central {
 namespace {
 
 constexpr std::uint32_t kMaxPageSize = 1000;
+constexpr std::size_t kMaxHoldersPerAnswer = 200;
 
 std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
   auto address = endpoint.address();
@@ -247,7 +248,11 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         auto* out = response.mutable_file();
         manifest_to_wire(details->manifest, out->mutable_manifest());
         for (const auto& name : details->names) out->add_names(name);
+        // Bounded answer: a download needs some sources, not all (each
+        // partial holder costs up to 8 KiB of bitfield).
+        std::size_t listed = 0;
         for (const auto& holder : details->live_holders) {
+          if (++listed > kMaxHoldersPerAnswer) break;
           auto* entry = out->add_holders();
           fill_peer(holder.peer, entry);
           if (holder.partial) entry->set_bitfield(holder.partial->to_wire());

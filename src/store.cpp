@@ -157,7 +157,7 @@ std::filesystem::path PartialFile::finish(const std::filesystem::path& destinati
   // Make the rename itself durable.
   FileHandle dir(::open(target.parent_path().empty() ? "." : target.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir) ::fsync(dir.get());
-  path_ = target;
+  // path_ stays: other disk threads may still be reading through this object.
   return target;
 }
 

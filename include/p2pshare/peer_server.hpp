@@ -27,7 +27,7 @@ struct PeerConfig {
   std::uint64_t upload_limit = 0;    // bytes/s, 0 = unlimited
   std::uint64_t download_limit = 0;  // bytes/s, 0 = unlimited
   unsigned disk_threads = 0;         // 0 = one per core
-  std::size_t max_connections = 1024;
+  std::size_t max_connections = 4096;
   sched::Config sched;
   std::chrono::milliseconds holder_refresh{2000};
 };

@@ -122,6 +122,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void close(const std::string& reason);
   bool closed() const { return closed_; }
   void set_limits(Limits limits) { options_.limits = limits; }
+  // From the next wait on: e.g. an owner's control connection may be quiet
+  // for as long as a download takes.
+  void set_timeouts(Timeouts timeouts) { options_.timeouts = timeouts; }
   void set_read_throttle(std::shared_ptr<Throttle> throttle) { read_throttle_ = std::move(throttle); }
   void set_write_throttle(std::shared_ptr<Throttle> throttle) { write_throttle_ = std::move(throttle); }
   // Called after each frame is fully handed to the kernel (for senders that
@@ -195,7 +198,8 @@ class SyncClient {
   std::string peer_;
 };
 
-// Tunes a connected TCP socket for bulk transfer (no Nagle, large buffers).
+// Tunes a connected TCP socket: no Nagle (small control messages go out at
+// once). Buffer sizes are left to the kernel's autotuning.
 void tune_socket(asio::ip::tcp::socket& socket);
 
 }  // namespace p2pshare::wire

@@ -113,6 +113,7 @@ void PeerLink::on_frame(std::string_view message, std::uint32_t payload_length) 
       }
       // The id the central server listed must be the one that answers.
       if (welcome.peer_id() != to_bytes(remote_id_)) throw Error(Errc::protocol, "peer id does not match the registry");
+      verified_ = true;
       stage_ = Stage::await_bitfield;
       return;
     }

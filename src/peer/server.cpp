@@ -51,6 +51,33 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   std::set<std::shared_ptr<wire::Connection>> connections;  // every accepted one, until it closes
   cli::Address bound;
   bool stopping = false;
+  std::unique_ptr<asio::steady_timer> upload_timer;
+  // Withdrawals the central server has not confirmed: sent again at the next
+  // registration, so a file stopped while it was unreachable is not listed forever.
+  std::set<FileId> pending_withdrawals;
+
+  void save_uploads_periodically() {
+    upload_timer->expires_after(std::chrono::seconds(5));
+    upload_timer->async_wait([weak = weak_from_this()](const std::error_code& ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->stopping) return;
+      for (const auto& [id, swarm] : self->swarms) swarm->save_uploaded();
+      self->save_uploads_periodically();
+    });
+  }
+
+  void withdraw(const FileId& id) {
+    pending_withdrawals.insert(id);
+    pb::CentralRequest request;
+    request.mutable_withdraw()->set_file_id(to_bytes(id));
+    services->central->request(
+        std::move(request),
+        [weak = weak_from_this(), id](auto response, const std::string&) {
+          auto self = weak.lock();
+          if (self && response && response->has_ok()) self->pending_withdrawals.erase(id);
+        },
+        std::chrono::seconds(0));
+  }
 
   std::string secret;
 
@@ -76,6 +103,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   }
 
   void announce_all() {
+    const auto withdrawals = pending_withdrawals;
+    for (const auto& id : withdrawals) withdraw(id);
     for (const auto& [id, swarm] : swarms) {
       if (swarm->complete() || swarm->downloading()) {
         services->central->request(swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
@@ -97,6 +126,11 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   }
 
   void on_accept(asio::ip::tcp::socket socket) {
+    if (connections.size() >= config.max_connections) {
+      // Peer links take over their connection's close handler: drop the
+      // closed ones here, where the count matters.
+      std::erase_if(connections, [](const auto& c) { return c->closed(); });
+    }
     if (connections.size() >= config.max_connections) {
       std::error_code ignored;
       socket.close(ignored);
@@ -152,6 +186,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       return;
     }
     c->set_limits(protocol::kControlRequestLimits);
+    // The owner's client waits quietly while a file hashes or downloads.
+    wire::Timeouts quiet;
+    quiet.idle = std::chrono::hours(24 * 365);
+    c->set_timeouts(quiet);
     std::weak_ptr<wire::Connection> weak = c;
     c->start(
         [self = shared_from_this(), weak](std::string_view message, std::uint32_t) {
@@ -222,6 +260,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     if (existing && existing->downloading()) {
       // We were downloading these very bytes: the local copy wins.
       existing->shutdown(false);
+      existing->discard_partial();
       state->remove_download(id);
       swarms.erase(id);
       existing.reset();
@@ -231,7 +270,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     } catch (const Error& e) {
       return c->send(encode(error_response(e.code(), e.what())));
     }
-    if (existing) existing->shutdown(false);
+    if (existing) {
+      existing->save_uploaded();
+      existing->shutdown(false);
+    }
     auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
     swarms[id] = swarm;
     services->central->request(swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
@@ -358,9 +400,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     if (!was_download) state->remove_shared(*id);
     // A stopped download keeps its partial data and resume state: a later
     // request-file picks it up.
-    pb::CentralRequest withdraw;
-    withdraw.mutable_withdraw()->set_file_id(to_bytes(*id));
-    services->central->request(std::move(withdraw), [](auto, const std::string&) {}, std::chrono::seconds(0));
+    withdraw(*id);
     pb::ControlResponse response;
     response.mutable_done();
     c->send(encode(response));
@@ -435,6 +475,8 @@ cli::Address PeerServer::start() {
   }
   impl.accept();
   impl.services->central->start();
+  impl.upload_timer = std::make_unique<asio::steady_timer>(impl.io);
+  impl.save_uploads_periodically();
   // Unfinished downloads go on by themselves.
   for (const auto& swarm : resumed) swarm->start_download(false);
   return impl.bound;
@@ -446,6 +488,7 @@ void PeerServer::stop() {
     impl->stopping = true;
     std::error_code ignored;
     impl->acceptor.close(ignored);
+    if (impl->upload_timer) impl->upload_timer->cancel();
     for (const auto& [id, swarm] : impl->swarms) swarm->shutdown(true);
     auto connections = impl->connections;
     for (const auto& c : connections) c->close("server shutting down");

@@ -48,6 +48,10 @@ std::string load_or_create_secret(const std::filesystem::path& path, std::size_t
     if (n != static_cast<ssize_t>(size)) throw Error(Errc::io, fmt::format("{} is damaged: remove it to make a new one", path.string()));
     return secret;
   }
+  if (errno != ENOENT) {
+    // Never replace an identity we cannot read: that would silently make a new peer.
+    throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
+  }
   std::string secret(size, '\0');
   random_bytes(std::span(reinterpret_cast<std::uint8_t*>(secret.data()), size));
   // Written under a temporary name and renamed: a crash never leaves half a key.
@@ -58,6 +62,8 @@ std::string load_or_create_secret(const std::filesystem::path& path, std::size_t
       ::rename(temp.c_str(), path.c_str()) != 0) {
     throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), std::strerror(errno)));
   }
+  store::FileHandle dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir) ::fsync(dir.get());
   return secret;
 }
 
@@ -81,7 +87,7 @@ PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "pe
     db_.set_user_version(kSchemaVersion);
   }
   put_shared_ = db_.prepare(
-      "INSERT INTO shared (file_id, name, path, size, chunk_size, hashes, uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0) "
+      "INSERT INTO shared (file_id, name, path, size, chunk_size, hashes, uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
       "ON CONFLICT(file_id) DO UPDATE SET name = excluded.name, path = excluded.path",
       "save shared file");
   remove_shared_ = db_.prepare("DELETE FROM shared WHERE file_id = ?1", "remove shared file");
@@ -119,7 +125,8 @@ void PeerState::put_shared(const SharedRecord& r) {
       .bind_text(3, r.path.string())
       .bind_int(4, static_cast<std::int64_t>(r.manifest.size))
       .bind_int(5, r.manifest.chunk_size)
-      .bind_blob(6, encode_hashes(r.manifest));
+      .bind_blob(6, encode_hashes(r.manifest))
+      .bind_int(7, static_cast<std::int64_t>(r.uploaded));
   put_shared_.run();
 }
 

@@ -136,8 +136,17 @@ void Swarm::attach(const std::shared_ptr<PeerLink>& link, const Bitfield& remote
     pending_links_.erase(link);
     return link->close("connected to ourselves");
   }
-  // One link per peer and file: a second one (both dialled at once) goes.
-  if (by_key_.count(link->key()) != 0) return link->close("duplicate connection");
+  // One link per peer and file. A link we dialled was checked against the
+  // registry's peer id; an accepted one only claims its id: the checked one
+  // wins, so nobody can push a real holder out by claiming its id first.
+  if (auto it = by_key_.find(link->key()); it != by_key_.end()) {
+    if (link->verified_ && !it->second->verified_) {
+      it->second->close("replaced by a verified connection");  // detaches it now
+    } else {
+      pending_links_.erase(link);
+      return link->close("duplicate connection");
+    }
+  }
   pending_links_.erase(link);
   connecting_.erase(link->remote_id());
   link->remote_have_ = remote_have;
@@ -475,15 +484,25 @@ void Swarm::notify_progress() {
   for (const auto& o : observers_) o.progress(progress);
 }
 
+void Swarm::save_uploaded() {
+  // Only a shared file has a row to count in; a download's uploads are
+  // carried into it when it finishes (SharedRecord.uploaded).
+  if (uploaded_unsaved_ == 0 || partial_ || is_download_) return;
+  try {
+    services_.state.add_uploaded(id_, uploaded_unsaved_);
+    uploaded_unsaved_ = 0;
+  } catch (const std::exception& e) {
+    log::warn("cannot save the upload count of {}: {}", to_hex(id_), e.what());
+  }
+}
+
+void Swarm::discard_partial() {
+  if (partial_) partial_->remove();
+  partial_.reset();
+}
+
 void Swarm::save_resume(bool clean) {
   if (!partial_ || saving_) return;
-  if (uploaded_unsaved_ > 0) {
-    try {
-      services_.state.add_uploaded(id_, uploaded_unsaved_);
-    } catch (const std::exception&) {
-    }
-    uploaded_unsaved_ = 0;
-  }
   if (!resume_dirty_ && !clean) return;
   last_save_ = std::chrono::steady_clock::now();
   resume_dirty_ = false;
@@ -586,7 +605,10 @@ void Swarm::fail(const std::string& error) {
 }
 
 void Swarm::shutdown(bool persist_clean) {
-  if (partial_ && persist_clean && !finishing_) save_resume(true);
+  // Clean only if the state is what we verified: not while the resume check
+  // of an unclean stop still runs (scheduler_ not yet made).
+  if (partial_ && persist_clean && !finishing_ && scheduler_) save_resume(true);
+  save_uploaded();
   stopped_ = true;
   active_ = false;
   timer_.cancel();

@@ -118,6 +118,7 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   unsigned reads_in_flight_ = 0;
   std::optional<std::uint32_t> receiving_;   // payload being read into a buffer
   Bitfield remote_have_;                     // what the other side has, as it told us
+  bool verified_ = false;                    // we dialled it and its Welcome matched the registry
   std::uint64_t downloaded_ = 0;
 };
 
@@ -180,6 +181,14 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   void refresh_holders();
   void connect_to(const PeerId& peer, const std::string& host, std::uint16_t port);
   void save_resume(bool clean);
+
+ public:
+  // Writes the bytes uploaded since the last call to the state (shared files).
+  void save_uploaded();
+  // Deletes the partial file of a download given up for good.
+  void discard_partial();
+
+ private:
   void finish();
   void fail(const std::string& error);
   void notify_progress();
