@@ -115,6 +115,7 @@ void CentralLink::heartbeat() {
   timer_.expires_after(heartbeat_interval_);
   timer_.async_wait([self = shared_from_this()](const std::error_code& ec) {
     if (ec || self->stopped_ || !self->registered_) return;
+    self->expire_pending();
     pb::CentralRequest beat;
     beat.mutable_heartbeat();
     self->send(std::move(beat), [self](std::optional<pb::CentralResponse> response, const std::string&) {
@@ -125,6 +126,20 @@ void CentralLink::heartbeat() {
   });
 }
 
+void CentralLink::expire_pending() {
+  // A server that accepts requests but never answers must not hang a download.
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->second.deadline > now) {
+      ++it;
+      continue;
+    }
+    auto callback = std::move(it->second.callback);
+    it = pending_.erase(it);
+    callback(std::nullopt, fmt::format("the central server at {} did not answer in time", central_.to_string()));
+  }
+}
+
 void CentralLink::send(pb::CentralRequest request, Callback callback) {
   if (!connection_ || connection_->closed()) {
     callback(std::nullopt, last_error_);
@@ -132,7 +147,7 @@ void CentralLink::send(pb::CentralRequest request, Callback callback) {
   }
   const auto id = next_id_++;
   request.set_request_id(id);
-  pending_[id] = std::move(callback);
+  pending_[id] = Pending{std::move(callback), std::chrono::steady_clock::now() + std::chrono::seconds(30)};
   connection_->send(request.SerializeAsString());
 }
 
@@ -169,7 +184,7 @@ void CentralLink::on_frame(std::string_view message) {
     if (response.has_error()) log::warn("central server: {}", response.error().message());
     return;
   }
-  auto callback = std::move(it->second);
+  auto callback = std::move(it->second.callback);
   pending_.erase(it);
   callback(std::move(response), "");
 }
@@ -183,7 +198,7 @@ void CentralLink::on_closed(const std::string& reason) {
   }
   auto pending = std::move(pending_);
   pending_.clear();
-  for (auto& [id, callback] : pending) callback(std::nullopt, last_error_);
+  for (auto& [id, p] : pending) p.callback(std::nullopt, last_error_);
   timer_.cancel();
   retry_later();
 }

@@ -62,7 +62,12 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   bool registered_ = false;
   bool stopped_ = false;
   std::uint64_t next_id_ = 1;
-  std::map<std::uint64_t, Callback> pending_;
+  struct Pending {
+    Callback callback;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::map<std::uint64_t, Pending> pending_;
+  void expire_pending();
   struct Waiting {
     pb::CentralRequest request;
     Callback callback;

@@ -397,7 +397,13 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     const bool was_download = swarm->downloading() || !swarm->complete();
     swarm->shutdown(true);
     swarms.erase(*id);
-    if (!was_download) state->remove_shared(*id);
+    if (was_download) {
+      // Not resumed at the next start; the partial file stays, and a later
+      // request-file verifies and reuses what it holds.
+      state->remove_download(*id);
+    } else {
+      state->remove_shared(*id);
+    }
     // A stopped download keeps its partial data and resume state: a later
     // request-file picks it up.
     withdraw(*id);

@@ -310,7 +310,14 @@ void Swarm::start_download(bool wait_for_holders) {
   } catch (const std::exception& e) {
     return fail(e.what());
   }
-  if (partial_->created()) record_.have = Bitfield(manifest_->chunk_count());
+  if (partial_->created()) {
+    record_.have = Bitfield(manifest_->chunk_count());
+  } else if (record_.have.none()) {
+    // A partial file with no resume state (a stopped download asked for
+    // again): whatever it holds is checked chunk by chunk and reused.
+    record_.have = Bitfield(manifest_->chunk_count(), true);
+    record_.clean = false;
+  }
   have_ = record_.have;
   const bool trusted = record_.clean && !partial_->created() && record_.stamp == partial_->stamp();
   try {
