@@ -84,7 +84,9 @@ const char* op_name(Op op) {
   return "?";
 }
 
-void log(const std::string& text) { std::cerr << "[central_load] " << text << std::endl; }
+void log(const std::string& text) {
+  std::cerr << "[central_load] " << text << std::endl;
+}
 
 [[noreturn]] void die(const std::string& text) {
   log("error: " + text);
@@ -93,6 +95,24 @@ void log(const std::string& text) { std::cerr << "[central_load] " << text << st
 
 double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// CPU time (user + system) a process has used so far, in seconds; -1 when
+// it cannot be read. /proc/PID/stat fields 14 and 15, in clock ticks.
+double cpu_seconds(int pid) {
+  if (pid <= 0) return -1;
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (!f) return -1;
+  char buf[2048];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces
+  if (!p) return -1;
+  unsigned long long utime = 0, stime = 0;
+  // After ')': state is field 3; utime and stime are fields 14 and 15.
+  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return -1;
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 // Latencies of one request type in one phase.
@@ -144,7 +164,7 @@ struct Conn {
   wire::FrameDecoder decoder{protocol::kCentralLimits};
   std::string out;
   std::size_t out_off = 0;
-  bool dirty = false;    // has unsent bytes queued this iteration
+  bool dirty = false;  // has unsent bytes queued this iteration
   bool polling_out = false;
   std::deque<Pending> pending;
   std::string secret;
@@ -164,6 +184,7 @@ struct Options {
   std::size_t clients = 50;
   std::size_t pipeline = 1;
   double fresh_seconds = 0;
+  int server_pid = 0;  // > 0: report the server's CPU time per phase
   std::size_t fresh_clients = 32;
   unsigned heartbeat_ms = 1000;
   double timeout = 600;
@@ -184,7 +205,8 @@ class Load {
     hashes_.reserve(opt_.files);
     for (std::size_t f = 0; f < opt_.files; ++f) {
       const std::string seed_text = "p2pshare-bench-file-" + std::to_string(f);
-      const auto hash = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(seed_text.data()), seed_text.size()));
+      const auto hash =
+          Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(seed_text.data()), seed_text.size()));
       hashes_.push_back(std::string(reinterpret_cast<const char*>(hash.bytes.data()), hash.bytes.size()));
       ids_.push_back(to_bytes(compute_file_id(kFileSize, kFileSize, {hash})));
     }
@@ -343,7 +365,8 @@ class Load {
     if (c.closed) return;
     c.closed = true;
     ++disconnects_;
-    if (disconnects_ <= 5) log(std::string(c.is_peer ? "peer " : "client ") + std::to_string(c.index) + " lost: " + why);
+    if (disconnects_ <= 5)
+      log(std::string(c.is_peer ? "peer " : "client ") + std::to_string(c.index) + " lost: " + why);
     ::epoll_ctl(epfd_, EPOLL_CTL_DEL, c.fd, nullptr);
     ::close(c.fd);
     c.fd = -1;
@@ -462,8 +485,7 @@ class Load {
       case Op::heartbeat:
         return r.has_ok();
       case Op::list_peers:
-        return r.has_peer_list() &&
-               static_cast<std::size_t>(r.peer_list().peers_size()) == expected_holders_[p.file];
+        return r.has_peer_list() && static_cast<std::size_t>(r.peer_list().peers_size()) == expected_holders_[p.file];
       case Op::get_file:
         return r.has_file() && r.file().manifest().size() == kFileSize &&
                r.file().manifest().chunk_hashes() == hashes_[p.file] &&
@@ -474,6 +496,20 @@ class Load {
     return false;
   }
 
+  // The server's CPU time over a phase: how much of a core it got (on a busy
+  // machine, less than it wanted) and what each answered request cost it,
+  // which does not depend on how busy the machine was.
+  void add_cpu(json& j, double cpu0, double secs, double cpu1 = -2) {
+    if (cpu1 == -2) cpu1 = cpu_seconds(opt_.server_pid);
+    if (cpu0 < 0 || cpu1 < 0 || secs <= 0) return;
+    j["server_cpu_seconds"] = cpu1 - cpu0;
+    j["server_cpu_share"] = (cpu1 - cpu0) / secs;
+    j["load_generator_cpu_share"] = (cpu_seconds(::getpid()) - gen_cpu0_) / secs;
+    if (j.contains("count") && j["count"].get<std::size_t>() > 0) {
+      j["server_cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / static_cast<double>(j["count"].get<std::size_t>());
+    }
+  }
+
   // ------------------------------------------------------------ the phases
   bool phase_register(json& out) {
     phase_ = "register";
@@ -481,6 +517,8 @@ class Load {
     peer_slots_.assign(opt_.peers, 0);
     std::size_t started = 0;
     const auto t0 = Clock::now();
+    const double cpu0 = cpu_seconds(opt_.server_pid);
+    gen_cpu0_ = cpu_seconds(::getpid());
     auto start_more = [&] {
       while (started < opt_.peers && started - reg_answered_ - disconnects_ < opt_.connect_concurrency) {
         const std::size_t i = started++;
@@ -504,6 +542,7 @@ class Load {
     }
     const double secs = ms_between(t0, Clock::now()) / 1000;
     out["register"] = stat(phase_, Op::reg).report(secs);
+    add_cpu(out["register"], cpu0, secs);
     out["register"]["concurrency"] = opt_.connect_concurrency;
     log("registered " + std::to_string(registered_) + " peers in " + std::to_string(secs) + " s");
     return registered_ == opt_.peers;
@@ -536,6 +575,8 @@ class Load {
       if (next < total) send_next();
     };
     const auto t0 = Clock::now();
+    const double cpu0 = cpu_seconds(opt_.server_pid);
+    gen_cpu0_ = cpu_seconds(::getpid());
     while (next < total && next < opt_.announce_inflight) send_next();
     const std::uint64_t lost_before = disconnects_;
     while (answered < total && !past_deadline()) {
@@ -545,6 +586,7 @@ class Load {
     on_answer_ = nullptr;
     const double secs = ms_between(t0, Clock::now()) / 1000;
     out["announce"] = stat(phase_, Op::announce).report(secs);
+    add_cpu(out["announce"], cpu0, secs);
     out["announce"]["inflight"] = opt_.announce_inflight;
     out["announce"]["pipelined"] = "at most inflight requests outstanding in total, over many connections";
     log("announced " + std::to_string(answered) + " in " + std::to_string(secs) + " s");
@@ -587,6 +629,8 @@ class Load {
         std::to_string(opt_.pipeline) + "), heartbeats from " + std::to_string(opt_.peers) + " peers every " +
         std::to_string(opt_.heartbeat_ms) + " ms");
     const auto t0 = Clock::now();
+    const double cpu0 = cpu_seconds(opt_.server_pid);
+    gen_cpu0_ = cpu_seconds(::getpid());
     t_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt_.seconds));
     for (std::size_t slot : client_slots) {
       for (std::size_t d = 0; d < opt_.pipeline; ++d) client_send(slot);
@@ -610,6 +654,7 @@ class Load {
       poll_once(1);
     }
     const double secs = ms_between(t0, Clock::now()) / 1000;
+    const double cpu1 = cpu_seconds(opt_.server_pid);
     measuring = false;
     // Drain what is still outstanding (answers checked, not timed), bounded.
     const auto drain_until = Clock::now() + std::chrono::seconds(10);
@@ -633,6 +678,10 @@ class Load {
       total += load[op_name(op)]["rps"].get<double>();
     }
     load["total_rps"] = total;
+    add_cpu(load, cpu0, secs, cpu1);
+    if (load.contains("server_cpu_seconds") && total > 0) {
+      load["server_cpu_us_per_request"] = load["server_cpu_seconds"].get<double>() * 1e6 / (total * secs);
+    }
     load["drained"] = drained;
     out["load"] = load;
     log("load done: " + std::to_string(total) + " requests/s");
@@ -649,7 +698,10 @@ class Load {
     bool measuring = true;
     std::size_t open_now = 0;
     const auto t0 = Clock::now();
-    const auto t_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt_.fresh_seconds));
+    const double cpu0 = cpu_seconds(opt_.server_pid);
+    gen_cpu0_ = cpu_seconds(::getpid());
+    const auto t_end =
+        t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt_.fresh_seconds));
     auto ask = [&](std::size_t slot) {
       Conn& c = conns_[slot];
       queue_frame(c, protocol::hello(pb::PLANE_CENTRAL));
@@ -680,7 +732,9 @@ class Load {
     const auto drain_until = Clock::now() + std::chrono::seconds(10);
     while (open_now > disconnects_ - lost_before && Clock::now() < drain_until) poll_once(10);
     on_answer_ = nullptr;
+    const double cpu1 = cpu_seconds(opt_.server_pid);
     json j = stat(phase_, Op::list_peers).report(secs);
+    add_cpu(j, cpu0, secs, cpu1);
     j["clients"] = opt_.fresh_clients;
     j["transport"] = "new TCP connection per request (connect, Hello, ListPeers, answer, close)";
     out["fresh_list_peers"] = j;
@@ -699,6 +753,7 @@ class Load {
   std::vector<std::size_t> dirty_;
   std::vector<std::size_t> peer_slots_;
   std::uint64_t next_request_id_ = 0;
+  double gen_cpu0_ = 0;
   std::size_t registered_ = 0;
   std::size_t reg_answered_ = 0;
   std::uint64_t disconnects_ = 0;
@@ -712,23 +767,33 @@ class Load {
 
 int main(int argc, char** argv) {
   cxxopts::Options options("p2pshare_central_load", "Load generator for the p2pshare central server (loopback).");
+  // clang-format off
   options.add_options()
       ("server", "central server HOST:PORT (IPv4)", cxxopts::value<std::string>())
-      ("peers", "simulated peers (one connection each); 0: only query", cxxopts::value<std::size_t>()->default_value("1000"))
-      ("announced-peers", "with --peers 0: how many peers announced earlier", cxxopts::value<std::size_t>()->default_value("0"))
+      ("peers", "simulated peers (one connection each); 0: only query",
+       cxxopts::value<std::size_t>()->default_value("1000"))
+      ("announced-peers", "with --peers 0: how many peers announced earlier",
+       cxxopts::value<std::size_t>()->default_value("0"))
       ("files", "distinct files", cxxopts::value<std::size_t>()->default_value("1000"))
       ("files-per-peer", "files each peer announces", cxxopts::value<std::size_t>()->default_value("100"))
-      ("announce-inflight", "announces outstanding at once (all peers together)", cxxopts::value<std::size_t>()->default_value("32"))
-      ("connect-concurrency", "peers connecting/registering at once", cxxopts::value<std::size_t>()->default_value("256"))
+      ("announce-inflight", "announces outstanding at once (all peers together)",
+       cxxopts::value<std::size_t>()->default_value("32"))
+      ("connect-concurrency", "peers connecting/registering at once",
+       cxxopts::value<std::size_t>()->default_value("256"))
       ("seconds", "duration of the load phase", cxxopts::value<double>()->default_value("10"))
       ("clients", "client connections asking ListPeers/GetFile", cxxopts::value<std::size_t>()->default_value("50"))
-      ("pipeline", "requests each client keeps outstanding (1 = not pipelined)", cxxopts::value<std::size_t>()->default_value("1"))
-      ("fresh-seconds", "then this long with a new connection per ListPeers (0: skip)", cxxopts::value<double>()->default_value("0"))
+      ("pipeline", "requests each client keeps outstanding (1 = not pipelined)",
+       cxxopts::value<std::size_t>()->default_value("1"))
+      ("fresh-seconds", "then this long with a new connection per ListPeers (0: skip)",
+       cxxopts::value<double>()->default_value("0"))
       ("fresh-clients", "clients in the fresh-connection phase", cxxopts::value<std::size_t>()->default_value("32"))
-      ("heartbeat-interval-ms", "each peer heartbeats this often during the load phase", cxxopts::value<unsigned>()->default_value("1000"))
+      ("heartbeat-interval-ms", "each peer heartbeats this often during the load phase",
+       cxxopts::value<unsigned>()->default_value("1000"))
       ("timeout", "bound on the whole run, seconds", cxxopts::value<double>()->default_value("600"))
+      ("server-pid", "the server's PID: report its CPU time per phase", cxxopts::value<int>()->default_value("0"))
       ("seed", "random seed for the clients' file picks", cxxopts::value<std::uint64_t>()->default_value("1"))
       ("h,help", "this help");
+  // clang-format on
   Options opt;
   try {
     auto args = options.parse(argc, argv);
@@ -751,10 +816,12 @@ int main(int argc, char** argv) {
     opt.pipeline = std::max<std::size_t>(1, args["pipeline"].as<std::size_t>());
     opt.fresh_seconds = args["fresh-seconds"].as<double>();
     opt.fresh_clients = std::max<std::size_t>(1, args["fresh-clients"].as<std::size_t>());
-    if (opt.fresh_seconds < 0 || opt.fresh_seconds > 3600) throw std::runtime_error("--fresh-seconds must be in [0, 3600]");
+    if (opt.fresh_seconds < 0 || opt.fresh_seconds > 3600)
+      throw std::runtime_error("--fresh-seconds must be in [0, 3600]");
     opt.heartbeat_ms = std::max(1u, args["heartbeat-interval-ms"].as<unsigned>());
     opt.timeout = args["timeout"].as<double>();
     opt.seed = args["seed"].as<std::uint64_t>();
+    opt.server_pid = args["server-pid"].as<int>();
     if (opt.files == 0) throw std::runtime_error("--files must be at least 1");
     if (opt.files_per_peer > opt.files) throw std::runtime_error("--files-per-peer must not exceed --files");
     if (opt.seconds <= 0 || opt.seconds > 3600) throw std::runtime_error("--seconds must be in (0, 3600]");

@@ -12,6 +12,7 @@ namespace p2pshare::cmd {
 int run_central_server(int argc, char** argv) {
   const auto default_dir = cli::default_data_dir("central");
   cxxopts::Options options("p2pshare central-server", "The registry of live peers and the files they share.");
+  // clang-format off
   options.add_options()
       ("addr", "Address to listen on, HOST:PORT (port 0: pick a free one)", cxxopts::value<std::string>())
       ("data-dir", "Where the registry is kept (SQLite)", cxxopts::value<std::string>()->default_value(default_dir.string()))
@@ -20,6 +21,7 @@ int run_central_server(int argc, char** argv) {
       ("max-connections", "Connections served at once; more are refused",
        cxxopts::value<std::size_t>()->default_value("4096"))
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
+  // clang-format on
   add_help(options);
   auto args = parse(options, argc, argv, {"addr"});
   set_log_level(args["log-level"].as<std::string>());

@@ -17,10 +17,12 @@
 
 namespace p2pshare::cmd {
 
+// clang-format off
 void add_help(cxxopts::Options& options) { options.add_options()("h,help", "Show this help"); }
 
 cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, const std::vector<std::string>& required) {
   cxxopts::ParseResult result;
+  // clang-format on
   try {
     result = options.parse(argc, argv);
   } catch (const cxxopts::exceptions::exception& e) {
@@ -62,9 +64,9 @@ ControlClient::ControlClient(const cli::Address& peer, const std::filesystem::pa
     if (n != 32) throw Error(Errc::unauthorized, "");
     raw.resize(32);
   } catch (const Error&) {
-    throw Error(Errc::unauthorized,
-                fmt::format("cannot read the control cookie in {}: pass the peer-server's --data-dir",
-                            data_dir.string()));
+    throw Error(
+        Errc::unauthorized,
+        fmt::format("cannot read the control cookie in {}: pass the peer-server's --data-dir", data_dir.string()));
   }
   const std::string cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size()));
   client_.connect(peer.host, peer.port, std::chrono::seconds(5));
@@ -85,11 +87,13 @@ pb::ControlResponse ControlClient::receive(std::chrono::milliseconds timeout) {
 }
 
 void add_control_options(cxxopts::Options& options) {
+  // clang-format off
   options.add_options()
       ("peer-addr", "Your peer-server, HOST:PORT", cxxopts::value<std::string>()->default_value(kDefaultPeerAddr))
       ("data-dir", "The peer-server's --data-dir (holds the control cookie)",
        cxxopts::value<std::string>()->default_value(cli::default_data_dir("peer").string()))
       ("json", "Print one JSON value on stdout");
+  // clang-format on
   add_help(options);
 }
 
@@ -99,10 +103,12 @@ ControlClient connect_control(const cxxopts::ParseResult& args) {
 }
 
 void add_central_options(cxxopts::Options& options) {
+  // clang-format off
   options.add_options()
       ("central-server-addr", "The central server, HOST:PORT",
        cxxopts::value<std::string>()->default_value(kDefaultCentralAddr))
       ("json", "Print one JSON value on stdout");
+  // clang-format on
   add_help(options);
 }
 

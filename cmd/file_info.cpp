@@ -23,13 +23,15 @@ int run_file_info(int argc, char** argv) {
   if (!response.has_file()) throw Error(Errc::protocol, "unexpected answer from the central server");
   const Manifest manifest = manifest_from_wire(response.file().manifest());
   // Metadata from the network is checked against the id we asked for.
-  if (manifest.file_id() != id) throw Error(Errc::verification, "the central server's metadata does not match the file id");
+  if (manifest.file_id() != id)
+    throw Error(Errc::verification, "the central server's metadata does not match the file id");
   const std::uint32_t count = manifest.chunk_count();
   std::vector<std::uint32_t> copies(count, 0);
   nlohmann::json holders = nlohmann::json::array();
   std::vector<std::vector<std::string>> rows;
   for (const auto& h : response.file().holders()) {
-    const std::string peer = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(h.peer_id().data()), h.peer_id().size()));
+    const std::string peer =
+        to_hex(std::span(reinterpret_cast<const std::uint8_t*>(h.peer_id().data()), h.peer_id().size()));
     std::uint32_t has = count;
     if (h.bitfield().empty()) {
       for (auto& c : copies) ++c;
@@ -44,14 +46,19 @@ int run_file_info(int argc, char** argv) {
     rows.push_back({peer, addr, fmt::format("{}/{}", has, count)});
   }
   if (args.count("json")) {
-    print_json({{"file_id", to_hex(id)}, {"name", manifest.name}, {"names", response.file().names()},
-                {"size", manifest.size}, {"chunk_size", manifest.chunk_size}, {"chunks", count},
-                {"holders", holders}, {"chunk_copies", copies}});
+    print_json({{"file_id", to_hex(id)},
+                {"name", manifest.name},
+                {"names", response.file().names()},
+                {"size", manifest.size},
+                {"chunk_size", manifest.chunk_size},
+                {"chunks", count},
+                {"holders", holders},
+                {"chunk_copies", copies}});
     return 0;
   }
-  std::cout << fmt::format("file id     {}\nname        {}\nsize        {} ({} bytes)\nchunk size  {}\nchunks      {}\n",
-                           to_hex(id), manifest.name, cli::format_bytes(manifest.size), manifest.size,
-                           cli::format_bytes(manifest.chunk_size), count);
+  std::cout << fmt::format(
+      "file id     {}\nname        {}\nsize        {} ({} bytes)\nchunk size  {}\nchunks      {}\n", to_hex(id),
+      manifest.name, cli::format_bytes(manifest.size), manifest.size, cli::format_bytes(manifest.chunk_size), count);
   std::cout << fmt::format("holders     {}\n\n", rows.size());
   if (!rows.empty()) {
     print_table({"PEER ID", "ADDRESS", "CHUNKS"}, rows);

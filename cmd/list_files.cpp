@@ -20,7 +20,8 @@ int run_list_files(int argc, char** argv) {
     request.mutable_list_files()->set_limit(1000);
     auto response = ask_central(central, request);
     for (const auto& f : response.file_list().files()) {
-      const std::string id = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(f.file_id().data()), f.file_id().size()));
+      const std::string id =
+          to_hex(std::span(reinterpret_cast<const std::uint8_t*>(f.file_id().data()), f.file_id().size()));
       json.push_back({{"file_id", id}, {"name", f.name()}, {"size", f.size()}, {"holders", f.holders()}});
       rows.push_back({id, f.name(), cli::format_bytes(f.size()), std::to_string(f.holders())});
       after = f.file_id();

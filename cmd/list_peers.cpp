@@ -18,9 +18,11 @@ int run_list_peers(int argc, char** argv) {
   nlohmann::json json = nlohmann::json::array();
   std::vector<std::vector<std::string>> rows;
   for (const auto& p : response.peer_list().peers()) {
-    const std::string id = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(p.peer_id().data()), p.peer_id().size()));
+    const std::string id =
+        to_hex(std::span(reinterpret_cast<const std::uint8_t*>(p.peer_id().data()), p.peer_id().size()));
     const std::string addr = cli::Address{p.host(), static_cast<std::uint16_t>(p.port())}.to_string();
-    const std::string seen = cli::rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(p.last_seen_ms())));
+    const std::string seen =
+        cli::rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(p.last_seen_ms())));
     json.push_back({{"peer_id", id}, {"addr", addr}, {"last_seen", seen}});
     rows.push_back({id, addr, seen});
   }

@@ -12,6 +12,7 @@ int run_peer_server(int argc, char** argv) {
   const auto default_dir = cli::default_data_dir("peer");
   cxxopts::Options options("p2pshare peer-server",
                            "Serve the files you register, download files from every peer that has them.");
+  // clang-format off
   options.add_options()
       ("central-server-addr", "The central server, HOST:PORT", cxxopts::value<std::string>())
       ("addr", "Address to listen on for peers and your own commands, HOST:PORT (port 0: pick one)",
@@ -29,6 +30,7 @@ int run_peer_server(int argc, char** argv) {
       ("holder-refresh", "Milliseconds between asking the central server for new holders while downloading",
        cxxopts::value<unsigned>()->default_value("2000"))
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
+  // clang-format on
   add_help(options);
   auto args = parse(options, argc, argv, {"central-server-addr", "addr"});
   set_log_level(args["log-level"].as<std::string>());

@@ -32,9 +32,14 @@ int run_register_file(int argc, char** argv) {
   if (response.has_error()) throw_remote(response.error());
   if (!response.has_registered()) throw Error(Errc::protocol, "unexpected answer from the peer-server");
   const auto& r = response.registered();
-  const std::string id = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(r.file_id().data()), r.file_id().size()));
+  const std::string id =
+      to_hex(std::span(reinterpret_cast<const std::uint8_t*>(r.file_id().data()), r.file_id().size()));
   if (args.count("json")) {
-    print_json({{"file_id", id}, {"name", r.name()}, {"size", r.size()}, {"chunk_size", r.chunk_size()}, {"chunks", r.chunks()}});
+    print_json({{"file_id", id},
+                {"name", r.name()},
+                {"size", r.size()},
+                {"chunk_size", r.chunk_size()},
+                {"chunks", r.chunks()}});
   } else {
     std::cout << id << "\n";
   }

@@ -29,11 +29,13 @@ void draw_progress(const pb::Progress& p) {
 int run_request_file(int argc, char** argv) {
   cxxopts::Options options("p2pshare request-file",
                            "Download a file from every peer that has it; prints the finished file's path.");
+  // clang-format off
   options.add_options()
       ("file-id", "The file's id (64 hex digits)", cxxopts::value<std::string>())
       ("out", "Where the finished file goes (default: the peer's download dir, under the file's name)",
        cxxopts::value<std::string>())
       ("wait", "While no peer holding the file is live, wait for one instead of failing");
+  // clang-format on
   add_control_options(options);
   auto args = parse(options, argc, argv, {"file-id"});
   const FileId id = parse_file_id(args["file-id"].as<std::string>());
@@ -42,7 +44,8 @@ int run_request_file(int argc, char** argv) {
   if (args.count("out")) {
     const auto out = std::filesystem::absolute(args["out"].as<std::string>());
     if (!out.has_filename()) throw Error(Errc::usage, "--out must name a file");
-    if (std::filesystem::is_directory(out)) throw Error(Errc::bad_request, fmt::format("--out {} is a directory", out.string()));
+    if (std::filesystem::is_directory(out))
+      throw Error(Errc::bad_request, fmt::format("--out {} is a directory", out.string()));
     request.mutable_request_file()->set_out_path(out.string());
   }
   request.mutable_request_file()->set_wait_for_holders(args.count("wait") > 0);
@@ -66,8 +69,11 @@ int run_request_file(int argc, char** argv) {
     if (!response.has_downloaded()) throw Error(Errc::protocol, "unexpected answer from the peer-server");
     const auto& d = response.downloaded();
     if (args.count("json")) {
-      print_json({{"file_id", to_hex(id)}, {"path", d.path()}, {"size", d.size()},
-                  {"bytes_received", d.bytes_received()}, {"seconds", d.seconds()}});
+      print_json({{"file_id", to_hex(id)},
+                  {"path", d.path()},
+                  {"size", d.size()},
+                  {"bytes_received", d.bytes_received()},
+                  {"seconds", d.seconds()}});
     } else {
       std::cout << d.path() << "\n";
     }

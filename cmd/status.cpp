@@ -28,28 +28,40 @@ int run_status(int argc, char** argv) {
   if (args.count("json")) {
     nlohmann::json shared = nlohmann::json::array();
     for (const auto& f : s.shared()) {
-      shared.push_back({{"file_id", hex(f.file_id())}, {"name", f.name()}, {"path", f.path()}, {"size", f.size()},
+      shared.push_back({{"file_id", hex(f.file_id())},
+                        {"name", f.name()},
+                        {"path", f.path()},
+                        {"size", f.size()},
                         {"uploaded", f.uploaded()}});
     }
     nlohmann::json downloads = nlohmann::json::array();
     for (const auto& d : s.downloads()) {
-      downloads.push_back({{"file_id", hex(d.file_id())}, {"name", d.name()}, {"path", d.path()}, {"size", d.size()},
-                           {"have_bytes", d.have_bytes()}, {"peers", d.peers()}, {"state", d.state()},
+      downloads.push_back({{"file_id", hex(d.file_id())},
+                           {"name", d.name()},
+                           {"path", d.path()},
+                           {"size", d.size()},
+                           {"have_bytes", d.have_bytes()},
+                           {"peers", d.peers()},
+                           {"state", d.state()},
                            {"bytes_received", d.bytes_received()}});
     }
-    print_json({{"peer_id", hex(s.peer_id())}, {"addr", s.listen_addr()}, {"central_connected", s.central_connected()},
-                {"shared", shared}, {"downloads", downloads}});
+    print_json({{"peer_id", hex(s.peer_id())},
+                {"addr", s.listen_addr()},
+                {"central_connected", s.central_connected()},
+                {"shared", shared},
+                {"downloads", downloads}});
     return 0;
   }
   std::cout << fmt::format("peer {} on {}, central server {}\n\n", hex(s.peer_id()), s.listen_addr(),
                            s.central_connected() ? "connected" : "NOT connected");
   std::vector<std::vector<std::string>> rows;
   for (const auto& f : s.shared()) {
-    rows.push_back({hex(f.file_id()), f.name(), cli::format_bytes(f.size()), "100%", "seeding",
-                    cli::format_bytes(f.uploaded())});
+    rows.push_back(
+        {hex(f.file_id()), f.name(), cli::format_bytes(f.size()), "100%", "seeding", cli::format_bytes(f.uploaded())});
   }
   for (const auto& d : s.downloads()) {
-    const double pct = d.size() == 0 ? 100.0 : 100.0 * static_cast<double>(d.have_bytes()) / static_cast<double>(d.size());
+    const double pct =
+        d.size() == 0 ? 100.0 : 100.0 * static_cast<double>(d.have_bytes()) / static_cast<double>(d.size());
     rows.push_back({hex(d.file_id()), d.name(), cli::format_bytes(d.size()), fmt::format("{:.1f}%", pct),
                     fmt::format("{} ({} peers)", d.state(), d.peers()), "-"});
   }

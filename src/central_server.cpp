@@ -79,7 +79,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     options.limits = protocol::kHelloLimits;
     options.timeouts.first_frame = std::chrono::seconds(10);
     // A registered peer heartbeats; anyone else asks and goes.
-    options.timeouts.idle = std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(30));
+    options.timeouts.idle =
+        std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(30));
     options.max_queued_bytes = 32 * 1024 * 1024;
     auto session = std::make_shared<Session>();
     session->connection = wire::Connection::create(std::move(socket), options);
@@ -289,14 +290,17 @@ cli::Address CentralServer::start() {
   std::error_code ec;
   auto results = resolver.resolve(impl_->config.listen.host, std::to_string(impl_->config.listen.port), ec);
   if (ec || results.empty()) {
-    throw Error(Errc::unavailable, fmt::format("cannot resolve {}: {}", impl_->config.listen.to_string(), ec.message()));
+    throw Error(Errc::unavailable,
+                fmt::format("cannot resolve {}: {}", impl_->config.listen.to_string(), ec.message()));
   }
   const auto endpoint = results.begin()->endpoint();
   auto& acceptor = impl_->acceptor;
   acceptor.open(endpoint.protocol());
   acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
   acceptor.bind(endpoint, ec);
-  if (ec) throw Error(Errc::unavailable, fmt::format("cannot listen on {}: {}", impl_->config.listen.to_string(), ec.message()));
+  if (ec)
+    throw Error(Errc::unavailable,
+                fmt::format("cannot listen on {}: {}", impl_->config.listen.to_string(), ec.message()));
   acceptor.listen(asio::socket_base::max_listen_connections);
   impl_->accept();
   impl_->schedule_flush();
@@ -321,6 +325,8 @@ void CentralServer::stop() {
   });
 }
 
-std::size_t CentralServer::connection_count() const { return impl_->sessions.size(); }
+std::size_t CentralServer::connection_count() const {
+  return impl_->sessions.size();
+}
 
 }  // namespace p2pshare::central

@@ -52,10 +52,20 @@ std::uint64_t parse_rate(std::string_view text) {
   if (text.empty()) throw bad();
   std::uint64_t multiplier = 1;
   switch (text.back()) {
-    case 'K': case 'k': multiplier = 1ull << 10; break;
-    case 'M': case 'm': multiplier = 1ull << 20; break;
-    case 'G': case 'g': multiplier = 1ull << 30; break;
-    default: break;
+    case 'K':
+    case 'k':
+      multiplier = 1ull << 10;
+      break;
+    case 'M':
+    case 'm':
+      multiplier = 1ull << 20;
+      break;
+    case 'G':
+    case 'g':
+      multiplier = 1ull << 30;
+      break;
+    default:
+      break;
   }
   if (multiplier != 1) text.remove_suffix(1);
   std::uint64_t value = 0;

@@ -30,8 +30,7 @@ void put_be(std::uint8_t* out, std::uint64_t value, int bytes) {
 }
 
 bool valid_chunk_size(std::uint32_t chunk_size) {
-  return chunk_size >= kMinChunkSize && chunk_size <= kMaxChunkSize &&
-         (chunk_size & (chunk_size - 1)) == 0;
+  return chunk_size >= kMinChunkSize && chunk_size <= kMaxChunkSize && (chunk_size & (chunk_size - 1)) == 0;
 }
 
 struct Fd {
@@ -47,9 +46,8 @@ std::uint32_t choose_chunk_size(std::uint64_t size) {
   std::uint32_t chunk = kDefaultChunkSize;
   while (chunk_count_for(size, chunk) > kMaxChunkCount) {
     if (chunk == kMaxChunkSize) {
-      throw Error(Errc::bad_request,
-                  fmt::format("file is too large: {} bytes (at most {} bytes)", size,
-                              static_cast<std::uint64_t>(kMaxChunkSize) * kMaxChunkCount));
+      throw Error(Errc::bad_request, fmt::format("file is too large: {} bytes (at most {} bytes)", size,
+                                                 static_cast<std::uint64_t>(kMaxChunkSize) * kMaxChunkCount));
     }
     chunk *= 2;
   }
@@ -68,10 +66,11 @@ std::uint32_t Manifest::chunk_length(ChunkIndex i) const noexcept {
   return rest < chunk_size ? static_cast<std::uint32_t>(rest) : chunk_size;
 }
 
-FileId Manifest::file_id() const { return compute_file_id(size, chunk_size, chunk_hashes); }
+FileId Manifest::file_id() const {
+  return compute_file_id(size, chunk_size, chunk_hashes);
+}
 
-FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size,
-                       const std::vector<Sha256Digest>& chunk_hashes) {
+FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size, const std::vector<Sha256Digest>& chunk_hashes) {
   std::uint8_t header[16 + 8 + 4 + 4];
   std::memcpy(header, kIdDomain, 16);
   put_be(header + 16, size, 8);
@@ -83,8 +82,7 @@ FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size,
   return hasher.finish();
 }
 
-Manifest build_manifest(const std::filesystem::path& path, unsigned threads,
-                        std::uint32_t chunk_size) {
+Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std::uint32_t chunk_size) {
   Fd file;
   file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (file.fd < 0) {
@@ -119,7 +117,8 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads,
   std::mutex error_mutex;
   std::exception_ptr error;
   auto worker = [&] {
-    std::vector<std::uint8_t> buffer(std::min<std::uint64_t>(manifest.chunk_size, std::max<std::uint64_t>(manifest.size, 1)));
+    std::vector<std::uint8_t> buffer(
+        std::min<std::uint64_t>(manifest.chunk_size, std::max<std::uint64_t>(manifest.size, 1)));
     Sha256 hasher;
     try {
       for (std::uint64_t i = next++; i < count; i = next++) {

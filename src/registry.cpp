@@ -105,10 +105,9 @@ void configure(sqlite::Database& db) {
 void migrate(sqlite::Database& db, const std::filesystem::path& path) {
   std::int64_t version = db.user_version();
   if (version < 0 || version > kSchemaVersion) {
-    throw Error(Errc::io,
-                fmt::format("registry: {} has schema version {}, but this build knows versions up "
-                            "to {}; run a newer p2pshare or use another data directory",
-                            path.string(), version, kSchemaVersion));
+    throw Error(Errc::io, fmt::format("registry: {} has schema version {}, but this build knows versions up "
+                                      "to {}; run a newer p2pshare or use another data directory",
+                                      path.string(), version, kSchemaVersion));
   }
   for (; version < kSchemaVersion; ++version) {
     // One transaction per step: the version number moves with the schema.
@@ -124,8 +123,7 @@ sqlite::Database open_database(const std::filesystem::path& data_dir) {
   std::error_code error;
   std::filesystem::create_directories(data_dir, error);
   if (error) {
-    throw Error(Errc::io, fmt::format("registry: creating {} failed: {}", data_dir.string(),
-                                      error.message()));
+    throw Error(Errc::io, fmt::format("registry: creating {} failed: {}", data_dir.string(), error.message()));
   }
   const auto path = data_dir / "registry.db";
   sqlite::Database db(path, "registry");
@@ -162,9 +160,7 @@ struct Registry::Impl {
   Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry);
   void load(const std::filesystem::path& path);
 
-  bool live(const Peer& peer, std::int64_t now_ms) const {
-    return now_ms - peer.last_seen_ms < expiry_ms;
-  }
+  bool live(const Peer& peer, std::int64_t now_ms) const { return now_ms - peer.last_seen_ms < expiry_ms; }
   void set_last_seen(Peer& peer, std::int64_t ms);
   std::uint32_t count_live_holders(const File& file, std::int64_t now_ms) const;
 
@@ -189,25 +185,19 @@ struct Registry::Impl {
 Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry)
     : db(open_database(data_dir)),
       expiry_ms(expiry.count()),
-      upsert_peer(db.prepare(
-          "INSERT INTO peers (id, host, port, last_seen_ms) VALUES (?1, ?2, ?3, ?4) "
-          "ON CONFLICT (id) DO UPDATE SET host = excluded.host, port = excluded.port, "
-          "last_seen_ms = excluded.last_seen_ms",
-          "upsert peer")),
-      update_last_seen(db.prepare("UPDATE peers SET last_seen_ms = ?2 WHERE id = ?1",
-                                  "update last_seen")),
-      insert_file(db.prepare(
-          "INSERT INTO files (id, size, chunk_size, chunk_hashes) VALUES (?1, ?2, ?3, ?4)",
-          "insert file")),
-      insert_name(db.prepare(
-          "INSERT INTO file_names (file_id, position, name) VALUES (?1, ?2, ?3)",
-          "insert file name")),
-      upsert_holder(db.prepare(
-          "INSERT INTO holders (peer_id, file_id, partial) VALUES (?1, ?2, ?3) "
-          "ON CONFLICT (peer_id, file_id) DO UPDATE SET partial = excluded.partial",
-          "upsert holder")),
-      delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2",
-                               "delete holder")) {
+      upsert_peer(db.prepare("INSERT INTO peers (id, host, port, last_seen_ms) VALUES (?1, ?2, ?3, ?4) "
+                             "ON CONFLICT (id) DO UPDATE SET host = excluded.host, port = excluded.port, "
+                             "last_seen_ms = excluded.last_seen_ms",
+                             "upsert peer")),
+      update_last_seen(db.prepare("UPDATE peers SET last_seen_ms = ?2 WHERE id = ?1", "update last_seen")),
+      insert_file(
+          db.prepare("INSERT INTO files (id, size, chunk_size, chunk_hashes) VALUES (?1, ?2, ?3, ?4)", "insert file")),
+      insert_name(
+          db.prepare("INSERT INTO file_names (file_id, position, name) VALUES (?1, ?2, ?3)", "insert file name")),
+      upsert_holder(db.prepare("INSERT INTO holders (peer_id, file_id, partial) VALUES (?1, ?2, ?3) "
+                               "ON CONFLICT (peer_id, file_id) DO UPDATE SET partial = excluded.partial",
+                               "upsert holder")),
+      delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2", "delete holder")) {
   load(data_dir / "registry.db");
 }
 
@@ -227,8 +217,7 @@ void Registry::Impl::load(const std::filesystem::path& path) {
     peers_by_last_seen.emplace(peer.last_seen_ms, *id);
   }
 
-  auto file_rows =
-      db.prepare("SELECT id, size, chunk_size, chunk_hashes FROM files", "load files");
+  auto file_rows = db.prepare("SELECT id, size, chunk_size, chunk_hashes FROM files", "load files");
   while (file_rows.step()) {
     const auto id = file_id_from_bytes(as_chars(file_rows.column_blob(0)));
     if (!id) corrupt(path, "a file id is not 32 bytes");
@@ -241,13 +230,12 @@ void Registry::Impl::load(const std::filesystem::path& path) {
     file.chunk_size = static_cast<std::uint32_t>(file_rows.column_int(2));
     file.chunk_hashes.resize(hashes.size() / Sha256Digest::kSize);
     for (std::size_t i = 0; i < file.chunk_hashes.size(); ++i) {
-      std::copy_n(hashes.begin() + static_cast<std::ptrdiff_t>(i * Sha256Digest::kSize),
-                  Sha256Digest::kSize, file.chunk_hashes[i].bytes.begin());
+      std::copy_n(hashes.begin() + static_cast<std::ptrdiff_t>(i * Sha256Digest::kSize), Sha256Digest::kSize,
+                  file.chunk_hashes[i].bytes.begin());
     }
   }
 
-  auto name_rows = db.prepare(
-      "SELECT file_id, name FROM file_names ORDER BY file_id, position", "load file names");
+  auto name_rows = db.prepare("SELECT file_id, name FROM file_names ORDER BY file_id, position", "load file names");
   while (name_rows.step()) {
     const auto id = file_id_from_bytes(as_chars(name_rows.column_blob(0)));
     const auto file = id ? files.find(*id) : files.end();
@@ -255,8 +243,7 @@ void Registry::Impl::load(const std::filesystem::path& path) {
     file->second.names.emplace_back(name_rows.column_text(1));
   }
 
-  auto holder_rows =
-      db.prepare("SELECT peer_id, file_id, partial FROM holders", "load holders");
+  auto holder_rows = db.prepare("SELECT peer_id, file_id, partial FROM holders", "load holders");
   while (holder_rows.step()) {
     const auto peer_id = peer_id_from_bytes(as_chars(holder_rows.column_blob(0)));
     const auto file_id = file_id_from_bytes(as_chars(holder_rows.column_blob(1)));
@@ -270,8 +257,7 @@ void Registry::Impl::load(const std::filesystem::path& path) {
       const auto chunks = static_cast<std::uint32_t>(file->second.chunk_hashes.size());
       holding.partial = Bitfield::from_wire(as_chars(holder_rows.column_blob(2)), chunks);
       if (!holding.partial) {
-        corrupt(path, fmt::format("a bitfield of file {} does not fit its {} chunks",
-                                  to_hex(*file_id), chunks));
+        corrupt(path, fmt::format("a bitfield of file {} does not fit its {} chunks", to_hex(*file_id), chunks));
       }
     }
     file->second.holders.emplace(*peer_id, std::move(holding));
@@ -297,8 +283,7 @@ std::uint32_t Registry::Impl::count_live_holders(const File& file, std::int64_t 
 
 namespace {
 
-PeerRecord record_of(const PeerId& id, const std::string& host, std::uint16_t port,
-                     std::int64_t last_seen_ms) {
+PeerRecord record_of(const PeerId& id, const std::string& host, std::uint16_t port, std::int64_t last_seen_ms) {
   return PeerRecord{id, host, port, from_unix_ms(last_seen_ms)};
 }
 
@@ -321,8 +306,7 @@ Registry::~Registry() {
   }
 }
 
-void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port,
-                           SystemClock::time_point now) {
+void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now) {
   const std::int64_t now_ms = to_unix_ms(now);
   impl_->upsert_peer.bind_blob(1, id.bytes).bind_text(2, host).bind_int(3, port);
   impl_->upsert_peer.bind_int(4, now_ms);
@@ -355,17 +339,14 @@ bool Registry::touch_peer(const PeerId& id, SystemClock::time_point now) {
   return true;
 }
 
-FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest,
-                          std::optional<Bitfield> partial) {
+FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::optional<Bitfield> partial) {
   const auto peer_it = impl_->peers.find(peer_id);
   if (peer_it == impl_->peers.end()) {
-    throw Error(Errc::protocol,
-                fmt::format("registry: announce from unknown peer {}", to_hex(peer_id)));
+    throw Error(Errc::protocol, fmt::format("registry: announce from unknown peer {}", to_hex(peer_id)));
   }
   if (partial && partial->size() != manifest.chunk_count()) {
-    throw Error(Errc::bad_request,
-                fmt::format("registry: announced bitfield has {} bits for {} chunks",
-                            partial->size(), manifest.chunk_count()));
+    throw Error(Errc::bad_request, fmt::format("registry: announced bitfield has {} bits for {} chunks",
+                                               partial->size(), manifest.chunk_count()));
   }
   // A holder with every chunk is a complete holder; one form for one fact.
   if (partial && partial->all()) partial.reset();
@@ -375,9 +356,8 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest,
   const bool new_file = file_it == impl_->files.end();
   const std::vector<std::string>* names = new_file ? nullptr : &file_it->second.names;
   const std::size_t name_count = names != nullptr ? names->size() : 0;
-  const bool add_name =
-      !manifest.name.empty() && name_count < kMaxNamesPerFile &&
-      (names == nullptr || std::find(names->begin(), names->end(), manifest.name) == names->end());
+  const bool add_name = !manifest.name.empty() && name_count < kMaxNamesPerFile &&
+                        (names == nullptr || std::find(names->begin(), names->end(), manifest.name) == names->end());
   const Impl::Holding* current = nullptr;
   if (!new_file) {
     const auto holder_it = file_it->second.holders.find(peer_id);
@@ -423,8 +403,7 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest,
     file_it = impl_->files.emplace(id, std::move(file)).first;
   }
   if (add_name) file_it->second.names.push_back(manifest.name);
-  file_it->second.holders.insert_or_assign(peer_id,
-                                           Impl::Holding{&peer_it->second, std::move(partial)});
+  file_it->second.holders.insert_or_assign(peer_id, Impl::Holding{&peer_it->second, std::move(partial)});
   peer_it->second.files.insert(id);
   return id;
 }
@@ -452,16 +431,17 @@ std::vector<FileSummary> Registry::list_files(std::optional<FileId> after, std::
   auto it = after ? impl_->files.upper_bound(*after) : impl_->files.begin();
   for (; it != impl_->files.end() && page.size() < limit; ++it) {
     const Impl::File& file = it->second;
-    page.push_back(FileSummary{it->first, file.names.empty() ? std::string() : file.names.front(),
-                               file.size, impl_->count_live_holders(file, now_ms)});
+    page.push_back(FileSummary{it->first, file.names.empty() ? std::string() : file.names.front(), file.size,
+                               impl_->count_live_holders(file, now_ms)});
   }
   return page;
 }
 
-std::size_t Registry::file_count() const noexcept { return impl_->files.size(); }
+std::size_t Registry::file_count() const noexcept {
+  return impl_->files.size();
+}
 
-std::vector<PeerRecord> Registry::live_peers(std::optional<FileId> file,
-                                             SystemClock::time_point now) const {
+std::vector<PeerRecord> Registry::live_peers(std::optional<FileId> file, SystemClock::time_point now) const {
   const std::int64_t now_ms = to_unix_ms(now);
   std::vector<PeerRecord> result;
   if (file) {
@@ -476,8 +456,7 @@ std::vector<PeerRecord> Registry::live_peers(std::optional<FileId> file,
     return result;
   }
   // Most recently seen first; stop at the first stale peer.
-  for (auto it = impl_->peers_by_last_seen.rbegin(); it != impl_->peers_by_last_seen.rend();
-       ++it) {
+  for (auto it = impl_->peers_by_last_seen.rbegin(); it != impl_->peers_by_last_seen.rend(); ++it) {
     const Impl::Peer& peer = impl_->peers.at(it->second);
     if (!impl_->live(peer, now_ms)) break;
     result.push_back(record_of(peer.id, peer.host, peer.port, peer.last_seen_ms));

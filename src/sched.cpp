@@ -35,8 +35,7 @@ Config sanitized(Config config) {
   config.max_strikes = std::max(config.max_strikes, 1u);
   config.max_pipeline = std::max(config.max_pipeline, 1u);
   config.min_pipeline = std::clamp(config.min_pipeline, 1u, config.max_pipeline);
-  config.initial_pipeline =
-      std::clamp(config.initial_pipeline, config.min_pipeline, config.max_pipeline);
+  config.initial_pipeline = std::clamp(config.initial_pipeline, config.min_pipeline, config.max_pipeline);
   if (!(config.pipeline_seconds >= 0)) config.pipeline_seconds = 0;  // also catches NaN
   config.endgame_copies = std::max(config.endgame_copies, 1u);
   return config;
@@ -47,10 +46,7 @@ constexpr std::uint32_t kExtentChunks = 16;
 }  // namespace
 
 Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
-    : chunk_count_(chunk_count),
-      have_(chunk_count),
-      config_(sanitized(config)),
-      chunks_(chunk_count) {
+    : chunk_count_(chunk_count), have_(chunk_count), config_(sanitized(config)), chunks_(chunk_count) {
   // Ties among equally rare chunks go in a random order of extents of
   // consecutive chunks: downloaders of one file spread over different parts
   // of it (the swarm stays diverse), while each writes runs of neighbouring
@@ -108,8 +104,7 @@ void Scheduler::refile(std::uint32_t index, bool moved_later) {
   }
 }
 
-void Scheduler::add_request(PeerKey key, PeerState& peer, std::uint32_t index,
-                            Clock::time_point now) {
+void Scheduler::add_request(PeerKey key, PeerState& peer, std::uint32_t index, Clock::time_point now) {
   unfile(index);
   chunks_[index].requesters.push_back(key);
   refile(index);
@@ -184,7 +179,9 @@ void Scheduler::rebuild_open() {
 // Duplicates cost bandwidth, so they wait for the tail: every missing chunk
 // that some connected peer has is already requested. Chunks nobody has do
 // not hold the endgame back, or one lost chunk would stall the rest.
-bool Scheduler::endgame_allowed() const { return open_.empty() || open_.rbegin()->primary == 0; }
+bool Scheduler::endgame_allowed() const {
+  return open_.empty() || open_.rbegin()->primary == 0;
+}
 
 // --- peers -------------------------------------------------------------------
 
@@ -286,8 +283,7 @@ std::vector<PeerKey> Scheduler::stalled_peers(Clock::time_point now) const {
 
 // --- outcomes ----------------------------------------------------------------
 
-void Scheduler::record_delivery(PeerState& peer, Clock::time_point requested_at,
-                                Clock::time_point now) {
+void Scheduler::record_delivery(PeerState& peer, Clock::time_point requested_at, Clock::time_point now) {
   // The peer has been working on this chunk since the later of its request
   // and the previous delivery: time it sat idle with nothing asked of it must
   // not count against its rate.
@@ -313,12 +309,11 @@ unsigned Scheduler::target_for(const PeerState& peer) const {
   const double in_flight = peer.rate * config_.pipeline_seconds / config_.chunk_size;
   const double wanted = std::ceil(in_flight) + 1;
   // Clamped as a double: a huge rate must not overflow the conversion.
-  return static_cast<unsigned>(std::clamp(wanted, static_cast<double>(config_.min_pipeline),
-                                          static_cast<double>(config_.max_pipeline)));
+  return static_cast<unsigned>(
+      std::clamp(wanted, static_cast<double>(config_.min_pipeline), static_cast<double>(config_.max_pipeline)));
 }
 
-std::optional<std::vector<Cancel>> Scheduler::on_chunk_arrived(PeerKey peer, ChunkIndex chunk,
-                                                               Clock::time_point now) {
+std::optional<std::vector<Cancel>> Scheduler::on_chunk_arrived(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
   if (chunk.value >= chunk_count_) return std::nullopt;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return std::nullopt;
@@ -387,9 +382,13 @@ void Scheduler::on_rejected(PeerKey peer, ChunkIndex chunk) {
 
 // --- state -------------------------------------------------------------------
 
-bool Scheduler::in_endgame() const { return open_.empty() && !requested_.empty(); }
+bool Scheduler::in_endgame() const {
+  return open_.empty() && !requested_.empty();
+}
 
-bool Scheduler::is_banned(PeerKey peer) const { return strikes(peer) >= config_.max_strikes; }
+bool Scheduler::is_banned(PeerKey peer) const {
+  return strikes(peer) >= config_.max_strikes;
+}
 
 unsigned Scheduler::strikes(PeerKey peer) const {
   auto found = strikes_.find(peer);

@@ -29,7 +29,9 @@ bool only_whitespace(const char* begin, const char* end) {
 Statement::Statement(sqlite3* db, sqlite3_stmt* statement, std::string context)
     : db_(db), statement_(statement), context_(std::move(context)) {}
 
-Statement::~Statement() { sqlite3_finalize(statement_); }
+Statement::~Statement() {
+  sqlite3_finalize(statement_);
+}
 
 Statement::Statement(Statement&& other) noexcept
     : db_(std::exchange(other.db_, nullptr)),
@@ -60,9 +62,7 @@ Statement& Statement::bind_int(int index, std::int64_t value) {
 }
 
 Statement& Statement::bind_text(int index, std::string_view value) {
-  check_bind(sqlite3_bind_text64(statement_, index, value.data(), value.size(), SQLITE_TRANSIENT,
-                                 SQLITE_UTF8),
-             index);
+  check_bind(sqlite3_bind_text64(statement_, index, value.data(), value.size(), SQLITE_TRANSIENT, SQLITE_UTF8), index);
   return *this;
 }
 
@@ -75,8 +75,7 @@ Statement& Statement::bind_blob(int index, std::span<const std::uint8_t> value) 
 }
 
 Statement& Statement::bind_blob(int index, std::string_view value) {
-  return bind_blob(index, std::span(reinterpret_cast<const std::uint8_t*>(value.data()),
-                                    value.size()));
+  return bind_blob(index, std::span(reinterpret_cast<const std::uint8_t*>(value.data()), value.size()));
 }
 
 Statement& Statement::bind_null(int index) {
@@ -132,16 +131,14 @@ std::span<const std::uint8_t> Statement::column_blob(int column) const {
 
 // --- Database --------------------------------------------------------------
 
-Database::Database(const std::filesystem::path& path, std::string label)
-    : label_(std::move(label)) {
+Database::Database(const std::filesystem::path& path, std::string label) : label_(std::move(label)) {
   const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
   const int result = sqlite3_open_v2(path.c_str(), &db_, flags, nullptr);
   if (result != SQLITE_OK) {
     const std::string message = message_of(db_);
     sqlite3_close_v2(db_);
     db_ = nullptr;
-    throw Error(Errc::io,
-                fmt::format("{}: open {} failed: {}", label_, path.string(), message));
+    throw Error(Errc::io, fmt::format("{}: open {} failed: {}", label_, path.string(), message));
   }
 }
 
@@ -196,18 +193,19 @@ Statement Database::prepare(std::string_view sql, std::string_view what) {
   const char* tail = nullptr;
   // PERSISTENT: these statements live as long as their owner, which tells
   // SQLite not to take them from its short-lived lookaside memory.
-  const int result = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
-                                        SQLITE_PREPARE_PERSISTENT, &statement, &tail);
+  const int result =
+      sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &statement, &tail);
   if (result != SQLITE_OK) fail(fmt::format("preparing {}", what));
   if (statement == nullptr || !only_whitespace(tail, sql.data() + sql.size())) {
     sqlite3_finalize(statement);
-    throw Error(Errc::io, fmt::format("{}: preparing {} failed: expected exactly one statement",
-                                      label_, what));
+    throw Error(Errc::io, fmt::format("{}: preparing {} failed: expected exactly one statement", label_, what));
   }
   return Statement(db_, statement, fmt::format("{}: {}", label_, what));
 }
 
-Transaction Database::transaction() { return Transaction(*this); }
+Transaction Database::transaction() {
+  return Transaction(*this);
+}
 
 std::int64_t Database::user_version() {
   Statement query = prepare("PRAGMA user_version", "reading the schema version");
@@ -231,8 +229,7 @@ Transaction::Transaction(Database& db) : db_(&db) {
   db.begin_->run();
 }
 
-Transaction::Transaction(Transaction&& other) noexcept
-    : db_(std::exchange(other.db_, nullptr)) {}
+Transaction::Transaction(Transaction&& other) noexcept : db_(std::exchange(other.db_, nullptr)) {}
 
 Transaction::~Transaction() {
   // SQLite rolls back by itself after some errors (a full disk, I/O); then
@@ -240,8 +237,7 @@ Transaction::~Transaction() {
   if (db_ == nullptr || sqlite3_get_autocommit(db_->db_) != 0) return;
   try {
     if (!db_->rollback_) {
-      db_->rollback_ =
-          std::make_unique<Statement>(db_->prepare("ROLLBACK", "rollback transaction"));
+      db_->rollback_ = std::make_unique<Statement>(db_->prepare("ROLLBACK", "rollback transaction"));
     }
     db_->rollback_->run();
   } catch (...) {

@@ -93,8 +93,8 @@ ChunkReader::ChunkReader(std::filesystem::path path, std::uint64_t expected_size
   if (!file_) throw io_error("cannot open " + path_.string(), errno);
   const auto stamp = stamp_of(file_.get());
   if (stamp.size != expected_size) {
-    throw Error(Errc::io, fmt::format("{} changed size since it was registered ({} bytes, was {})",
-                                      path_.string(), stamp.size, expected_size));
+    throw Error(Errc::io, fmt::format("{} changed size since it was registered ({} bytes, was {})", path_.string(),
+                                      stamp.size, expected_size));
   }
 }
 
@@ -145,7 +145,8 @@ std::filesystem::path PartialFile::finish(const std::filesystem::path& destinati
   std::filesystem::path target = destination;
   if (replace) {
     // rename(2) replaces a symlink at the target, never writes through it.
-    if (::rename(path_.c_str(), target.c_str()) != 0) throw io_error("cannot move the file to " + target.string(), errno);
+    if (::rename(path_.c_str(), target.c_str()) != 0)
+      throw io_error("cannot move the file to " + target.string(), errno);
   } else {
     for (int attempt = 1;; ++attempt) {
       if (::renameat2(AT_FDCWD, path_.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE) == 0) break;
@@ -155,7 +156,8 @@ std::filesystem::path PartialFile::finish(const std::filesystem::path& destinati
     }
   }
   // Make the rename itself durable.
-  FileHandle dir(::open(target.parent_path().empty() ? "." : target.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  FileHandle dir(
+      ::open(target.parent_path().empty() ? "." : target.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir) ::fsync(dir.get());
   // path_ stays: other disk threads may still be reading through this object.
   return target;

@@ -43,9 +43,17 @@ std::string to_hex(std::span<const std::uint8_t> bytes) {
   return out;
 }
 
-std::optional<FileId> file_id_from_hex(std::string_view hex) { return id_from_hex<FileId>(hex); }
-std::optional<PeerId> peer_id_from_hex(std::string_view hex) { return id_from_hex<PeerId>(hex); }
-std::optional<FileId> file_id_from_bytes(std::string_view raw) { return id_from_bytes<FileId>(raw); }
-std::optional<PeerId> peer_id_from_bytes(std::string_view raw) { return id_from_bytes<PeerId>(raw); }
+std::optional<FileId> file_id_from_hex(std::string_view hex) {
+  return id_from_hex<FileId>(hex);
+}
+std::optional<PeerId> peer_id_from_hex(std::string_view hex) {
+  return id_from_hex<PeerId>(hex);
+}
+std::optional<FileId> file_id_from_bytes(std::string_view raw) {
+  return id_from_bytes<FileId>(raw);
+}
+std::optional<PeerId> peer_id_from_bytes(std::string_view raw) {
+  return id_from_bytes<PeerId>(raw);
+}
 
 }  // namespace p2pshare

@@ -15,8 +15,8 @@ std::array<std::uint8_t, kHeaderSize> encode_header(FrameHeader header) {
   return out;
 }
 
-std::optional<FrameHeader> decode_header(std::span<const std::uint8_t, kHeaderSize> bytes,
-                                         const Limits& limits, std::string* why) {
+std::optional<FrameHeader> decode_header(std::span<const std::uint8_t, kHeaderSize> bytes, const Limits& limits,
+                                         std::string* why) {
   FrameHeader header;
   for (int i = 0; i < 4; ++i) {
     header.message_length = header.message_length << 8 | bytes[i];
@@ -27,11 +27,13 @@ std::optional<FrameHeader> decode_header(std::span<const std::uint8_t, kHeaderSi
     return std::nullopt;
   }
   if (header.message_length > limits.max_message) {
-    if (why) *why = fmt::format("message of {} bytes is over the limit of {}", header.message_length, limits.max_message);
+    if (why)
+      *why = fmt::format("message of {} bytes is over the limit of {}", header.message_length, limits.max_message);
     return std::nullopt;
   }
   if (header.payload_length > limits.max_payload) {
-    if (why) *why = fmt::format("payload of {} bytes is over the limit of {}", header.payload_length, limits.max_payload);
+    if (why)
+      *why = fmt::format("payload of {} bytes is over the limit of {}", header.payload_length, limits.max_payload);
     return std::nullopt;
   }
   return header;
@@ -124,23 +126,23 @@ void Connection::read_header() {
   reading_ = true;
   // The first bytes are read on their own: the frame deadline runs from the
   // frame's first byte, so a peer trickling the header is cut off in time.
-  socket_.async_read_some(asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec,
-                                                                                   std::size_t n) {
-    self->reading_ = false;
-    if (self->closed_) return;
-    if (ec) {
-      self->close(ec == asio::error::eof ? "closed by peer" : ec.message());
-      return;
-    }
-    if (!self->first_frame_) self->arm_read_deadline(self->options_.timeouts.frame);
-    if (n == kHeaderSize) {
-      self->on_header({});
-      return;
-    }
-    self->reading_ = true;
-    asio::async_read(self->socket_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
-                     [self](const std::error_code& e, std::size_t) { self->on_header(e); });
-  });
+  socket_.async_read_some(
+      asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
+        self->reading_ = false;
+        if (self->closed_) return;
+        if (ec) {
+          self->close(ec == asio::error::eof ? "closed by peer" : ec.message());
+          return;
+        }
+        if (!self->first_frame_) self->arm_read_deadline(self->options_.timeouts.frame);
+        if (n == kHeaderSize) {
+          self->on_header({});
+          return;
+        }
+        self->reading_ = true;
+        asio::async_read(self->socket_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
+                         [self](const std::error_code& e, std::size_t) { self->on_header(e); });
+      });
 }
 
 void Connection::on_header(const std::error_code& ec) {
@@ -246,8 +248,8 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
 void Connection::send(std::string message, Payload payload) {
   if (closed_) return;
   Outgoing out;
-  out.header = encode_header({static_cast<std::uint32_t>(message.size()),
-                              static_cast<std::uint32_t>(payload.bytes.size())});
+  out.header =
+      encode_header({static_cast<std::uint32_t>(message.size()), static_cast<std::uint32_t>(payload.bytes.size())});
   queued_bytes_ += kHeaderSize + message.size() + payload.bytes.size();
   out.message = std::move(message);
   out.payload = std::move(payload);
@@ -278,9 +280,8 @@ void Connection::write_next() {
   auto do_write = [self] {
     if (self->closed_) return;
     Outgoing& out = self->queue_.front();
-    std::array<asio::const_buffer, 3> buffers{
-        asio::buffer(out.header), asio::buffer(out.message),
-        asio::buffer(out.payload.bytes.data(), out.payload.bytes.size())};
+    std::array<asio::const_buffer, 3> buffers{asio::buffer(out.header), asio::buffer(out.message),
+                                              asio::buffer(out.payload.bytes.data(), out.payload.bytes.size())};
     self->write_deadline_.expires_after(self->options_.timeouts.write);
     self->write_deadline_.async_wait([self](const std::error_code& ec) {
       if (ec || self->closed_) return;
@@ -387,7 +388,8 @@ std::string SyncClient::receive(std::chrono::milliseconds timeout) {
     if (!decoder_.error().empty()) {
       throw Error(Errc::protocol, fmt::format("bad frame from {}: {}", peer_, decoder_.error()));
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) throw Error(Errc::unavailable, fmt::format("no answer from {} in time", peer_));
     std::error_code result = asio::error::would_block;
     std::size_t got = 0;

@@ -56,9 +56,9 @@ TEST_CASE("parse_address accepts host:port, [v6]:port and names", "[cli]") {
 }
 
 TEST_CASE("parse_address rejects malformed addresses with Errc::usage", "[cli]") {
-  const char* bad[] = {"",           "host",      ":80",     "host:",   "host:65536", "host:-1",
-                       "host:80x",   "[::1",      "[::1]80", "::1:80",  "[]:80",      "host:+80",
-                       "host: 80",   "[::1]:",    "host:99999999999999999999"};
+  const char* bad[] = {"",        "host",     ":80",      "host:",   "host:65536",
+                       "host:-1", "host:80x", "[::1",     "[::1]80", "::1:80",
+                       "[]:80",   "host:+80", "host: 80", "[::1]:",  "host:99999999999999999999"};
   for (const char* text : bad) {
     INFO("address: '" << text << "'");
     CHECK(thrown_code([&] { cli::parse_address(text); }) == Errc::usage);
@@ -83,13 +83,14 @@ TEST_CASE("parse_rate takes plain bytes and K/M/G suffixes in either case", "[cl
   CHECK(cli::parse_rate("1G") == 1ull << 30);
   CHECK(cli::parse_rate("1g") == 1ull << 30);
   CHECK(cli::parse_rate("12345") == 12345);
-  CHECK(cli::parse_rate("18446744073709551615") == ~0ull);  // the largest u64 still parses
+  CHECK(cli::parse_rate("18446744073709551615") == ~0ull);         // the largest u64 still parses
   CHECK(cli::parse_rate("17179869183G") == 17179869183ull << 30);  // the largest G that fits
 }
 
 TEST_CASE("parse_rate rejects malformed rates with Errc::usage", "[cli]") {
-  const char* bad[] = {"", "M", "16X", "-1", "99999999999999999999G", "17179869184G", "18446744073709551616",
-                       "1.5M", " 16M", "16 M", "16MB", "K16", "+5"};
+  const char* bad[] = {
+      "",     "M",    "16X", "-1", "99999999999999999999G", "17179869184G", "18446744073709551616", "1.5M", " 16M",
+      "16 M", "16MB", "K16", "+5"};
   for (const char* text : bad) {
     INFO("rate: '" << text << "'");
     CHECK(thrown_code([&] { cli::parse_rate(text); }) == Errc::usage);

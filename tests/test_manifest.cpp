@@ -17,7 +17,7 @@ Sha256Digest hash_of(const std::string& s) {
 TEST_CASE("chunk size rule keeps the hash list bounded") {
   CHECK(choose_chunk_size(0) == kDefaultChunkSize);
   CHECK(choose_chunk_size(1ull << 30) == kDefaultChunkSize);
-  CHECK(choose_chunk_size(16ull << 30) == kDefaultChunkSize);          // exactly 65536 chunks
+  CHECK(choose_chunk_size(16ull << 30) == kDefaultChunkSize);  // exactly 65536 chunks
   CHECK(choose_chunk_size((16ull << 30) + 1) == 2 * kDefaultChunkSize);
   CHECK(choose_chunk_size(1ull << 40) == kMaxChunkSize);
   CHECK_THROWS_AS(choose_chunk_size((1ull << 40) + 1), Error);

@@ -60,7 +60,8 @@ TEST_CASE("TokenBucket holds 1 MiB/s within 10% over a second of 64 KiB blocks",
   };
   const auto start = Clock::now();
   bucket->acquire(kBlock, next);
-  REQUIRE(run_until(io, [&] { return passed_at.size() == kBlocks; }, 3s));
+  REQUIRE(run_until(
+      io, [&] { return passed_at.size() == kBlocks; }, 3s));
 
   // Up to a tenth of a second of burst is allowed at the start; the rest is
   // paid for at the rate.
@@ -98,7 +99,8 @@ TEST_CASE("TokenBucket lets a block bigger than the bucket through and makes the
   const auto start = Clock::now();
   bucket->acquire(1, [&] { small = true; });
   CHECK_FALSE(small);
-  REQUIRE(run_until(io, [&] { return small; }, 2s));
+  REQUIRE(run_until(
+      io, [&] { return small; }, 2s));
   const double waited = seconds_between(start, Clock::now());
   // Debt: 300 KiB - 0.1 MiB of burst = ~0.193 s at 1 MiB/s.
   const double expected = (300.0 * 1024 - kRate / 10.0) / kRate;
@@ -117,7 +119,8 @@ TEST_CASE("TokenBucket runs waiting callbacks in FIFO order", "[rate]") {
   CHECK(order == std::vector<int>{0});
   // One more arrives while the others wait: it goes last.
   bucket->acquire(1, [&order] { order.push_back(7); });
-  REQUIRE(run_until(io, [&] { return order.size() == 8; }, 2s));
+  REQUIRE(run_until(
+      io, [&] { return order.size() == 8; }, 2s));
   CHECK(order == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
 }
 
@@ -142,6 +145,7 @@ TEST_CASE("TokenBucket keeps FIFO order when callbacks acquire again", "[rate]")
   bucket->acquire(100000, a);
   bucket->acquire(100000, b);
   CHECK(order.empty());
-  REQUIRE(run_until(io, [&] { return order.size() == 10; }, 2s));
+  REQUIRE(run_until(
+      io, [&] { return order.size() == 10; }, 2s));
   CHECK(order == std::vector<int>{0, 1, 0, 1, 0, 1, 0, 1, 0, 1});
 }

@@ -178,8 +178,7 @@ TEST_CASE("registry announces complete and partial holders", "[registry]") {
   for (const auto& holder : details->live_holders) CHECK_FALSE(holder.partial);
 
   std::string message;
-  CHECK(error_code_of([&] { registry.announce(leecher, manifest, Bitfield(12)); }, &message) ==
-        Errc::bad_request);
+  CHECK(error_code_of([&] { registry.announce(leecher, manifest, Bitfield(12)); }, &message) == Errc::bad_request);
   CHECK_THAT(message, Catch::Contains("12 bits for 11 chunks"));
 }
 
@@ -226,7 +225,7 @@ TEST_CASE("registry withdraws a holder but remembers the file", "[registry]") {
   registry.announce(b, make_manifest(5, 4, "f"), std::nullopt);
 
   CHECK(registry.withdraw(a, id));
-  CHECK_FALSE(registry.withdraw(a, id));  // no longer a holder
+  CHECK_FALSE(registry.withdraw(a, id));                          // no longer a holder
   CHECK_FALSE(registry.withdraw(a, make_manifest(6).file_id()));  // unknown file
   CHECK(ids_of(registry.live_peers(id, kStart)) == std::set<PeerId>{b});
   CHECK(registry.withdraw(b, id));
@@ -397,8 +396,8 @@ TEST_CASE("registry refuses an announce from an unknown peer", "[registry]") {
   TempDir dir;
   Registry registry(dir.path(), kExpiry);
   std::string message;
-  CHECK(error_code_of([&] { registry.announce(make_peer_id(7), make_manifest(1), std::nullopt); },
-                      &message) == Errc::protocol);
+  CHECK(error_code_of([&] { registry.announce(make_peer_id(7), make_manifest(1), std::nullopt); }, &message) ==
+        Errc::protocol);
   CHECK_THAT(message, Catch::Contains("unknown peer"));
   CHECK(registry.file_count() == 0);  // nothing half-stored
 }
@@ -457,8 +456,7 @@ TEST_CASE("sqlite transactions roll back unless committed", "[registry][sqlite]"
   read.bind_int(1, 2);
   REQUIRE(read.step());
   const auto blob = read.column_blob(0);
-  CHECK(std::string(reinterpret_cast<const char*>(blob.data()), blob.size()) ==
-        std::string("\0\1", 2));
+  CHECK(std::string(reinterpret_cast<const char*>(blob.data()), blob.size()) == std::string("\0\1", 2));
   read.reset();
   CHECK(rows() == 2);
 }

@@ -87,8 +87,7 @@ TEST_CASE("sched: rarest chunk first, and only chunks the peer has", "[sched]") 
     const auto order = values(fresh.next_requests(1, kStart));
     REQUIRE(order.size() == 6);
     CHECK(order[0] == 5);
-    CHECK(std::set<std::uint32_t>(order.begin() + 1, order.begin() + 4) ==
-          std::set<std::uint32_t>{2, 3, 4});
+    CHECK(std::set<std::uint32_t>(order.begin() + 1, order.begin() + 4) == std::set<std::uint32_t>{2, 3, 4});
     CHECK(std::set<std::uint32_t>(order.begin() + 4, order.end()) == std::set<std::uint32_t>{0, 1});
   }
   SECTION("a peer never gets a chunk it does not have") {
@@ -141,8 +140,8 @@ TEST_CASE("sched: a large file is taken in runs of neighbouring chunks, in a ran
     CHECK(start % 16 == 0);
     for (std::uint32_t i = 1; i < 16; ++i) CHECK(first[run * 16 + i] == start + i);
   }
-  CHECK(first[0] != 0);                   // the runs themselves come in random order,
-  CHECK(order_for(2)[0] != first[0]);     // different for another download
+  CHECK(first[0] != 0);                // the runs themselves come in random order,
+  CHECK(order_for(2)[0] != first[0]);  // different for another download
 }
 
 TEST_CASE("sched: resumed chunks are never requested", "[sched]") {
@@ -206,8 +205,7 @@ DownloadLog simulate_download(unsigned endgame_copies) {
           duplicated = true;
         }
         if (!asked[chunk.value].insert(peer).second) ++log.same_peer_twice;
-        log.max_copies[chunk.value] =
-            std::max(log.max_copies[chunk.value], asked[chunk.value].size());
+        log.max_copies[chunk.value] = std::max(log.max_copies[chunk.value], asked[chunk.value].size());
         in_flight[peer].push_back(chunk.value);
       }
       // Checked after the call: the call itself may have used up open_.
@@ -247,8 +245,8 @@ TEST_CASE("sched: a full download requests every chunk once outside endgame", "[
     CHECK(log.requests_per_chunk.size() == 200);
     CHECK(log.duplicates_outside_endgame == 0);
     CHECK(log.same_peer_twice == 0);
-    CHECK(std::all_of(log.max_copies.begin(), log.max_copies.end(),
-                      [](const auto& entry) { return entry.second <= 2; }));
+    CHECK(
+        std::all_of(log.max_copies.begin(), log.max_copies.end(), [](const auto& entry) { return entry.second <= 2; }));
     // The tail is at most the pipelines in flight when it starts, not the file.
     CHECK(log.duplicates > 0);
     CHECK(log.duplicates <= 3 * 8);
@@ -335,8 +333,8 @@ TEST_CASE("sched: pipeline follows each peer's delivery rate", "[sched]") {
   CHECK(scheduler.pipeline_target(99) == 0);
 
   // Delivers the oldest request every `gap`, refilling after each arrival.
-  auto drive = [&](PeerKey peer, std::deque<ChunkIndex>& queue, Clock::time_point& now,
-                   Clock::duration gap, int arrivals) {
+  auto drive = [&](PeerKey peer, std::deque<ChunkIndex>& queue, Clock::time_point& now, Clock::duration gap,
+                   int arrivals) {
     for (int n = 0; n < arrivals; ++n) {
       now += gap;
       REQUIRE_FALSE(queue.empty());
@@ -449,8 +447,7 @@ TEST_CASE("sched: chunks made rarer by a leaving peer are seen as rarer", "[sche
   // 300..599 are rarest: peer 1 takes exactly those.
   const auto second_half = scheduler.next_requests(1, kStart);
   REQUIRE(second_half.size() == 300);
-  CHECK(std::all_of(second_half.begin(), second_half.end(),
-                    [](ChunkIndex chunk) { return chunk.value >= 300; }));
+  CHECK(std::all_of(second_half.begin(), second_half.end(), [](ChunkIndex chunk) { return chunk.value >= 300; }));
   for (ChunkIndex chunk : second_half) {
     REQUIRE(scheduler.on_chunk_arrived(1, chunk, kStart + 1s));
     scheduler.on_chunk_done(chunk);
@@ -526,8 +523,7 @@ TEST_CASE("sched: a rejected chunk goes elsewhere, not back to the rejecter", "[
   // Once peer 1 announces it, it may be asked again.
   scheduler.on_have(1, refused);
   CHECK(scheduler.any_source());
-  CHECK(values(scheduler.next_requests(1, kStart + 4s)) ==
-        std::vector<std::uint32_t>{refused.value});
+  CHECK(values(scheduler.next_requests(1, kStart + 4s)) == std::vector<std::uint32_t>{refused.value});
 }
 
 TEST_CASE("sched: bad chunks are strikes, and max_strikes bans the peer", "[sched]") {
@@ -614,8 +610,7 @@ TEST_CASE("sched: a chunk lost on write is fetched again without a strike", "[sc
   scheduler.on_chunk_lost(picks[0]);
   CHECK(scheduler.strikes(1) == 0);
   CHECK(scheduler.any_source());
-  CHECK(values(scheduler.next_requests(1, kStart + 3s)) ==
-        std::vector<std::uint32_t>{picks[0].value});
+  CHECK(values(scheduler.next_requests(1, kStart + 3s)) == std::vector<std::uint32_t>{picks[0].value});
 
   SECTION("even after it was done") {
     scheduler.on_chunk_done(other[0]);
@@ -624,8 +619,7 @@ TEST_CASE("sched: a chunk lost on write is fetched again without a strike", "[sc
     CHECK_FALSE(scheduler.have().test(other[0]));
     CHECK_FALSE(scheduler.complete());
     REQUIRE(scheduler.on_chunk_arrived(1, picks[0], kStart + 4s));
-    CHECK(values(scheduler.next_requests(1, kStart + 4s)) ==
-          std::vector<std::uint32_t>{other[0].value});
+    CHECK(values(scheduler.next_requests(1, kStart + 4s)) == std::vector<std::uint32_t>{other[0].value});
   }
 }
 
@@ -848,9 +842,7 @@ class ModelCheck {
     for (const auto& [key, has] : has_) count += has[chunk] ? 1 : 0;
     return count;
   }
-  bool open(std::uint32_t chunk) const {
-    return status_[chunk] == kMissing && requesters_[chunk].empty();
-  }
+  bool open(std::uint32_t chunk) const { return status_[chunk] == kMissing && requesters_[chunk].empty(); }
   void drop_peer(PeerKey key) {
     for (auto& peers : requesters_) peers.erase(key);
     has_.erase(key);
@@ -922,8 +914,8 @@ class ModelCheck {
         most_copies = std::max(most_copies, requesters_[i].size());
       }
       for (std::uint32_t i = 0; i < kChunks; ++i) {
-        const bool eligible = status_[i] == kMissing && has[i] && !requesters_[i].empty() &&
-                              !requesters_[i].contains(key);
+        const bool eligible =
+            status_[i] == kMissing && has[i] && !requesters_[i].empty() && !requesters_[i].contains(key);
         if (eligible && std::find(copies.begin(), copies.end(), i) == copies.end()) {
           expect(requesters_[i].size() >= most_copies);
         }
@@ -964,8 +956,7 @@ class ModelCheck {
     }
   }
   void fail_chunk() {
-    for (std::uint32_t i = pick(0, kChunks - 1), seen = 0; seen < kChunks;
-         ++seen, i = (i + 1) % kChunks) {
+    for (std::uint32_t i = pick(0, kChunks - 1), seen = 0; seen < kChunks; ++seen, i = (i + 1) % kChunks) {
       if (status_[i] != kPending) continue;
       // Only peers 7 to 9 lie, so that the swarm is not all banned halfway.
       if (delivered_by_[i] < 7 || pick(0, 1) == 0) {
@@ -1036,8 +1027,8 @@ TEST_CASE("sched: random operations agree with a plain model of the policy", "[s
   for (std::uint32_t seed : {1u, 2u, 3u}) {
     ModelCheck check(seed);
     check.run(4000);
-    INFO("seed " << seed << ": first failure at line " << check.first_failure_line_ << ", have "
-                 << check.have_count() << ", picks " << check.picks_checked_);
+    INFO("seed " << seed << ": first failure at line " << check.first_failure_line_ << ", have " << check.have_count()
+                 << ", picks " << check.picks_checked_);
     CHECK(check.failures_ == 0);
     CHECK(check.completed());
     CHECK(check.picks_checked_ > 600);  // the run really exercised the picker

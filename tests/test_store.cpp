@@ -49,7 +49,9 @@ std::vector<std::uint8_t> pattern(std::size_t n, std::uint8_t seed) {
   return v;
 }
 
-std::string as_string(const std::vector<std::uint8_t>& v) { return std::string(v.begin(), v.end()); }
+std::string as_string(const std::vector<std::uint8_t>& v) {
+  return std::string(v.begin(), v.end());
+}
 
 template <typename Fn>
 Errc thrown_code(Fn&& fn) {
@@ -101,7 +103,10 @@ TEST_CASE("sanitize_name falls back for empty, dot and dot-dot names", "[store]"
 
 TEST_CASE("sanitize_name drops NUL and control bytes", "[store]") {
   CHECK(sanitize_name(std::string_view("ab\0cd", 5), "fb") == "abcd");
-  CHECK(sanitize_name("a\x01" "b\nc\td\x7f" "e\x1b[31m", "fb") == "abcde[31m");
+  CHECK(sanitize_name("a\x01"
+                      "b\nc\td\x7f"
+                      "e\x1b[31m",
+                      "fb") == "abcde[31m");
   const std::string out = sanitize_name(std::string_view("x\0y\r\n.txt", 9), "fb");
   CHECK(out == "xy.txt");
   for (char c : out) CHECK(static_cast<unsigned char>(c) >= 0x20);

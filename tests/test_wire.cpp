@@ -28,8 +28,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 std::string frame_bytes(std::string_view message, std::string_view payload = {}) {
-  const auto header = wire::encode_header({static_cast<std::uint32_t>(message.size()),
-                                           static_cast<std::uint32_t>(payload.size())});
+  const auto header =
+      wire::encode_header({static_cast<std::uint32_t>(message.size()), static_cast<std::uint32_t>(payload.size())});
   std::string out(reinterpret_cast<const char*>(header.data()), header.size());
   out.append(message);
   out.append(payload);
@@ -79,7 +79,9 @@ struct Loopback {
   }
 };
 
-void write_raw(tcp::socket& socket, std::string_view data) { asio::write(socket, asio::buffer(data.data(), data.size())); }
+void write_raw(tcp::socket& socket, std::string_view data) {
+  asio::write(socket, asio::buffer(data.data(), data.size()));
+}
 
 // Reads whatever the raw socket has without blocking; true once the peer has
 // closed (EOF or reset).
@@ -120,9 +122,8 @@ struct Recorder {
             buffers.push_back(std::make_unique<std::vector<std::uint8_t>>(payload_length));
             auto* buffer = buffers.back().get();
             const std::size_t index = frames.size() - 1;
-            raw->read_payload(*buffer, [this, buffer, index] {
-              frames[index].payload.assign(buffer->begin(), buffer->end());
-            });
+            raw->read_payload(*buffer,
+                              [this, buffer, index] { frames[index].payload.assign(buffer->begin(), buffer->end()); });
           }
         },
         [this](const std::string& reason) {
@@ -230,7 +231,8 @@ TEST_CASE("FrameDecoder decodes a frame split at every byte boundary once", "[wi
 
 TEST_CASE("FrameDecoder yields several frames from one feed in order", "[wire]") {
   wire::FrameDecoder decoder(wire::Limits{4096, 4096});
-  const std::string stream = frame_bytes("one") + frame_bytes("two", "PAY") + frame_bytes("three", std::string(1000, 'x'));
+  const std::string stream =
+      frame_bytes("one") + frame_bytes("two", "PAY") + frame_bytes("three", std::string(1000, 'x'));
   REQUIRE(decoder.feed(bytes_of(stream)));
   auto a = decoder.next();
   auto b = decoder.next();
@@ -379,13 +381,13 @@ TEST_CASE("Connection delivers frames in order with their payloads", "[wire]") {
     auto payload = std::make_shared<std::string>(size, '\0');
     for (std::size_t k = 0; k < size; ++k) (*payload)[k] = static_cast<char>((k * 31 + i) & 0xff);
     payloads.push_back(payload);
-    client->send(messages.back(),
-                 wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(payload->data()), payload->size()),
-                               payload});
+    client->send(
+        messages.back(),
+        wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(payload->data()), payload->size()), payload});
   }
-  const bool all_in = pump(net.io, [&] {
-    return rec.frames.size() == kFrames && rec.frames.back().payload.size() == payloads.back()->size();
-  }, 5s);
+  const bool all_in = pump(
+      net.io,
+      [&] { return rec.frames.size() == kFrames && rec.frames.back().payload.size() == payloads.back()->size(); }, 5s);
   REQUIRE(all_in);
   for (std::size_t i = 0; i < kFrames; ++i) {
     INFO("frame " << i);
@@ -396,7 +398,8 @@ TEST_CASE("Connection delivers frames in order with their payloads", "[wire]") {
   std::uint64_t total = 0;
   for (auto& p : payloads) total += p->size();
   CHECK(server->payload_bytes_received() == total);
-  CHECK(pump(net.io, [&] { return sent_callbacks == kFrames; }, 2s));
+  CHECK(pump(
+      net.io, [&] { return sent_callbacks == kFrames; }, 2s));
   CHECK(client->queued_bytes() == 0);
   CHECK_FALSE(rec.closed);
 
@@ -404,7 +407,8 @@ TEST_CASE("Connection delivers frames in order with their payloads", "[wire]") {
   CHECK(client->closed());
   REQUIRE(client_rec.closed);
   CHECK(*client_rec.closed == "test over");
-  CHECK(pump(net.io, [&] { return rec.closed.has_value(); }, 2s));
+  CHECK(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 2s));
   CHECK(rec.closed->find("closed by peer") != std::string::npos);
 }
 
@@ -418,11 +422,13 @@ TEST_CASE("Connection cuts a peer that announces an oversized frame, and the ser
   // Only the 8-byte header: the body is never sent, so closing proves the
   // check happens before reading (or allocating) it.
   write_raw(client, raw_header(0xffffffffu, 0));
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 2s));
   CHECK(rec.closed->find("limit") != std::string::npos);
   CHECK(rec.frames.empty());
   CHECK(server->closed());
-  CHECK(pump(net.io, [&] { return drain_raw(client, nullptr); }, 2s));  // the client sees the close
+  CHECK(pump(
+      net.io, [&] { return drain_raw(client, nullptr); }, 2s));  // the client sees the close
 
   // A second connection on the same acceptor works.
   auto [client2, server_socket2] = net.pair();
@@ -430,7 +436,8 @@ TEST_CASE("Connection cuts a peer that announces an oversized frame, and the ser
   Recorder rec2;
   rec2.start(server2);
   write_raw(client2, frame_bytes("hello again", "xyz"));
-  REQUIRE(pump(net.io, [&] { return !rec2.frames.empty() && rec2.frames[0].payload == "xyz"; }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return !rec2.frames.empty() && rec2.frames[0].payload == "xyz"; }, 2s));
   CHECK(rec2.frames[0].message == "hello again");
   CHECK_FALSE(rec2.closed);
   server2->close("done");
@@ -445,7 +452,8 @@ TEST_CASE("Connection cuts a peer that announces a payload over the limit", "[wi
   Recorder rec;
   rec.start(server);
   write_raw(client, raw_header(5, 1001));
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 2s));
   CHECK(rec.closed->find("limit") != std::string::npos);
   CHECK(rec.frames.empty());
 }
@@ -457,7 +465,8 @@ TEST_CASE("Connection closes a connection that sends nothing by the first-frame 
   Recorder rec;
   const auto start = Clock::now();
   rec.start(server);
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 3s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 3s));
   const double elapsed = std::chrono::duration<double, std::milli>(rec.closed_at - start).count();
   CHECK(elapsed >= 190);
   CHECK(elapsed < 1000);
@@ -473,7 +482,8 @@ TEST_CASE("Connection's first-frame deadline covers the whole first frame", "[wi
   rec.start(server);
   const std::string frame = frame_bytes("never finished");
   write_raw(client, std::string_view(frame).substr(0, 12));  // header + 4 bytes of the message
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 3s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 3s));
   const double elapsed = std::chrono::duration<double, std::milli>(rec.closed_at - start).count();
   CHECK(elapsed >= 190);
   CHECK(elapsed < 1000);
@@ -487,8 +497,10 @@ TEST_CASE("Connection closes an idle connection after the idle deadline", "[wire
   Recorder rec;
   rec.start(server);
   write_raw(client, frame_bytes("hello"));
-  REQUIRE(pump(net.io, [&] { return rec.frames.size() == 1; }, 2s));
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 3s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.frames.size() == 1; }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 3s));
   const double idle = std::chrono::duration<double, std::milli>(rec.closed_at - rec.last_frame_at).count();
   CHECK(idle >= 190);
   CHECK(idle < 1000);
@@ -504,13 +516,15 @@ TEST_CASE("Connection stays open while frames keep coming within the idle deadli
   // A frame every 100 ms for 0.6 s: longer than first_frame and idle, never idle that long.
   auto next_send = Clock::now();
   int sent = 0;
-  pump(net.io, [&] { return sent == 6 && rec.frames.size() == 6; }, 2s, [&] {
-    if (sent < 6 && Clock::now() >= next_send) {
-      write_raw(client, frame_bytes("ping " + std::to_string(sent)));
-      ++sent;
-      next_send += 100ms;
-    }
-  });
+  pump(
+      net.io, [&] { return sent == 6 && rec.frames.size() == 6; }, 2s,
+      [&] {
+        if (sent < 6 && Clock::now() >= next_send) {
+          write_raw(client, frame_bytes("ping " + std::to_string(sent)));
+          ++sent;
+          next_send += 100ms;
+        }
+      });
   CHECK(rec.frames.size() == 6);
   CHECK_FALSE(rec.closed);
 }
@@ -522,21 +536,24 @@ TEST_CASE("Connection cuts off a peer trickling a frame", "[wire]") {
   Recorder rec;
   rec.start(server);
   write_raw(client, frame_bytes("first"));
-  REQUIRE(pump(net.io, [&] { return rec.frames.size() == 1; }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.frames.size() == 1; }, 2s));
 
   // 1 byte every 50 ms of a frame that would take 2 s to arrive.
   const std::string frame = frame_bytes(std::string(32, 't'));
   std::size_t sent = 0;
   auto next_send = Clock::now();
   const auto start = next_send;
-  pump(net.io, [&] { return rec.closed.has_value(); }, 3s, [&] {
-    if (sent < frame.size() && Clock::now() >= next_send) {
-      std::error_code ignored;
-      client.write_some(asio::buffer(frame.data() + sent, 1), ignored);
-      ++sent;
-      next_send += 50ms;
-    }
-  });
+  pump(
+      net.io, [&] { return rec.closed.has_value(); }, 3s,
+      [&] {
+        if (sent < frame.size() && Clock::now() >= next_send) {
+          std::error_code ignored;
+          client.write_some(asio::buffer(frame.data() + sent, 1), ignored);
+          ++sent;
+          next_send += 50ms;
+        }
+      });
   REQUIRE(rec.closed);
   CHECK(rec.closed->find("deadline") != std::string::npos);
   CHECK(rec.frames.size() == 1);  // the trickled frame never got through
@@ -554,20 +571,23 @@ TEST_CASE("Connection's frame deadline counts from the frame's first byte", "[wi
   Recorder rec;
   rec.start(server);
   write_raw(client, frame_bytes("first"));
-  REQUIRE(pump(net.io, [&] { return rec.frames.size() == 1; }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.frames.size() == 1; }, 2s));
 
   const std::string frame = frame_bytes(std::string(32, 't'));
   std::size_t sent = 0;
   auto next_send = Clock::now();
   const auto start = next_send;
-  pump(net.io, [&] { return rec.closed.has_value(); }, 3s, [&] {
-    if (sent < frame.size() && Clock::now() >= next_send) {
-      std::error_code ignored;
-      client.write_some(asio::buffer(frame.data() + sent, 1), ignored);
-      ++sent;
-      next_send += 50ms;
-    }
-  });
+  pump(
+      net.io, [&] { return rec.closed.has_value(); }, 3s,
+      [&] {
+        if (sent < frame.size() && Clock::now() >= next_send) {
+          std::error_code ignored;
+          client.write_some(asio::buffer(frame.data() + sent, 1), ignored);
+          ++sent;
+          next_send += 50ms;
+        }
+      });
   REQUIRE(rec.closed);
   const double cut_after = std::chrono::duration<double, std::milli>(rec.closed_at - start).count();
   INFO("cut " << cut_after << " ms after the frame's first byte (frame timeout 300 ms)");
@@ -591,15 +611,17 @@ TEST_CASE("Connection cuts a peer that does not read once max_queued_bytes is pa
   std::size_t max_queued = 0;
   int handed_to_kernel = 0;
   server->set_on_sent([&] { ++handed_to_kernel; });
-  pump(net.io, [&] { return rec.closed.has_value(); }, 5s, [&] {
-    if (server->closed()) return;
-    server->send("bulk", wire::Payload{*block, block});
-    sent += wire::kHeaderSize + 4 + block->size();
-    if (!server->closed()) max_queued = std::max(max_queued, server->queued_bytes());
-  });
+  pump(
+      net.io, [&] { return rec.closed.has_value(); }, 5s,
+      [&] {
+        if (server->closed()) return;
+        server->send("bulk", wire::Payload{*block, block});
+        sent += wire::kHeaderSize + 4 + block->size();
+        if (!server->closed()) max_queued = std::max(max_queued, server->queued_bytes());
+      });
   REQUIRE(rec.closed);
   CHECK(rec.closed->find("not reading") != std::string::npos);
-  CHECK(handed_to_kernel > 0);                   // writes did progress before the peer stalled
+  CHECK(handed_to_kernel > 0);                    // writes did progress before the peer stalled
   CHECK(max_queued <= options.max_queued_bytes);  // never held more than the cap
   CHECK(sent > options.max_queued_bytes + static_cast<std::uint64_t>(handed_to_kernel) * block->size());
   CHECK(server->queued_bytes() == 0);  // the queue is dropped on close
@@ -619,12 +641,14 @@ TEST_CASE("Connection does not cut a peer that reads as fast as it is sent to", 
   // 4 MiB in total (4x the cap), never more than 512 KiB unsent at once.
   auto block = std::make_shared<std::vector<std::uint8_t>>(256 * 1024, 0x11);
   int sent = 0;
-  pump(net.io, [&] { return client_rec.frames.size() == 16 || rec.closed.has_value(); }, 5s, [&] {
-    while (sent < 16 && server->queued_bytes() + block->size() <= options.max_queued_bytes / 2) {
-      server->send("bulk", wire::Payload{*block, block});
-      ++sent;
-    }
-  });
+  pump(
+      net.io, [&] { return client_rec.frames.size() == 16 || rec.closed.has_value(); }, 5s,
+      [&] {
+        while (sent < 16 && server->queued_bytes() + block->size() <= options.max_queued_bytes / 2) {
+          server->send("bulk", wire::Payload{*block, block});
+          ++sent;
+        }
+      });
   CHECK(client_rec.frames.size() == 16);
   CHECK_FALSE(rec.closed);
   CHECK(client->payload_bytes_received() == 16ull * block->size());
@@ -639,11 +663,13 @@ TEST_CASE("Connection::send_and_close sends the frame, then closes", "[wire]") {
   server->send("before");
   server->send_and_close("goodbye", "finished");
   CHECK_FALSE(server->closed());  // not before the bytes are out
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 2s));
   CHECK(*rec.closed == "finished");
 
   std::string received;
-  REQUIRE(pump(net.io, [&] { return drain_raw(client, &received); }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return drain_raw(client, &received); }, 2s));
   CHECK(received == frame_bytes("before") + frame_bytes("goodbye"));
   server->send("after close");  // a no-op
   CHECK(server->queued_bytes() == 0);
@@ -660,7 +686,8 @@ TEST_CASE("Connection closes when the frame handler leaves a payload unread", "[
   // check would go on to deliver it as a second frame.
   const std::string payload = frame_bytes("smuggled");
   write_raw(client, frame_bytes("has payload", payload));
-  REQUIRE(pump(net.io, [&] { return rec.closed.has_value(); }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 2s));
   REQUIRE(rec.frames.size() == 1);
   CHECK(rec.frames[0].message == "has payload");
   CHECK(rec.frames[0].payload_length == payload.size());
@@ -678,7 +705,8 @@ TEST_CASE("Connection closes when read_payload is given the wrong size", "[wire]
   server->start([&](std::string_view, std::uint32_t) { raw->read_payload(buffer, [] {}); },
                 [&](const std::string& reason) { closed = reason; });
   write_raw(client, frame_bytes("m", "0123456789"));
-  REQUIRE(pump(net.io, [&] { return closed.has_value(); }, 2s));
+  REQUIRE(pump(
+      net.io, [&] { return closed.has_value(); }, 2s));
   CHECK(closed->find("protocol error") != std::string::npos);
 }
 

@@ -34,12 +34,8 @@ struct Manifest {
   std::vector<Sha256Digest> chunk_hashes;
   std::string name;  // metadata only; never identity
 
-  std::uint32_t chunk_count() const noexcept {
-    return static_cast<std::uint32_t>(chunk_hashes.size());
-  }
-  std::uint64_t chunk_offset(ChunkIndex i) const noexcept {
-    return static_cast<std::uint64_t>(i.value) * chunk_size;
-  }
+  std::uint32_t chunk_count() const noexcept { return static_cast<std::uint32_t>(chunk_hashes.size()); }
+  std::uint64_t chunk_offset(ChunkIndex i) const noexcept { return static_cast<std::uint64_t>(i.value) * chunk_size; }
   std::uint32_t chunk_length(ChunkIndex i) const noexcept;
   FileId file_id() const;
 };
@@ -48,14 +44,12 @@ struct Manifest {
 std::uint64_t chunk_count_for(std::uint64_t size, std::uint32_t chunk_size) noexcept;
 
 // SHA-256 over the canonical encoding (docs/protocol.md).
-FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size,
-                       const std::vector<Sha256Digest>& chunk_hashes);
+FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size, const std::vector<Sha256Digest>& chunk_hashes);
 
 // Hashes the file at `path` chunk by chunk on `threads` threads (0 = one per
 // core), reading with pread into one buffer per thread: memory does not grow
 // with the file. Throws Error(not_found / bad_request / io) with a clear message.
-Manifest build_manifest(const std::filesystem::path& path, unsigned threads = 0,
-                        std::uint32_t chunk_size = 0);
+Manifest build_manifest(const std::filesystem::path& path, unsigned threads = 0, std::uint32_t chunk_size = 0);
 
 // Wire conversion. from_wire checks everything (chunk size a power of two in
 // range, hash list length = 32 * chunk_count_for(size, chunk_size), count

@@ -64,15 +64,13 @@ class Registry {
   Registry& operator=(const Registry&) = delete;
 
   // Creates or updates the peer (address, last_seen = now).
-  void upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port,
-                   SystemClock::time_point now);
+  void upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now);
   // Heartbeat: last_seen = now (in memory until flush_last_seen). False if unknown.
   bool touch_peer(const PeerId& id, SystemClock::time_point now);
   // The peer holds the file (partial == nullopt: complete). Stores the
   // manifest on first sight, adds the name to the file's names if new.
   // The manifest was already validated; its file id is computed here.
-  FileId announce(const PeerId& peer, const Manifest& manifest,
-                  std::optional<Bitfield> partial);
+  FileId announce(const PeerId& peer, const Manifest& manifest, std::optional<Bitfield> partial);
   // The peer no longer holds the file. False if it did not.
   bool withdraw(const PeerId& peer, const FileId& file);
 
@@ -81,8 +79,7 @@ class Registry {
                                       SystemClock::time_point now) const;
   std::size_t file_count() const noexcept;
   // Live peers; with `file`, only the live holders of that file.
-  std::vector<PeerRecord> live_peers(std::optional<FileId> file,
-                                     SystemClock::time_point now) const;
+  std::vector<PeerRecord> live_peers(std::optional<FileId> file, SystemClock::time_point now) const;
   std::optional<FileDetails> file(const FileId& id, SystemClock::time_point now) const;
 
   void flush_last_seen();

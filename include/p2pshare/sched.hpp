@@ -47,8 +47,8 @@ struct Config {
   unsigned min_pipeline = 2;
   unsigned max_pipeline = 64;
   unsigned initial_pipeline = 4;
-  double pipeline_seconds = 0.25;          // in-flight data target, in seconds of the peer's rate
-  unsigned endgame_copies = 2;             // requests per chunk at most, in endgame
+  double pipeline_seconds = 0.25;                    // in-flight data target, in seconds of the peer's rate
+  unsigned endgame_copies = 2;                       // requests per chunk at most, in endgame
   std::chrono::milliseconds request_timeout{15000};  // a request older than this: peer stalled
   std::uint64_t random_seed = 0;
 };
@@ -90,8 +90,7 @@ class Scheduler {
   // the request pool; returns the duplicate requests to cancel (endgame).
   // Returns nullopt if the chunk was not outstanding at that peer (unasked
   // data: the caller drops it and may penalise the peer).
-  std::optional<std::vector<Cancel>> on_chunk_arrived(PeerKey peer, ChunkIndex chunk,
-                                                      Clock::time_point now);
+  std::optional<std::vector<Cancel>> on_chunk_arrived(PeerKey peer, ChunkIndex chunk, Clock::time_point now);
   // The arrived chunk matched its hash and is written: we have it.
   void on_chunk_done(ChunkIndex chunk);
   // The arrived chunk failed its hash: strike against `peer`; the chunk is
@@ -140,7 +139,7 @@ class Scheduler {
     auto operator<=>(const PoolKey&) const = default;
   };
   struct PeerState {
-    Bitfield has;  // what it announced, minus what it rejected since
+    Bitfield has;                                            // what it announced, minus what it rejected since
     std::map<std::uint32_t, Clock::time_point> outstanding;  // chunk -> when requested
     // Delivery rate in bytes per second, a moving average over samples of at
     // least 50 ms of busy time each; unknown until the first sample closes.

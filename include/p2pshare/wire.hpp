@@ -43,8 +43,8 @@ struct FrameHeader {
 
 std::array<std::uint8_t, kHeaderSize> encode_header(FrameHeader header);
 // nullopt (with `why` set) when a length is zero/over the limit.
-std::optional<FrameHeader> decode_header(std::span<const std::uint8_t, kHeaderSize> bytes,
-                                         const Limits& limits, std::string* why);
+std::optional<FrameHeader> decode_header(std::span<const std::uint8_t, kHeaderSize> bytes, const Limits& limits,
+                                         std::string* why);
 
 // Incremental decoder over a byte stream: the same checks as Connection, for
 // blocking clients, tools and fuzzers.

@@ -17,12 +17,13 @@ CentralLink::CentralLink(asio::io_context& io, cli::Address central, std::string
       on_registered_(std::move(on_registered)),
       timer_(io),
       waiting_timer_(io) {
-  const auto digest =
-      Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret_.data()), secret_.size()));
+  const auto digest = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret_.data()), secret_.size()));
   std::copy_n(digest.bytes.begin(), PeerId::kSize, peer_id_.bytes.begin());
 }
 
-void CentralLink::start() { connect(); }
+void CentralLink::start() {
+  connect();
+}
 
 void CentralLink::stop() {
   stopped_ = true;

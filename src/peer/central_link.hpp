@@ -34,8 +34,7 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   void start();
   void stop();
   // Sends now if registered; else waits up to `wait` for the registration.
-  void request(pb::CentralRequest request, Callback callback,
-               std::chrono::milliseconds wait = std::chrono::seconds(5));
+  void request(pb::CentralRequest request, Callback callback, std::chrono::milliseconds wait = std::chrono::seconds(5));
   bool registered() const { return registered_; }
   const PeerId& peer_id() const { return peer_id_; }
   const cli::Address& address() const { return central_; }

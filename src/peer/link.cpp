@@ -17,7 +17,9 @@ constexpr std::size_t kMaxQueuedRequests = 256;
 // network overlapped without holding many buffers.
 constexpr unsigned kReadAhead = 2;
 
-std::string encode(const pb::PeerMessage& message) { return message.SerializeAsString(); }
+std::string encode(const pb::PeerMessage& message) {
+  return message.SerializeAsString();
+}
 
 }  // namespace
 
@@ -68,9 +70,13 @@ void PeerLink::start() {
                      [self](const std::string& reason) { self->on_closed(reason); });
 }
 
-bool PeerLink::closed() const { return connection_->closed(); }
+bool PeerLink::closed() const {
+  return connection_->closed();
+}
 
-void PeerLink::close(const std::string& reason) { connection_->close(reason); }
+void PeerLink::close(const std::string& reason) {
+  connection_->close(reason);
+}
 
 void PeerLink::protocol_error(const std::string& why) {
   log::debug("peer {}: protocol error: {}", connection_->remote().address().to_string(), why);

@@ -21,7 +21,9 @@ namespace {
 
 constexpr std::size_t kSecretSize = 32;
 
-std::string encode(const pb::ControlResponse& response) { return response.SerializeAsString(); }
+std::string encode(const pb::ControlResponse& response) {
+  return response.SerializeAsString();
+}
 
 pb::ControlResponse error_response(Errc code, const std::string& text) {
   pb::ControlResponse response;
@@ -31,7 +33,9 @@ pb::ControlResponse error_response(Errc code, const std::string& text) {
 
 }  // namespace
 
-std::filesystem::path cookie_path(const std::filesystem::path& data_dir) { return data_dir / "control.cookie"; }
+std::filesystem::path cookie_path(const std::filesystem::path& data_dir) {
+  return data_dir / "control.cookie";
+}
 
 struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   Impl(asio::io_context& io_context, PeerConfig cfg)
@@ -95,10 +99,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     auto central = std::make_shared<CentralLink>(io, config.central, secret, port, [weak = weak_from_this()] {
       if (auto self = weak.lock()) self->announce_all();
     });
-    services = std::unique_ptr<Services>(new Services{
-        io, disk, *state, central, std::make_shared<TokenBucket>(io, config.upload_limit),
-        std::make_shared<TokenBucket>(io, config.download_limit), std::make_shared<BufferPool>(), central->peer_id(),
-        config.sched});
+    services = std::unique_ptr<Services>(
+        new Services{io, disk, *state, central, std::make_shared<TokenBucket>(io, config.upload_limit),
+                     std::make_shared<TokenBucket>(io, config.download_limit), std::make_shared<BufferPool>(),
+                     central->peer_id(), config.sched});
     services->holder_refresh = config.holder_refresh;
   }
 
@@ -107,7 +111,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     for (const auto& id : withdrawals) withdraw(id);
     for (const auto& [id, swarm] : swarms) {
       if (swarm->complete() || swarm->downloading()) {
-        services->central->request(swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+        services->central->request(
+            swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
       }
     }
   }
@@ -158,8 +163,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
             return;
           }
           if (hello.plane() == pb::PLANE_PEER) {
-            auto link = PeerLink::accept(*self->services, c, [self](const FileId& id) { return self->lookup(id); },
-                                         message);
+            auto link = PeerLink::accept(
+                *self->services, c, [self](const FileId& id) { return self->lookup(id); }, message);
             // The link took the close handler; keep counting the connection.
             return;
           }
@@ -276,7 +281,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
     auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
     swarms[id] = swarm;
-    services->central->request(swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+    services->central->request(
+        swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
     log::info("sharing {} as {}", path.string(), to_hex(id));
     pb::ControlResponse response;
     auto* out = response.mutable_registered();
@@ -318,7 +324,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     pb::CentralRequest get;
     get.mutable_get_file()->set_file_id(to_bytes(*id));
     auto self = shared_from_this();
-    services->central->request(std::move(get), [self, c, id = *id, out, request](auto response, const std::string& error) {
+    services->central->request(std::move(get), [self, c, id = *id, out, request](auto response,
+                                                                                 const std::string& error) {
       if (!response) {
         return c->send(encode(error_response(Errc::unavailable, error)));
       }
@@ -334,7 +341,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         return c->send(encode(error_response(Errc::verification, std::string("bad metadata: ") + e.what())));
       }
       if (manifest.file_id() != id) {
-        return c->send(encode(error_response(Errc::verification, "the central server's metadata does not match the file id")));
+        return c->send(
+            encode(error_response(Errc::verification, "the central server's metadata does not match the file id")));
       }
       if (auto again = self->lookup(id)) {  // started meanwhile by another request
         self->watch(c, again);
@@ -377,8 +385,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       auto conn = weak.lock();
       if (!conn || conn->closed()) return;
       if (done == nullptr) {
-        const Errc code = error.find("disk is full") != std::string::npos || error.find("cannot") == 0 ? Errc::io
-                                                                                                         : Errc::no_holders;
+        const Errc code =
+            error.find("disk is full") != std::string::npos || error.find("cannot") == 0 ? Errc::io : Errc::no_holders;
         conn->send(encode(error_response(code, error)));
         return;
       }
@@ -442,7 +450,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   }
 };
 
-PeerServer::PeerServer(asio::io_context& io, PeerConfig config) : impl_(std::make_shared<Impl>(io, std::move(config))) {}
+PeerServer::PeerServer(asio::io_context& io, PeerConfig config)
+    : impl_(std::make_shared<Impl>(io, std::move(config))) {}
 
 PeerServer::~PeerServer() {
   impl_->disk.join();
@@ -461,7 +470,9 @@ cli::Address PeerServer::start() {
   impl.acceptor.open(endpoint.protocol());
   impl.acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
   impl.acceptor.bind(endpoint, ec);
-  if (ec) throw Error(Errc::unavailable, fmt::format("cannot listen on {}: {}", impl.config.listen.to_string(), ec.message()));
+  if (ec)
+    throw Error(Errc::unavailable,
+                fmt::format("cannot listen on {}: {}", impl.config.listen.to_string(), ec.message()));
   impl.acceptor.listen(asio::socket_base::max_listen_connections);
   const auto local = impl.acceptor.local_endpoint();
   impl.bound = cli::Address{local.address().to_string(), local.port()};

@@ -45,7 +45,8 @@ std::string load_or_create_secret(const std::filesystem::path& path, std::size_t
   if (file) {
     std::string secret(size, '\0');
     const ssize_t n = ::read(file.get(), secret.data(), size);
-    if (n != static_cast<ssize_t>(size)) throw Error(Errc::io, fmt::format("{} is damaged: remove it to make a new one", path.string()));
+    if (n != static_cast<ssize_t>(size))
+      throw Error(Errc::io, fmt::format("{} is damaged: remove it to make a new one", path.string()));
     return secret;
   }
   if (errno != ENOENT) {
@@ -71,7 +72,8 @@ PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "pe
   db_.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;", "configure");
   const auto version = db_.user_version();
   if (version > kSchemaVersion) {
-    throw Error(Errc::io, fmt::format("{} was written by a newer p2pshare (schema {})", (data_dir / "peer.db").string(), version));
+    throw Error(Errc::io, fmt::format("{} was written by a newer p2pshare (schema {})", (data_dir / "peer.db").string(),
+                                      version));
   }
   if (version < kSchemaVersion) {
     db_.exec(R"sql(
@@ -83,11 +85,13 @@ PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "pe
         replace INTEGER NOT NULL, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL,
         have BLOB NOT NULL, clean INTEGER NOT NULL DEFAULT 0, part_size INTEGER NOT NULL DEFAULT 0,
         part_mtime_ns INTEGER NOT NULL DEFAULT 0);
-    )sql", "create schema");
+    )sql",
+             "create schema");
     db_.set_user_version(kSchemaVersion);
   }
   put_shared_ = db_.prepare(
-      "INSERT INTO shared (file_id, name, path, size, chunk_size, hashes, uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+      "INSERT INTO shared (file_id, name, path, size, chunk_size, hashes, uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+      "?7) "
       "ON CONFLICT(file_id) DO UPDATE SET name = excluded.name, path = excluded.path",
       "save shared file");
   remove_shared_ = db_.prepare("DELETE FROM shared WHERE file_id = ?1", "remove shared file");
@@ -96,14 +100,15 @@ PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "pe
       "INSERT OR REPLACE INTO downloads (file_id, name, directory, destination, replace, size, chunk_size, hashes, "
       "have, clean, part_size, part_mtime_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
       "save download");
-  update_resume_ = db_.prepare(
-      "UPDATE downloads SET have = ?2, clean = ?3, part_size = ?4, part_mtime_ns = ?5 WHERE file_id = ?1",
-      "save resume state");
+  update_resume_ =
+      db_.prepare("UPDATE downloads SET have = ?2, clean = ?3, part_size = ?4, part_mtime_ns = ?5 WHERE file_id = ?1",
+                  "save resume state");
   remove_download_ = db_.prepare("DELETE FROM downloads WHERE file_id = ?1", "remove download");
 }
 
 std::vector<SharedRecord> PeerState::shared_files() {
-  auto query = db_.prepare("SELECT file_id, name, path, size, chunk_size, hashes, uploaded FROM shared", "load shared files");
+  auto query =
+      db_.prepare("SELECT file_id, name, path, size, chunk_size, hashes, uploaded FROM shared", "load shared files");
   std::vector<SharedRecord> out;
   while (query.step()) {
     SharedRecord r;

@@ -260,7 +260,8 @@ void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buff
         io_error = e.what();
       }
     }
-    asio::post(self->services_.io, [self, from, chunk, ok, io_error] { self->on_chunk_checked(from, chunk, ok, io_error); });
+    asio::post(self->services_.io,
+               [self, from, chunk, ok, io_error] { self->on_chunk_checked(from, chunk, ok, io_error); });
   });
 }
 
@@ -294,7 +295,9 @@ void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok
 
 // --- the download's life -------------------------------------------------
 
-void Swarm::add_observer(Observer observer) { observers_.push_back(std::move(observer)); }
+void Swarm::add_observer(Observer observer) {
+  observers_.push_back(std::move(observer));
+}
 
 void Swarm::start_download(bool wait_for_holders) {
   wait_for_holders_ = wait_for_holders || wait_for_holders_;
@@ -384,7 +387,8 @@ void Swarm::begin_transfer() {
   if (complete()) return finish();
   // Tell the central server we are a (partial) holder: others can fetch from us.
   announced_chunks_ = have_.count();
-  services_.central->request(announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+  services_.central->request(
+      announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
   sourceless_since_ = std::chrono::steady_clock::now();
   last_save_ = sourceless_since_;
   refresh_holders();
@@ -406,7 +410,8 @@ void Swarm::tick() {
       // Others learn from the central server which chunks we can serve.
       if (self->have_.count() != self->announced_chunks_) {
         self->announced_chunks_ = self->have_.count();
-        self->services_.central->request(self->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+        self->services_.central->request(
+            self->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
       }
     }
     // A refresh in flight is not a source: counting it would reset the grace
@@ -443,7 +448,8 @@ void Swarm::refresh_holders() {
       if (!peer || *peer == self->services_.self || holder.port() == 0 || holder.port() > 65535) continue;
       if (self->by_key_.count(key_of(*peer)) || self->connecting_.count(*peer)) continue;
       if (self->links_.size() + self->connecting_.size() >= self->services_.max_links_per_file) break;
-      if (auto f = self->failed_peers_.find(*peer); f != self->failed_peers_.end() && now - f->second < std::chrono::seconds(5)) {
+      if (auto f = self->failed_peers_.find(*peer);
+          f != self->failed_peers_.end() && now - f->second < std::chrono::seconds(5)) {
         continue;
       }
       if (self->scheduler_ && self->scheduler_->is_banned(key_of(*peer))) continue;
@@ -466,19 +472,20 @@ void Swarm::connect_to(const PeerId& peer, const std::string& host, std::uint16_
     }
   });
   auto self = shared_from_this();
-  socket->async_connect(asio::ip::tcp::endpoint(address, port), [self, socket, deadline, peer](const std::error_code& e) {
-    deadline->cancel();
-    if (e || !self->active_) {
-      self->connecting_.erase(peer);
-      self->failed_peers_[peer] = std::chrono::steady_clock::now();
-      return;
-    }
-    wire::tune_socket(*socket);
-    wire::ConnectionOptions options;
-    options.limits = protocol::kPeerLimits;
-    auto connection = wire::Connection::create(std::move(*socket), options);
-    PeerLink::open(self->services_, connection, self, peer);
-  });
+  socket->async_connect(asio::ip::tcp::endpoint(address, port),
+                        [self, socket, deadline, peer](const std::error_code& e) {
+                          deadline->cancel();
+                          if (e || !self->active_) {
+                            self->connecting_.erase(peer);
+                            self->failed_peers_[peer] = std::chrono::steady_clock::now();
+                            return;
+                          }
+                          wire::tune_socket(*socket);
+                          wire::ConnectionOptions options;
+                          options.limits = protocol::kPeerLimits;
+                          auto connection = wire::Connection::create(std::move(*socket), options);
+                          PeerLink::open(self->services_, connection, self, peer);
+                        });
 }
 
 void Swarm::notify_progress() {
@@ -585,7 +592,8 @@ void Swarm::finish() {
         log::error("cannot record {} as shared: {}", final_path.string(), e.what());
       }
       log::info("downloaded {} to {} in {:.2f} s", to_hex(self->id_), final_path.string(), seconds);
-      self->services_.central->request(self->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+      self->services_.central->request(
+          self->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
       pb::Downloaded done;
       done.set_file_id(to_bytes(self->id_));
       done.set_path(final_path.string());

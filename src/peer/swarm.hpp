@@ -31,13 +31,13 @@
 #include <asio.hpp>
 
 #include "control.pb.h"
-#include "peer.pb.h"
 #include "p2pshare/bitfield.hpp"
 #include "p2pshare/manifest.hpp"
 #include "p2pshare/rate.hpp"
 #include "p2pshare/sched.hpp"
 #include "p2pshare/store.hpp"
 #include "p2pshare/wire.hpp"
+#include "peer.pb.h"
 #include "peer/central_link.hpp"
 #include "peer/state.hpp"
 
@@ -116,9 +116,9 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   std::unordered_set<std::uint32_t> asked_;  // requests we sent, not yet answered
   std::deque<std::uint32_t> serve_queue_;    // requests we owe, in order
   unsigned reads_in_flight_ = 0;
-  std::optional<std::uint32_t> receiving_;   // payload being read into a buffer
-  Bitfield remote_have_;                     // what the other side has, as it told us
-  bool verified_ = false;                    // we dialled it and its Welcome matched the registry
+  std::optional<std::uint32_t> receiving_;  // payload being read into a buffer
+  Bitfield remote_have_;                    // what the other side has, as it told us
+  bool verified_ = false;                   // we dialled it and its Welcome matched the registry
   std::uint64_t downloaded_ = 0;
 };
 
@@ -197,9 +197,9 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   std::shared_ptr<const Manifest> manifest_;
   FileId id_;
   Bitfield have_;
-  std::filesystem::path path_;                     // seeding: the file; downloading: the destination
-  std::shared_ptr<store::ChunkReader> reader_;     // seeding
-  std::shared_ptr<store::PartialFile> partial_;    // downloading
+  std::filesystem::path path_;                   // seeding: the file; downloading: the destination
+  std::shared_ptr<store::ChunkReader> reader_;   // seeding
+  std::shared_ptr<store::PartialFile> partial_;  // downloading
   DownloadRecord record_;
   std::optional<sched::Scheduler> scheduler_;
   std::set<std::shared_ptr<PeerLink>> links_;          // past the handshake
@@ -223,7 +223,7 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   bool saving_ = false;
   bool resume_dirty_ = false;
   bool wait_for_holders_ = false;
-  bool active_ = false;      // download running (not failed, not finished)
+  bool active_ = false;  // download running (not failed, not finished)
   bool finishing_ = false;
   bool is_download_ = false;  // created to download; false once finished (then it seeds)
   bool stopped_ = false;

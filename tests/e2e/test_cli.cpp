@@ -7,7 +7,7 @@ using namespace p2pshare::test;
 
 namespace {
 
-const std::vector<std::string> kCommands = {"central-server", "peer-server", "register-file",
+const std::vector<std::string> kCommands = {"central-server", "peer-server",  "register-file",
                                             "request-file",   "stop-sharing", "status",
                                             "list-files",     "list-peers",   "file-info"};
 

@@ -12,9 +12,9 @@ namespace {
 // a write past it fails as a full disk would, without needing a small disk.
 std::unique_ptr<Process> cramped_peer(Cluster& c, const fs::path& data_dir, std::uint64_t max_file_bytes) {
   auto p = std::make_unique<Process>(
-      std::vector<std::string>{"/usr/bin/prlimit", "--fsize=" + std::to_string(max_file_bytes), binary(),
-                               "peer-server", "--central-server-addr", c.central_addr(), "--addr", "127.0.0.1:0",
-                               "--data-dir", data_dir.string(), "--holder-refresh", "200"},
+      std::vector<std::string>{"/usr/bin/prlimit", "--fsize=" + std::to_string(max_file_bytes), binary(), "peer-server",
+                               "--central-server-addr", c.central_addr(), "--addr", "127.0.0.1:0", "--data-dir",
+                               data_dir.string(), "--holder-refresh", "200"},
       c.logs());
   return p;
 }
@@ -24,7 +24,7 @@ std::unique_ptr<Process> cramped_peer(Cluster& c, const fs::path& data_dir, std:
 TEST_CASE("a write that fails fails that download with one clear line, keeps the partial data, and the peer serves on",
           "[e2e][disk]") {
   Cluster c(2);
-  const auto big = c.make_file("big.bin", 40 * kChunkSize, 21);   // 10 MiB: over the limit below
+  const auto big = c.make_file("big.bin", 40 * kChunkSize, 21);  // 10 MiB: over the limit below
   const auto small = c.make_file("small.bin", 2 * kChunkSize, 22);
   const std::string big_id = c.register_file(0, big);
   const fs::path data = c.path("cramped");

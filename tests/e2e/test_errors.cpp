@@ -36,17 +36,17 @@ TEST_CASE("command-line mistakes exit 2 with one line naming the problem", "[e2e
 
 TEST_CASE("malformed addresses exit 2 for clients and servers", "[e2e]") {
   TempDir dir;
-  for (const std::string& bad : std::vector<std::string>{"nohost", "1.2.3.4:99999", "[::1", ":7070", "host:", "host:12x"}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"nohost", "1.2.3.4:99999", "[::1", ":7070", "host:", "host:12x"}) {
     check_fails("list-files " + bad, p2p({"list-files", "--central-server-addr", bad}, dir), 2, {bad, "address"});
-    check_fails("status " + bad, p2p({"status", "--peer-addr", bad, "--data-dir", dir.path().string()}, dir), 2,
-                {bad});
-    check_fails("central-server " + bad, p2p({"central-server", "--addr", bad, "--data-dir", (dir / "c").string()}, dir),
-                2, {bad});
-    check_fails("peer-server " + bad,
-                p2p({"peer-server", "--central-server-addr", bad, "--addr", "127.0.0.1:0", "--data-dir",
-                     (dir / "p").string()},
-                    dir),
-                2, {bad});
+    check_fails("status " + bad, p2p({"status", "--peer-addr", bad, "--data-dir", dir.path().string()}, dir), 2, {bad});
+    check_fails("central-server " + bad,
+                p2p({"central-server", "--addr", bad, "--data-dir", (dir / "c").string()}, dir), 2, {bad});
+    check_fails(
+        "peer-server " + bad,
+        p2p({"peer-server", "--central-server-addr", bad, "--addr", "127.0.0.1:0", "--data-dir", (dir / "p").string()},
+            dir),
+        2, {bad});
   }
 }
 
@@ -103,8 +103,7 @@ TEST_CASE("register-file with a missing path or a directory fails with exit 1", 
 
 // A download with no live holder fails after a short grace (a holder refresh
 // in flight does not count as a source), leaving nothing at --out.
-TEST_CASE("request-file fails with exit 1 when no live peer holds the file and leaves nothing at --out",
-          "[e2e]") {
+TEST_CASE("request-file fails with exit 1 when no live peer holds the file and leaves nothing at --out", "[e2e]") {
   Cluster c(2);
   const auto src = c.make_file("orphan.bin", kChunkSize * 3, 5);
   const std::string id = c.register_file(0, src);

@@ -21,10 +21,10 @@ std::string shell_file_id(const std::filesystem::path& file, const TempDir& dir)
 
 TEST_CASE("file id matches the documented canonical encoding", "[e2e][protocol]") {
   TempDir dir;
-  auto central = std::make_unique<Process>(
-      std::vector<std::string>{P2PSHARE_BINARY, "central-server", "--addr", "127.0.0.1:0", "--data-dir",
-                               (dir / "central").string()},
-      dir.path());
+  auto central =
+      std::make_unique<Process>(std::vector<std::string>{P2PSHARE_BINARY, "central-server", "--addr", "127.0.0.1:0",
+                                                         "--data-dir", (dir / "central").string()},
+                                dir.path());
   const std::string central_addr = central->wait_listening();
   Process peer({P2PSHARE_BINARY, "peer-server", "--central-server-addr", central_addr, "--addr", "127.0.0.1:0",
                 "--data-dir", (dir / "peer").string()},

@@ -166,10 +166,12 @@ TEST_CASE("a peer that pipelines requests and never reads is cut off while memor
   }
   if (!cut_off) {
     // The server stops reading a peer it has cut off; the socket reports it.
-    cut_off = wait_for([&] {
-      const ssize_t n = ::send(fd, burst.data(), 1, MSG_NOSIGNAL);
-      return n < 0 && errno != EAGAIN;
-    }, 10s);
+    cut_off = wait_for(
+        [&] {
+          const ssize_t n = ::send(fd, burst.data(), 1, MSG_NOSIGNAL);
+          return n < 0 && errno != EAGAIN;
+        },
+        10s);
   }
   ::close(fd);
   CHECK(cut_off);
@@ -186,7 +188,7 @@ TEST_CASE("an honest download completes while hundreds of connections misbehave"
   const auto file = c.make_file("f.bin", 48 * kChunkSize, 5);
   const std::string id = c.register_file(0, file);
   const std::vector<Nuisance> kinds{Nuisance::random_bytes, Nuisance::huge_length, Nuisance::varint_prefix,
-                                    Nuisance::idle, Nuisance::trickle, Nuisance::hello_then_garbage};
+                                    Nuisance::idle,         Nuisance::trickle,     Nuisance::hello_then_garbage};
   HostileClients on_central(c.central_addr(), 150, kinds, protocol::hello(pb::PLANE_CENTRAL));
   HostileClients on_seed(c.peer(0).addr, 150, kinds, protocol::hello(pb::PLANE_PEER, std::string(16, '\x01')));
   const auto out = c.path("got.bin");

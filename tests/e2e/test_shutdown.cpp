@@ -34,8 +34,12 @@ void graceful(int sig, bool central_first) {
 
 }  // namespace
 
-TEST_CASE("SIGTERM stops a peer-server and then the central server with exit 0", "[e2e]") { graceful(SIGTERM, false); }
-TEST_CASE("SIGINT stops a peer-server and then the central server with exit 0", "[e2e]") { graceful(SIGINT, false); }
+TEST_CASE("SIGTERM stops a peer-server and then the central server with exit 0", "[e2e]") {
+  graceful(SIGTERM, false);
+}
+TEST_CASE("SIGINT stops a peer-server and then the central server with exit 0", "[e2e]") {
+  graceful(SIGINT, false);
+}
 TEST_CASE("SIGTERM stops the central server while a peer is connected and then the peer with exit 0", "[e2e]") {
   graceful(SIGTERM, true);
 }

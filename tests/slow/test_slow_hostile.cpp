@@ -14,7 +14,7 @@ TEST_CASE("a thousand hostile connections per server do not stop an honest downl
   const auto file = c.make_file("f.bin", 256 * kChunkSize, 6);  // 64 MiB
   const std::string id = c.register_file(0, file);
   const std::vector<Nuisance> kinds{Nuisance::random_bytes, Nuisance::huge_length, Nuisance::varint_prefix,
-                                    Nuisance::idle, Nuisance::trickle, Nuisance::hello_then_garbage};
+                                    Nuisance::idle,         Nuisance::trickle,     Nuisance::hello_then_garbage};
   HostileClients on_central(c.central_addr(), 1000, kinds, protocol::hello(pb::PLANE_CENTRAL));
   HostileClients on_seed(c.peer(0).addr, 1000, kinds, protocol::hello(pb::PLANE_PEER, std::string(16, '\x01')));
   const auto out = c.path("got.bin");

@@ -89,7 +89,8 @@ inline std::vector<std::string> lines_of(const std::string& text) {
 }
 
 inline std::string lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(text.begin(), text.end(), text.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return text;
 }
 
@@ -97,7 +98,9 @@ inline bool contains_ci(const std::string& haystack, const std::string& needle) 
   return lower(haystack).find(lower(needle)) != std::string::npos;
 }
 
-inline std::uint64_t chunks_for(std::uint64_t size) { return (size + kChunkSize - 1) / kChunkSize; }
+inline std::uint64_t chunks_for(std::uint64_t size) {
+  return (size + kChunkSize - 1) / kChunkSize;
+}
 
 // Parses a command's stdout as one JSON value; throws with the output on failure.
 inline nlohmann::json parse_json(const RunResult& r) {
@@ -111,11 +114,11 @@ inline nlohmann::json parse_json(const RunResult& r) {
 
 // One server process and where it lives.
 struct Node {
-  std::string name;              // "central", "peer0", ...
+  std::string name;  // "central", "peer0", ...
   std::unique_ptr<Process> process;
-  std::string addr;              // HOST:PORT it really listens on
+  std::string addr;  // HOST:PORT it really listens on
   fs::path data_dir;
-  fs::path download_dir;         // peers only
+  fs::path download_dir;  // peers only
   bool running() const { return process && process->running(); }
 };
 
@@ -136,7 +139,8 @@ class Cluster {
     for (std::size_t i = 0; i < peers; ++i) add_peer(false);
     if (options_.wait_live) {
       for (std::size_t i = 0; i < peers; ++i) {
-        if (!wait_live(i)) throw std::runtime_error("peer" + std::to_string(i) + " never became live: " + server_logs());
+        if (!wait_live(i))
+          throw std::runtime_error("peer" + std::to_string(i) + " never became live: " + server_logs());
       }
     }
   }

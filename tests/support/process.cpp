@@ -47,11 +47,14 @@ Process::~Process() {
   }
 }
 
-std::string Process::out() const { return read_file(out_path_); }
-std::string Process::err() const { return read_file(err_path_); }
+std::string Process::out() const {
+  return read_file(out_path_);
+}
+std::string Process::err() const {
+  return read_file(err_path_);
+}
 
-std::optional<std::string> Process::wait_for_line(const std::string& prefix,
-                                                  std::chrono::milliseconds timeout) {
+std::optional<std::string> Process::wait_for_line(const std::string& prefix, std::chrono::milliseconds timeout) {
   std::optional<std::string> found;
   wait_for(
       [&] {

@@ -29,7 +29,6 @@ std::string read_file(const std::filesystem::path& path);
 bool files_equal(const std::filesystem::path& a, const std::filesystem::path& b);
 
 // Polls `done` every few milliseconds until it returns true or `timeout` passes.
-bool wait_for(const std::function<bool()>& done,
-              std::chrono::milliseconds timeout = std::chrono::seconds(10));
+bool wait_for(const std::function<bool()>& done, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 }  // namespace p2pshare::test
