@@ -42,6 +42,35 @@ struct Fd {
 
 }  // namespace
 
+std::string valid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    std::size_t length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool ok = length > 0 && i + length <= text.size();
+    for (std::size_t k = 1; ok && k < length; ++k) ok = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
+    if (ok && length == 2) ok = c >= 0xc2;  // no overlong forms
+    if (ok && length == 3) {
+      const auto c1 = static_cast<unsigned char>(text[i + 1]);
+      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0);  // overlong, surrogates
+    }
+    if (ok && length == 4) {
+      const auto c1 = static_cast<unsigned char>(text[i + 1]);
+      ok = c <= 0xf4 && !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
+    }
+    if (ok) {
+      out.append(text.substr(i, length));
+      i += length;
+    } else {
+      out.append("\xef\xbf\xbd");  // U+FFFD
+      ++i;
+    }
+  }
+  return out;
+}
+
 std::uint32_t choose_chunk_size(std::uint64_t size) {
   std::uint32_t chunk = kDefaultChunkSize;
   while (chunk_count_for(size, chunk) > kMaxChunkCount) {
@@ -103,7 +132,9 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
   if (!valid_chunk_size(manifest.chunk_size)) {
     throw Error(Errc::bad_request, fmt::format("invalid chunk size {}", manifest.chunk_size));
   }
-  manifest.name = path.filename().string();
+  // Names travel in protobuf strings, which must be UTF-8: a file name that
+  // is not gets its stray bytes replaced.
+  manifest.name = valid_utf8(path.filename().string());
   const auto count = chunk_count_for(manifest.size, manifest.chunk_size);
   if (count > kMaxChunkCount) {
     throw Error(Errc::bad_request, fmt::format("file is too large for chunk size {}", manifest.chunk_size));

@@ -42,6 +42,7 @@ std::string sanitize_name(std::string_view name, std::string_view fallback) {
     // Do not split a UTF-8 sequence: back up over continuation bytes.
     while (end > 0 && (static_cast<unsigned char>(out[end]) & 0xc0) == 0x80) --end;
     out.resize(end);
+    while (!out.empty() && out.back() == ' ') out.pop_back();
   }
   if (out.empty()) out = std::string(fallback);
   return out;

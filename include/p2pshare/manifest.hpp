@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "p2pshare/types.hpp"
@@ -39,6 +40,10 @@ struct Manifest {
   std::uint32_t chunk_length(ChunkIndex i) const noexcept;
   FileId file_id() const;
 };
+
+// `text` with every byte that is not part of a valid UTF-8 sequence replaced
+// by U+FFFD (protobuf strings must be UTF-8).
+std::string valid_utf8(std::string_view text);
 
 // The number of chunks a file of `size` bytes has at `chunk_size` (0 for 0).
 std::uint64_t chunk_count_for(std::uint64_t size, std::uint32_t chunk_size) noexcept;
