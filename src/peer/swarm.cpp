@@ -610,6 +610,9 @@ void Swarm::finish() {
 void Swarm::fail(const std::string& error) {
   log::warn("download of {} failed: {}", to_hex(id_), error);
   failure_ = error;
+  // A retry in this process starts from what we have now, not from what the
+  // record held when the download first started.
+  if (scheduler_) record_.have = have_;
   if (partial_ && scheduler_) save_resume(false);
   active_ = false;
   timer_.cancel();

@@ -1,0 +1,280 @@
+// Slow transfers (release stage only): a sparse file over 4 GiB with bounded
+// memory, rate-limit accuracy over seconds, and a swarm of four downloaders
+// fed by one rate-limited seed.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "e2e.hpp"
+
+using namespace p2pshare::test;
+
+namespace {
+
+// This executable has no e2e listener: this one tells the Cluster helper
+// when an assertion failed, so that it prints the servers' logs.
+struct SlowTransferFailureListener : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  bool assertionEnded(const Catch::AssertionStats& stats) override {
+    if (!stats.assertionResult.succeeded()) e2e_failure_seen() = true;
+    return true;
+  }
+};
+
+constexpr std::uint64_t kMiB = 1024 * 1024;
+constexpr std::uint64_t kGiB = 1024 * kMiB;
+
+// Cluster with peer-servers (re)startable with extra flags (rate limits).
+class SlowCluster : public Cluster {
+ public:
+  explicit SlowCluster(std::size_t peers) : Cluster(peers, options()) {
+    // The flag is sticky across test cases; what counts is this one's failures.
+    e2e_failure_seen() = false;
+  }
+  ~SlowCluster() {
+    if (!e2e_failure_seen() && std::uncaught_exceptions() == 0) return;
+    for (const auto& [name, p] : replaced_) {
+      std::cerr << "----- " << name << " (replaced) stdout -----\n"
+                << p->out() << "----- " << name << " (replaced) stderr -----\n"
+                << p->err();
+    }
+    std::cerr << std::flush;
+  }
+  static ClusterOptions options() {
+    ClusterOptions o;
+    o.request_timeout_ms = 15000;  // the peer-server's default
+    return o;
+  }
+
+  Node& start_peer_with(std::size_t i, const std::vector<std::string>& flags) {
+    Node& node = peer(i);
+    if (node.process) {
+      if (node.process->running()) {
+        node.process->signal(SIGKILL);
+        node.process->wait();
+      }
+      replaced_.emplace_back(node.name, std::move(node.process));
+    }
+    const auto o = options();
+    std::vector<std::string> args{binary(),
+                                  "peer-server",
+                                  "--central-server-addr",
+                                  central_addr(),
+                                  "--addr",
+                                  "127.0.0.1:0",
+                                  "--data-dir",
+                                  node.data_dir.string(),
+                                  "--download-dir",
+                                  node.download_dir.string(),
+                                  "--holder-refresh",
+                                  std::to_string(o.holder_refresh_ms),
+                                  "--request-timeout",
+                                  std::to_string(o.request_timeout_ms)};
+    args.insert(args.end(), flags.begin(), flags.end());
+    node.process = std::make_unique<Process>(args, logs());
+    node.addr = node.process->wait_listening();
+    if (!wait_live(i)) throw std::runtime_error(node.name + " never became live: " + server_logs());
+    return node;
+  }
+
+  std::unique_ptr<Process> request_in_background(std::size_t i, const std::string& id, const fs::path& out) {
+    return std::make_unique<Process>(
+        std::vector<std::string>{binary(), "request-file", "--peer-addr", peer(i).addr, "--data-dir",
+                                 peer(i).data_dir.string(), "--file-id", id, "--out", out.string(), "--json"},
+        logs());
+  }
+
+  std::optional<std::uint64_t> uploaded(std::size_t i, const std::string& id) {
+    const auto r = on_peer(i, "status", {"--json"}, 10s);
+    if (r.exit_code != 0) return std::nullopt;
+    const auto j = nlohmann::json::parse(r.out, nullptr, false);
+    if (!j.is_object()) return std::nullopt;
+    for (const auto& s : j.value("shared", nlohmann::json::array())) {
+      if (s.value("file_id", "") == id) return s.value("uploaded", std::uint64_t{0});
+    }
+    return std::nullopt;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::unique_ptr<Process>>> replaced_;
+};
+
+// Peak resident set of a live process, in KiB (VmHWM); 0 if unreadable.
+std::uint64_t vm_hwm_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+double elapsed_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// request-file --json on peer i; the JSON "seconds".
+double timed_download(SlowCluster& c, std::size_t i, const std::string& id, const fs::path& src, const fs::path& out) {
+  const auto r = c.on_peer(i, "request-file", {"--file-id", id, "--out", out.string(), "--json"}, 60s);
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  CHECK(files_equal(src, out));
+  return parse_json(r)["seconds"].get<double>();
+}
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(SlowTransferFailureListener)
+
+// 7 -------------------------------------------------------------------------
+
+TEST_CASE("a sparse file over 4 GiB transfers intact with bounded memory", "[slow]") {
+  SlowCluster c(2);
+  const std::uint64_t size = 4 * kGiB + 300 * kMiB + 1;
+  const auto src = c.files() / "huge.img";
+  {
+    const int fd = ::open(src.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    REQUIRE(fd >= 0);
+    REQUIRE(::ftruncate(fd, static_cast<off_t>(size)) == 0);
+    std::mt19937_64 rng(71);
+    // Data at the start, across and just above the 4 GiB mark, and at the very end.
+    for (const std::uint64_t offset : {std::uint64_t{0}, 4 * kGiB - 100, 4 * kGiB + 12345, size - 4096}) {
+      std::vector<unsigned char> block(4096);
+      for (auto& b : block) b = static_cast<unsigned char>(rng());
+      REQUIRE(::pwrite(fd, block.data(), block.size(), static_cast<off_t>(offset)) ==
+              static_cast<ssize_t>(block.size()));
+    }
+    ::close(fd);
+  }
+  REQUIRE(fs::file_size(src) == size);
+
+  auto started = std::chrono::steady_clock::now();
+  const auto reg = c.on_peer(0, "register-file", {"--path", src.string(), "--json"}, 300s);
+  INFO(describe(reg));
+  REQUIRE(reg.exit_code == 0);
+  const double hash_seconds = elapsed_since(started);
+  const auto registered = parse_json(reg);
+  const std::string id = registered["file_id"];
+  CHECK(registered["size"] == size);
+  CHECK(registered["chunks"] == chunks_for(size));
+  REQUIRE(c.wait_holders(id, 1));
+
+  const auto out = c.path("got") / "huge.img";
+  started = std::chrono::steady_clock::now();
+  const auto r = c.on_peer(1, "request-file", {"--file-id", id, "--out", out.string(), "--json"}, 600s);
+  const double download_seconds = elapsed_since(started);
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  const auto j = parse_json(r);
+  CHECK(j["size"] == size);
+  CHECK(j["bytes_received"] == size);
+  const std::uint64_t seed_peak = vm_hwm_kib(c.peer(0).process->pid());
+  const std::uint64_t downloader_peak = vm_hwm_kib(c.peer(1).process->pid());
+  REQUIRE(fs::file_size(out) == size);
+  started = std::chrono::steady_clock::now();
+  CHECK(files_equal(src, out));
+  const double compare_seconds = elapsed_since(started);
+  WARN("4 GiB + 300 MiB + 1: register " << hash_seconds << " s, download " << download_seconds << " s ("
+                                        << static_cast<double>(size) / kMiB / download_seconds << " MiB/s), compare "
+                                        << compare_seconds << " s; peak RSS: seed " << seed_peak / 1024
+                                        << " MiB, downloader " << downloader_peak / 1024 << " MiB");
+  CHECK(downloader_peak > 0);
+  CHECK(downloader_peak < 200 * 1024);
+  CHECK(seed_peak < 200 * 1024);
+  // The multi-GiB copy goes now, not at the end of the run.
+  fs::remove(out);
+  fs::remove(src);
+}
+
+// 8 -------------------------------------------------------------------------
+
+TEST_CASE("rate limits hold within 10% over five seconds for --upload-limit and --download-limit", "[slow]") {
+  const std::uint64_t size = 20 * kMiB;
+  const double ideal = 5.0;  // 20 MiB at 4 MiB/s
+  SECTION("--upload-limit 4M on the seed") {
+    SlowCluster c(2);
+    const auto src = c.make_file("up.bin", size, 81);
+    c.start_peer_with(0, {"--upload-limit", "4M"});
+    const auto id = c.register_file(0, src);
+    REQUIRE(c.wait_holders(id, 1));
+    const double seconds = timed_download(c, 1, id, src, c.path("got") / "up.bin");
+    WARN("20 MiB at --upload-limit 4M: " << seconds << " s (ideal " << ideal << " s)");
+    CHECK(seconds > ideal * 0.9);
+    CHECK(seconds < ideal * 1.1);
+  }
+  SECTION("--download-limit 4M on the downloader") {
+    SlowCluster c(2);
+    const auto src = c.make_file("down.bin", size, 82);
+    const auto id = c.register_file(0, src);
+    REQUIRE(c.wait_holders(id, 1));
+    c.start_peer_with(1, {"--download-limit", "4M"});
+    const double seconds = timed_download(c, 1, id, src, c.path("got") / "down.bin");
+    WARN("20 MiB at --download-limit 4M: " << seconds << " s (ideal " << ideal << " s)");
+    CHECK(seconds > ideal * 0.9);
+    CHECK(seconds < ideal * 1.1);
+  }
+}
+
+// 9 -------------------------------------------------------------------------
+
+TEST_CASE("one seed at 4 MiB/s and four downloaders of 32 MiB: near the one-copy time", "[slow]") {
+  SlowCluster c(5);
+  const std::uint64_t size = 32 * kMiB;
+  const double ideal = static_cast<double>(size) / (4.0 * kMiB);  // 8 s
+  const auto src = c.make_file("swarm.bin", size, 91);
+  c.start_peer_with(0, {"--upload-limit", "4M"});
+  const auto id = c.register_file(0, src);
+  REQUIRE(c.wait_holders(id, 1));
+
+  std::vector<fs::path> outs;
+  std::vector<std::unique_ptr<Process>> requests;
+  const auto started = std::chrono::steady_clock::now();
+  for (std::size_t i = 1; i <= 4; ++i) {
+    outs.push_back(c.path("got" + std::to_string(i)) / "swarm.bin");
+    requests.push_back(c.request_in_background(i, id, outs.back()));
+  }
+  std::vector<double> done_at(4, 0);
+  const bool all_done = wait_for(
+      [&] {
+        bool running = false;
+        for (std::size_t k = 0; k < 4; ++k) {
+          if (requests[k]->running()) {
+            running = true;
+          } else if (done_at[k] == 0) {
+            done_at[k] = elapsed_since(started);
+          }
+        }
+        return !running;
+      },
+      120s);
+  const double elapsed = elapsed_since(started);
+  REQUIRE(all_done);
+  std::vector<double> reported;
+  for (std::size_t k = 0; k < 4; ++k) {
+    RunResult r{requests[k]->wait(1s).value_or(-1), requests[k]->out(), requests[k]->err()};
+    INFO("downloader " << k + 1 << ": " << describe(r));
+    CHECK(r.exit_code == 0);
+    if (r.exit_code == 0) reported.push_back(parse_json(r)["seconds"].get<double>());
+    CHECK(files_equal(src, outs[k]));
+  }
+  const auto uploaded = c.uploaded(0, id);
+  REQUIRE(uploaded);
+  const double copies = static_cast<double>(*uploaded) / static_cast<double>(size);
+  std::ostringstream figures;
+  figures << "4 x 32 MiB from one seed at 4 MiB/s: all done in " << elapsed << " s (ideal " << ideal << " s, limit "
+          << 1.6 * ideal << " s); finish times";
+  for (double t : done_at) figures << " " << t;
+  figures << " s; request-file seconds";
+  for (double t : reported) figures << " " << t;
+  figures << "; the seed uploaded " << copies << " copies";
+  WARN(figures.str());
+  CHECK(elapsed < 1.6 * ideal);
+  CHECK(copies < 1.6);
+}
