@@ -40,14 +40,21 @@ wait_listen "$port"
 
 # Sanity check before loading it: a whitelisted announce must get peers, not
 # a "failure reason" (bash's /dev/tcp keeps this free of extra tools).
-exec 3<>"/dev/tcp/127.0.0.1/$port"
-printf 'GET /announce?info_hash=p2pbench-file-000000&peer_id=-BN0001-999999999999&port=9&left=0&compact=1 HTTP/1.0\r\n\r\n' >&3
-reply=$(timeout 5 cat <&3 | tr -d '\0' || true)
-exec 3<&-
-case "$reply" in
-    *complete*) ;;
-    *) die "opentracker refused the announce: ${reply:0:200}" ;;
-esac
+# opentracker loads the whitelist in a background thread after it starts
+# listening, so the first announces can still be refused as "not
+# authorized": ask again, for up to 10 s, before calling it a failure.
+deadline=$(( SECONDS + 10 ))
+while :; do
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
+    printf 'GET /announce?info_hash=p2pbench-file-000000&peer_id=-BN0001-999999999999&port=9&left=0&compact=1 HTTP/1.0\r\n\r\n' >&3
+    reply=$(timeout 5 cat <&3 | tr -d '\0' || true)
+    exec 3<&-
+    case "$reply" in
+        *complete*) break ;;
+    esac
+    [ "$SECONDS" -lt "$deadline" ] || die "opentracker refused the announce: ${reply:0:200}"
+    sleep 0.1
+done
 
 log "wrk: ${SECS}s, $THREADS threads, $CONNS connections, $FILES torrents x $PEERS peers"
 # opentracker closes the connection after every reply and doesn't say so in
