@@ -99,7 +99,7 @@ def main():
     b = p2.get("binary", {})
     w("| binary | `%s` (%s, built %s) |" % (os.path.relpath(b.get("path", "?"), ROOT), b.get("version", "?"),
                                           b.get("mtime", "?")))
-    w("| source | %s |" % git_commit())
+    w("| source | %s |" % (os.environ.get("BENCH_SOURCE") or git_commit()))
     w("")
     if load_start is not None and load_start > 0.5:
         w("**The machine was not idle** (load average %s at start on %s CPUs): other work shares the "

@@ -15,6 +15,8 @@
 #   P2PSHARE_BIN, P2PSHARE_LOAD_BIN   the binaries (default build/release/...);
 #                   built with the release preset when missing, or always
 #                   with BENCH_BUILD=1
+#   BENCH_SOURCE    what the report names as the source of the binaries
+#                   (default: the checkout's git commit)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
