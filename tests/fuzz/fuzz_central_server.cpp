@@ -53,7 +53,9 @@ Env* g_env = nullptr;
 
 // A few fixed secrets, so inputs register the same peers again and a second
 // connection can take a peer over from the first.
-std::string fixed_secret(unsigned i) { return std::string(32, static_cast<char>('A' + i % 4)); }
+std::string fixed_secret(unsigned i) {
+  return std::string(32, static_cast<char>('A' + i % 4));
+}
 
 std::string frame_list_files(std::uint64_t id, std::uint32_t limit) {
   pb::CentralRequest request;
@@ -69,8 +71,9 @@ pb::CentralResponse check_response(const Frame& frame) {
   if (!response.ParseFromString(frame.message)) fuzz::finding("central server sent an unparsable response");
   if (response.body_case() == pb::CentralResponse::BODY_NOT_SET) fuzz::finding("central server sent an empty response");
   if (response.has_error() && response.error().message() == "internal error") {
-    fuzz::finding("central server answered 'internal error': a handler threw something other than p2pshare::Error "
-                  "(its log line above says what)");
+    fuzz::finding(
+        "central server answered 'internal error': a handler threw something other than p2pshare::Error "
+        "(its log line above says what)");
   }
   return response;
 }
@@ -107,7 +110,8 @@ void check_alive() {
   while (true) {
     Frame frame;
     const auto result = client.read_frame(frame, deadline);
-    if (result != Client::Read::frame) fuzz::finding("central server stopped answering (liveness check after this input)");
+    if (result != Client::Read::frame)
+      fuzz::finding("central server stopped answering (liveness check after this input)");
     const auto response = check_response(frame);
     if (response.request_id() == 1 && response.has_file_list()) return;
   }
@@ -221,7 +225,8 @@ struct Gen {
         auto* announce = r.mutable_announce();
         *announce->mutable_manifest() = manifest();
         const auto& m = announce->manifest();
-        const std::uint64_t count = m.chunk_size() == 0 ? 0 : (m.size() / m.chunk_size() + (m.size() % m.chunk_size() != 0));
+        const std::uint64_t count =
+            m.chunk_size() == 0 ? 0 : (m.size() / m.chunk_size() + (m.size() % m.chunk_size() != 0));
         announce->set_bitfield(bitfield(std::min<std::uint64_t>(count, 1u << 20)));
         break;
       }

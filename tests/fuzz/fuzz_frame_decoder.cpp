@@ -21,24 +21,30 @@ using p2pshare::wire::FrameDecoder;
 using p2pshare::wire::kHeaderSize;
 using p2pshare::wire::Limits;
 
-#define FUZZ_CHECK(cond)                                                             \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
+#define FUZZ_CHECK(cond)                                                                \
+  do {                                                                                  \
+    if (!(cond)) {                                                                      \
       std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                  \
-    }                                                                                \
+      std::abort();                                                                     \
+    }                                                                                   \
   } while (0)
 
 // Tiny limits make the over-limit paths reachable with small inputs; the
 // real planes' limits check the constants the servers actually use.
 Limits pick_limits(std::uint8_t selector) {
   switch (selector % 6) {
-    case 0: return p2pshare::protocol::kPeerLimits;
-    case 1: return p2pshare::protocol::kCentralLimits;
-    case 2: return p2pshare::protocol::kControlLimits;
-    case 3: return p2pshare::protocol::kHelloLimits;
-    case 4: return Limits{16, 8};
-    default: return Limits{1, 0};
+    case 0:
+      return p2pshare::protocol::kPeerLimits;
+    case 1:
+      return p2pshare::protocol::kCentralLimits;
+    case 2:
+      return p2pshare::protocol::kControlLimits;
+    case 3:
+      return p2pshare::protocol::kHelloLimits;
+    case 4:
+      return Limits{16, 8};
+    default:
+      return Limits{1, 0};
   }
 }
 
@@ -50,8 +56,8 @@ std::uint32_t be32(const std::string& s, std::size_t at) {
 
 struct Oracle {
   Limits limits;
-  std::string stream;       // every byte fed so far
-  std::size_t offset = 0;   // where the next frame starts
+  std::string stream;      // every byte fed so far
+  std::size_t offset = 0;  // where the next frame starts
 
   // Checks a popped frame against the stream and advances past it.
   void check_frame(const FrameDecoder::Frame& frame) {

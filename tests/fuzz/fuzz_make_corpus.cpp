@@ -63,8 +63,8 @@ class FdpWriter {
 };
 
 std::string frame(const std::string& message, const std::string& payload = {}) {
-  const auto header = wire::encode_header(
-      {static_cast<std::uint32_t>(message.size()), static_cast<std::uint32_t>(payload.size())});
+  const auto header =
+      wire::encode_header({static_cast<std::uint32_t>(message.size()), static_cast<std::uint32_t>(payload.size())});
   return std::string(reinterpret_cast<const char*>(header.data()), header.size()) + message + payload;
 }
 
@@ -143,12 +143,14 @@ void sanitize_name() {
       {"dotfile", ".bashrc"},
       {"dots_spaces", " . .. "},
       {"control", std::string("a\0b\x01\x1f\x7f c.txt", 12)},
-      {"long_utf8", std::string(200, 'x') + [] {
-         std::string s;
-         for (int i = 0; i < 40; ++i) s += "\xc3\xa9";  // é
-         return s;
-       }()},
-      {"long_4byte", [] {
+      {"long_utf8", std::string(200, 'x') +
+                        [] {
+                          std::string s;
+                          for (int i = 0; i < 40; ++i) s += "\xc3\xa9";  // é
+                          return s;
+                        }()},
+      {"long_4byte",
+       [] {
          std::string s;
          for (int i = 0; i < 70; ++i) s += "\xf0\x9f\x98\x80";  // U+1F600
          return s;
@@ -207,13 +209,13 @@ void central() {
     w.integral<std::uint8_t>(kGoodHello);
     // register
     w.integral<std::uint8_t>(kStructured0).integral<std::uint16_t>(1).in_range<int>(0, 0, 7);
-    w.in_range<int>(0, 0, 3).integral<std::uint8_t>(1);                   // fixed secret 1
-    w.boolean(true).in_range<std::uint32_t>(6000, 1, 65535);             // listen port
+    w.in_range<int>(0, 0, 3).integral<std::uint8_t>(1);       // fixed secret 1
+    w.boolean(true).in_range<std::uint32_t>(6000, 1, 65535);  // listen port
     // announce
     w.integral<std::uint8_t>(kStructured0).integral<std::uint16_t>(2).in_range<int>(1, 0, 7);
     w.in_range<int>(1, 0, 3).in_range<int>(14, 14, 24).in_range<std::uint32_t>(2, 0, 4);
     w.in_range<std::uint32_t>(100, 1, 16384).bytes("seedseed").random_string("notes.txt");
-    w.in_range<int>(1, 0, 3).bytes(std::string(1, '\x80'));             // have chunk 0 of 2
+    w.in_range<int>(1, 0, 3).bytes(std::string(1, '\x80'));  // have chunk 0 of 2
     // get_file, list_peers, withdraw: the id just announced (ids[1])
     for (int body : {6, 5, 2}) {
       w.integral<std::uint8_t>(kStructured0).integral<std::uint16_t>(3).in_range<int>(body, 0, 7);
@@ -297,8 +299,8 @@ void peer(const std::string& file_id) {
     FdpWriter w;
     peer_start(w, 2, false);
     w.integral<std::uint8_t>(0x80).in_range<int>(0, 0, 9);
-    w.in_range<int>(0, 0, 4);                                  // the real file id
-    w.in_range<int>(1, 0, 3).bytes(std::string(1, '\x40'));    // we have chunk 1
+    w.in_range<int>(0, 0, 4);                                // the real file id
+    w.in_range<int>(1, 0, 3).bytes(std::string(1, '\x40'));  // we have chunk 1
     w.in_range<int>(1, 0, 15);
     peer_index_message(w, 0x80, 3, kChunks);
     write("fuzz_peer_server", "request_out_of_range", w.data());

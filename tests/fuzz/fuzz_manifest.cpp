@@ -23,12 +23,12 @@ namespace {
 
 using namespace p2pshare;
 
-#define FUZZ_CHECK(cond)                                                             \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
+#define FUZZ_CHECK(cond)                                                                \
+  do {                                                                                  \
+    if (!(cond)) {                                                                      \
       std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                  \
-    }                                                                                \
+      std::abort();                                                                     \
+    }                                                                                   \
   } while (0)
 
 void check_bitfield(std::string_view raw, std::uint32_t bits) {
@@ -125,8 +125,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 4) return 0;
-  const std::uint32_t bits = std::uint32_t{data[0]} << 24 | std::uint32_t{data[1]} << 16 |
-                             std::uint32_t{data[2]} << 8 | data[3];
+  const std::uint32_t bits =
+      std::uint32_t{data[0]} << 24 | std::uint32_t{data[1]} << 16 | std::uint32_t{data[2]} << 8 | data[3];
   const std::string_view rest(reinterpret_cast<const char*>(data + 4), size - 4);
   check_bitfield(rest, bits);
 

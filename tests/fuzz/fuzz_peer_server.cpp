@@ -54,8 +54,8 @@ struct Env {
   std::unique_ptr<peer::PeerServer> peer;
   std::filesystem::path dir;
   std::uint16_t peer_port = 0;
-  std::string file_id;    // raw 32 bytes
-  std::string contents;   // the shared file's bytes
+  std::string file_id;   // raw 32 bytes
+  std::string contents;  // the shared file's bytes
   std::uint32_t chunk_size = 0;
   std::uint32_t chunks = 0;
   std::string full_bitfield;
@@ -70,10 +70,14 @@ Env* g_env = nullptr;
 
 // Peer ids the inputs use: a few fixed ones (so two connections can collide),
 // never the liveness check's.
-std::string fixed_peer_id(unsigned i) { return std::string(16, static_cast<char>(0x30 + i % 3)); }
+std::string fixed_peer_id(unsigned i) {
+  return std::string(16, static_cast<char>(0x30 + i % 3));
+}
 const std::string kLivenessPeerId(16, '\xee');
 
-std::string encode(const pb::PeerMessage& message) { return message.SerializeAsString(); }
+std::string encode(const pb::PeerMessage& message) {
+  return message.SerializeAsString();
+}
 
 pb::PeerMessage interested(const std::string& id, const std::string& bits) {
   pb::PeerMessage m;
@@ -108,14 +112,16 @@ void check_frame(const Frame& frame, bool first) {
     case pb::PeerMessage::kPiece: {
       const std::uint32_t index = m.piece().index();
       if (index >= g_env->chunks) fuzz::finding("peer-server sent a piece out of range");
-      if (frame.payload.size() != g_env->chunk_length(index)) fuzz::finding("peer-server sent a piece of the wrong length");
+      if (frame.payload.size() != g_env->chunk_length(index))
+        fuzz::finding("peer-server sent a piece of the wrong length");
       if (g_env->contents.compare(std::size_t{index} * g_env->chunk_size, frame.payload.size(), frame.payload) != 0) {
         fuzz::finding("peer-server sent a piece whose bytes are not the file's");
       }
       break;
     }
     case pb::PeerMessage::kBitfield:
-      if (m.bitfield().bits() != g_env->full_bitfield) fuzz::finding("a complete seeder sent a bitfield that is not full");
+      if (m.bitfield().bits() != g_env->full_bitfield)
+        fuzz::finding("a complete seeder sent a bitfield that is not full");
       break;
     case pb::PeerMessage::kRequest:
     case pb::PeerMessage::kInterested:
@@ -165,14 +171,16 @@ void check_alive() {
   client.send_frame(encode(interested(g_env->file_id, "")));
   const auto deadline = Clock::now() + kLivenessDeadline;
   Frame frame;
-  if (client.read_frame(frame, deadline) != Client::Read::frame) fuzz::finding("peer-server sent no Welcome (liveness check)");
+  if (client.read_frame(frame, deadline) != Client::Read::frame)
+    fuzz::finding("peer-server sent no Welcome (liveness check)");
   pb::Welcome welcome;
   if (!welcome.ParseFromString(frame.message)) fuzz::finding("peer-server's Welcome is malformed (liveness check)");
   if (client.read_frame(frame, deadline) != Client::Read::frame) {
     fuzz::finding("peer-server did not answer Interested for its own file (liveness check)");
   }
   pb::PeerMessage answer;
-  if (!answer.ParseFromString(frame.message) || !answer.has_bitfield() || answer.bitfield().bits() != g_env->full_bitfield) {
+  if (!answer.ParseFromString(frame.message) || !answer.has_bitfield() ||
+      answer.bitfield().bits() != g_env->full_bitfield) {
     fuzz::finding("peer-server answered Interested for its own file without its full Bitfield (liveness check)");
   }
   // Wait for the close, so the link is gone before the next check reuses its peer id.
@@ -319,7 +327,8 @@ void register_file(Env& env, const std::filesystem::path& data_dir, const std::f
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   while (true) {
     Frame frame;
-    if (client.read_frame(frame, deadline) != Client::Read::frame) fuzz::finding("register-file got no answer at start");
+    if (client.read_frame(frame, deadline) != Client::Read::frame)
+      fuzz::finding("register-file got no answer at start");
     pb::ControlResponse response;
     if (!response.ParseFromString(frame.message)) fuzz::finding("malformed control response at start");
     if (response.has_error()) fuzz::finding("register-file failed at start: " + response.error().message());

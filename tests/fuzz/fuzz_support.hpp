@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include <array>
-#include <cstdarg>
 #include <chrono>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -25,8 +25,8 @@
 #include <thread>
 #include <vector>
 
-#include <asio.hpp>
 #include <google/protobuf/stubs/logging.h>
+#include <asio.hpp>
 
 #include "p2pshare/log.hpp"
 #include "p2pshare/wire.hpp"
@@ -35,12 +35,12 @@ namespace fuzz {
 
 // An invariant of the system under test failed: a finding, so abort() and
 // let libFuzzer save the input.
-#define FUZZ_CHECK(cond)                                                             \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
+#define FUZZ_CHECK(cond)                                                                \
+  do {                                                                                  \
+    if (!(cond)) {                                                                      \
       std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                  \
-    }                                                                                \
+      std::abort();                                                                     \
+    }                                                                                   \
   } while (0)
 
 [[noreturn]] inline void finding(const std::string& what) {
