@@ -32,7 +32,7 @@ for stage in $stages; do
       # Sanitizer builds run the same tests but for the slow end-to-end ones
       # (multi-GiB files, rates measured over seconds), which run in release.
       exclude=()
-      [[ $stage == release ]] || exclude=(-E '^slow: ')
+      [[ $stage == release ]] || exclude=(-E '^slow:')
       ctest --preset "$stage" -j"$jobs" --timeout 900 "${exclude[@]}"
       ;;
     fuzz)
