@@ -111,6 +111,7 @@ void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
 }
 
 void Connection::arm_read_deadline(std::chrono::milliseconds timeout) {
+  if (closing_) return;  // the linger of send_and_close runs on this timer
   read_deadline_.expires_after(timeout);
   read_deadline_.async_wait([self = shared_from_this()](const std::error_code& ec) {
     if (ec || self->closed_) return;
@@ -121,7 +122,7 @@ void Connection::arm_read_deadline(std::chrono::milliseconds timeout) {
 }
 
 void Connection::read_header() {
-  if (closed_) return;
+  if (closed_ || closing_) return;
   if (!first_frame_) arm_read_deadline(options_.timeouts.idle);
   reading_ = true;
   // The first bytes are read on their own: the frame deadline runs from the
@@ -129,7 +130,7 @@ void Connection::read_header() {
   socket_.async_read_some(
       asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
         self->reading_ = false;
-        if (self->closed_) return;
+        if (self->closed_ || self->closing_) return;
         if (ec) {
           self->close(ec == asio::error::eof ? "closed by peer" : ec.message());
           return;
@@ -147,7 +148,7 @@ void Connection::read_header() {
 
 void Connection::on_header(const std::error_code& ec) {
   reading_ = false;
-  if (closed_) return;
+  if (closed_ || closing_) return;
   if (ec) {
     close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
     return;
@@ -184,7 +185,7 @@ void Connection::read_message_part() {
 
 void Connection::on_message(const std::error_code& ec) {
   reading_ = false;
-  if (closed_) return;
+  if (closed_ || closing_) return;
   if (ec) {
     close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
     return;
@@ -201,7 +202,7 @@ void Connection::on_message(const std::error_code& ec) {
   }
   // One large frame does not pin its buffer for the connection's life.
   if (message_.capacity() > 256 * 1024) std::vector<std::uint8_t>().swap(message_);
-  if (closed_) return;
+  if (closed_ || closing_) return;
   if (payload_length > 0) {
     if (!payload_claimed_) close("protocol error: unexpected payload");
     return;  // read_payload resumes the loop
@@ -210,7 +211,7 @@ void Connection::on_message(const std::error_code& ec) {
 }
 
 void Connection::read_payload(std::span<std::uint8_t> destination, std::function<void()> done) {
-  if (closed_) return;
+  if (closed_ || closing_) return;
   if (destination.size() != header_.payload_length) {
     close("protocol error: payload length does not match");
     return;
@@ -218,7 +219,7 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
   payload_claimed_ = true;
   auto self = shared_from_this();
   auto do_read = [self, destination, throttled = read_throttle_ != nullptr, done = std::move(done)]() mutable {
-    if (self->closed_) return;
+    if (self->closed_ || self->closing_) return;
     // The frame's deadline still runs, unless a rate limit paused it: then
     // the payload gets a fresh one of its own.
     if (throttled) self->arm_read_deadline(self->options_.timeouts.frame);
@@ -226,7 +227,7 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
     asio::async_read(self->socket_, asio::buffer(destination.data(), destination.size()),
                      [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {
                        self->reading_ = false;
-                       if (self->closed_) return;
+                       if (self->closed_ || self->closing_) return;
                        if (ec) {
                          self->close(ec == asio::error::eof ? "closed by peer mid-payload" : ec.message());
                          return;
@@ -246,7 +247,7 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
 }
 
 void Connection::send(std::string message, Payload payload) {
-  if (closed_) return;
+  if (closed_ || closing_) return;
   Outgoing out;
   out.header =
       encode_header({static_cast<std::uint32_t>(message.size()), static_cast<std::uint32_t>(payload.bytes.size())});
@@ -262,12 +263,21 @@ void Connection::send(std::string message, Payload payload) {
 }
 
 void Connection::send_and_close(std::string message, const std::string& reason) {
-  if (closed_) return;
+  if (closed_ || closing_) return;
   send(std::move(message));
-  if (!queue_.empty()) {
-    queue_.back().close_after = true;
-    queue_.back().close_reason = reason;
-  }
+  if (closed_) return;
+  // From now on nothing more is read or queued: whatever else the peer sends
+  // (a million more requests, say) costs us nothing.
+  closing_ = true;
+  queue_.back().close_after = true;
+  queue_.back().close_reason = reason;
+  // A peer that does not read gets a short grace to take the last frame, not
+  // the whole write deadline.
+  read_deadline_.expires_after(options_.timeouts.close_linger);
+  read_deadline_.async_wait([self = shared_from_this(), reason](const std::error_code& ec) {
+    if (ec || self->closed_) return;
+    if (self->read_deadline_.expiry() <= asio::steady_timer::clock_type::now()) self->close(reason);
+  });
 }
 
 void Connection::write_next() {

@@ -675,6 +675,49 @@ TEST_CASE("Connection::send_and_close sends the frame, then closes", "[wire]") {
   CHECK(server->queued_bytes() == 0);
 }
 
+TEST_CASE("Connection::send_and_close stops reading: what the peer sends after it is never handled", "[wire]") {
+  Loopback net;
+  auto [client, server_socket] = net.pair();
+  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 5s));
+  Recorder rec;
+  rec.start(server);
+  // The client never reads: the goodbye stays queued while it goes on sending.
+  auto block = std::make_shared<std::vector<std::uint8_t>>(4 * 1024 * 1024, 0x33);
+  server->send("bulk", wire::Payload{*block, block});
+  server->send_and_close("goodbye", "finished");
+  std::string burst;
+  for (int i = 0; i < 1000; ++i) burst += frame_bytes("request");
+  write_raw(client, burst);
+  pump(
+      net.io, [] { return false; }, 300ms);
+  CHECK(rec.frames.empty());  // a connection that kept reading would hand them all on
+  const auto queued = server->queued_bytes();
+  server->send("more");  // nothing is queued behind the goodbye
+  CHECK(server->queued_bytes() == queued);
+}
+
+TEST_CASE("Connection::send_and_close gives a peer that does not read a short grace, not the write deadline",
+          "[wire]") {
+  Loopback net;
+  auto [client, server_socket] = net.pair();
+  auto options = options_with(5s, 5s, 5s);
+  options.timeouts.write = 60s;
+  options.timeouts.close_linger = 500ms;
+  options.max_queued_bytes = 64 * 1024 * 1024;
+  auto server = wire::Connection::create(std::move(server_socket), options);
+  Recorder rec;
+  rec.start(server);
+  auto block = std::make_shared<std::vector<std::uint8_t>>(16 * 1024 * 1024, 0x44);
+  server->send("bulk", wire::Payload{*block, block});
+  const auto start = Clock::now();
+  server->send_and_close("goodbye", "finished");
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 10s));
+  CHECK(*rec.closed == "finished");
+  CHECK(rec.closed_at - start >= 400ms);
+  CHECK(rec.closed_at - start < 5s);  // the write deadline would be 60 s
+}
+
 TEST_CASE("Connection closes when the frame handler leaves a payload unread", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();

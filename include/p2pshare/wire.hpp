@@ -73,6 +73,7 @@ struct Timeouts {
   std::chrono::milliseconds idle{60000};         // waiting for the next frame to start
   std::chrono::milliseconds frame{30000};        // from a frame's first byte to its last
   std::chrono::milliseconds write{30000};        // one queued frame fully written
+  std::chrono::milliseconds close_linger{5000};  // send_and_close: the last frame out
 };
 
 struct ConnectionOptions {
@@ -117,7 +118,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void read_payload(std::span<std::uint8_t> destination, std::function<void()> done);
   // Queues a frame. Cuts the connection if unsent bytes pass the cap.
   void send(std::string message, Payload payload = {});
-  // Sends this frame, then closes.
+  // Sends this frame, then closes. Stops reading at once; closes anyway
+  // after timeouts.close_linger if the peer has not taken the frame by then.
   void send_and_close(std::string message, const std::string& reason);
   void close(const std::string& reason);
   bool closed() const { return closed_; }
@@ -168,6 +170,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool first_frame_ = true;
   bool reading_ = false;
   bool closed_ = false;
+  bool closing_ = false;  // send_and_close: the last frame is queued
   std::deque<Outgoing> queue_;
   bool writing_ = false;
   std::size_t queued_bytes_ = 0;
