@@ -177,7 +177,8 @@ TEST_CASE("a peer that pipelines requests and never reads is cut off while memor
   CHECK(cut_off);
   const auto rss = peak_rss_kib(c.peer(0).process->pid());
   INFO("seed peak RSS " << rss << " KiB");
-  CHECK(rss < 128 * 1024);
+  // About 14 MiB in release; before send_and_close stopped reading, 108 MiB.
+  CHECK(rss < 40 * 1024 * kMemoryBoundFactor);
   const auto out = c.path("got.bin");
   CHECK(c.on_peer(1, "request-file", {"--file-id", id, "--out", out.string()}).exit_code == 0);
   CHECK(files_equal(file, out));
