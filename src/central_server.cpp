@@ -41,6 +41,15 @@ struct Session {
   std::shared_ptr<wire::Connection> connection;
   bool hello_done = false;
   std::optional<PeerId> peer;
+  std::size_t unacked = 0;  // its answers waiting for the group commit
+};
+
+// An answer held back until the registry's pending writes are committed.
+struct HeldAnswer {
+  std::weak_ptr<Session> session;
+  std::uint64_t request_id = 0;
+  std::string bytes;
+  std::optional<std::string> close_reason;  // send, then close
 };
 
 struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
@@ -58,6 +67,10 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   Registry registry;
   std::set<std::shared_ptr<Session>> sessions;
   std::map<PeerId, std::weak_ptr<Session>> bound;  // who speaks for each peer id now
+  // Group commit: answers given while registry writes are uncommitted wait
+  // here, in order, for the commit that runs after the ready requests.
+  std::vector<HeldAnswer> held;
+  bool commit_posted = false;
   bool stopping = false;
 
   void accept() {
@@ -88,7 +101,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     std::weak_ptr<Session> weak = session;
     session->connection->start(
         [self = shared_from_this(), weak](std::string_view message, std::uint32_t) {
-          if (auto s = weak.lock()) self->on_frame(*s, message);
+          if (auto s = weak.lock()) self->on_frame(s, message);
         },
         [self = shared_from_this(), weak](const std::string&) {
           if (auto s = weak.lock()) self->on_close(s);
@@ -103,8 +116,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     sessions.erase(session);
   }
 
-  void on_frame(Session& session, std::string_view message) {
-    if (!session.hello_done) {
+  void on_frame(const std::shared_ptr<Session>& session, std::string_view message) {
+    if (!session->hello_done) {
       try {
         const auto hello = protocol::parse_hello(message);
         if (hello.plane() != pb::PLANE_CENTRAL) throw Error(Errc::protocol, "this is a central server");
@@ -112,8 +125,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         reply_error(session, 0, e.code(), e.what(), true);
         return;
       }
-      session.hello_done = true;
-      session.connection->set_limits(protocol::kCentralRequestLimits);
+      session->hello_done = true;
+      session->connection->set_limits(protocol::kCentralRequestLimits);
       return;
     }
     pb::CentralRequest request;
@@ -135,17 +148,78 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
       reply_error(session, request.request_id(), Errc::unavailable, "internal error", false);
       return;
     }
-    session.connection->send(response.SerializeAsString());
+    answer(session, request.request_id(), response.SerializeAsString(), std::nullopt);
   }
 
-  void reply_error(Session& session, std::uint64_t request_id, Errc code, const std::string& text, bool close) {
+  void reply_error(const std::shared_ptr<Session>& session, std::uint64_t request_id, Errc code,
+                   const std::string& text, bool close) {
     pb::CentralResponse response;
     response.set_request_id(request_id);
     *response.mutable_error() = protocol::make_error(static_cast<int>(code), text);
-    if (close) {
-      session.connection->send_and_close(response.SerializeAsString(), text);
+    answer(session, request_id, response.SerializeAsString(), close ? std::optional<std::string>(text) : std::nullopt);
+  }
+
+  // Sends an answer now, or holds it until the pending registry writes are
+  // committed: no answer may tell of a state that is not stored yet, and a
+  // session's answers keep their order.
+  void answer(const std::shared_ptr<Session>& session, std::uint64_t request_id, std::string bytes,
+              std::optional<std::string> close_reason) {
+    if (registry.has_uncommitted() || session->unacked > 0) {
+      ++session->unacked;
+      held.push_back(HeldAnswer{session, request_id, std::move(bytes), std::move(close_reason)});
+      post_commit();
+      return;
+    }
+    send(*session, std::move(bytes), close_reason);
+  }
+
+  static void send(Session& session, std::string bytes, const std::optional<std::string>& close_reason) {
+    if (close_reason) {
+      session.connection->send_and_close(std::move(bytes), *close_reason);
     } else {
-      session.connection->send(response.SerializeAsString());
+      session.connection->send(std::move(bytes));
+    }
+  }
+
+  // The commit runs after the handlers that are ready now (asio runs posted
+  // work after the completions already queued), so one commit serves every
+  // request that arrived together.
+  void post_commit() {
+    if (commit_posted) return;
+    commit_posted = true;
+    asio::post(io, [self = shared_from_this()] { self->commit(); });
+  }
+
+  // with_heartbeats: also writes the heartbeats kept in memory.
+  void commit(bool with_heartbeats = false) {
+    commit_posted = false;
+    bool stored = true;
+    try {
+      if (with_heartbeats) {
+        registry.flush_last_seen();
+      } else {
+        registry.commit();
+      }
+    } catch (const std::exception& e) {
+      // The registry rolled memory back to the last commit: every held
+      // answer may describe what is gone, so each becomes an error.
+      log::error("central: {}", e.what());
+      stored = false;
+    }
+    auto answers = std::move(held);
+    held.clear();
+    for (auto& a : answers) {
+      auto session = a.session.lock();
+      if (!session) continue;
+      --session->unacked;
+      if (!stored) {
+        pb::CentralResponse error;
+        error.set_request_id(a.request_id);
+        *error.mutable_error() =
+            protocol::make_error(static_cast<int>(Errc::unavailable), "the registry could not store this; retry");
+        a.bytes = error.SerializeAsString();
+      }
+      send(*session, std::move(a.bytes), a.close_reason);
     }
   }
 
@@ -154,7 +228,9 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     return *session.peer;
   }
 
-  void handle(Session& session, const pb::CentralRequest& request, pb::CentralResponse& response) {
+  void handle(const std::shared_ptr<Session>& session_ptr, const pb::CentralRequest& request,
+              pb::CentralResponse& response) {
+    Session& session = *session_ptr;
     const auto now = std::chrono::system_clock::now();
     switch (request.body_case()) {
       case pb::CentralRequest::kRegister: {
@@ -172,9 +248,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           old->peer.reset();
           old->connection->close("replaced by a newer registration");
         }
-        for (const auto& s : sessions) {
-          if (s.get() == &session) bound[id] = s;
-        }
+        bound[id] = session_ptr;
         session.peer = id;
         session.connection->set_limits(protocol::kCentralPeerRequestLimits);
         auto* out = response.mutable_registered();
@@ -270,11 +344,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     flush_timer.expires_after(config.heartbeat_interval);
     flush_timer.async_wait([self = shared_from_this()](const std::error_code& ec) {
       if (ec || self->stopping) return;
-      try {
-        self->registry.flush_last_seen();
-      } catch (const std::exception& e) {
-        log::error("central: {}", e.what());
-      }
+      self->commit(true);
       self->schedule_flush();
     });
   }
@@ -315,13 +385,11 @@ void CentralServer::stop() {
     std::error_code ignored;
     impl->acceptor.close(ignored);
     impl->flush_timer.cancel();
+    // Whatever was written is committed, with the heartbeats, before the
+    // connections close.
+    impl->commit(true);
     auto sessions = impl->sessions;
     for (const auto& s : sessions) s->connection->close("server shutting down");
-    try {
-      impl->registry.flush_last_seen();
-    } catch (const std::exception& e) {
-      log::error("central: {}", e.what());
-    }
   });
 }
 

@@ -11,13 +11,14 @@
 #include "p2pshare/error.hpp"
 #include "p2pshare/sqlite.hpp"
 
-// Durability: the database runs in WAL mode with synchronous=NORMAL. A
-// committed transaction is in the WAL file (handed to the OS) before the call
-// returns, so a crash of the process itself (SIGKILL, abort) loses nothing
-// that was acknowledged; the next open replays the WAL. Only a power loss or
-// OS crash can roll back the last transactions since the WAL was last synced,
-// and even then the database stays consistent. For a tracker that is the
-// right trade: peers re-announce, and a commit costs no fsync.
+// Durability: the database runs in WAL mode with synchronous=NORMAL. Writes
+// go into one open transaction (group commit) that commit() ends; a committed
+// transaction is in the WAL file (handed to the OS) before commit() returns,
+// so a crash of the process itself (SIGKILL, abort) loses nothing that was
+// acknowledged after a commit; the next open replays the WAL. Only a power
+// loss or OS crash can roll back the last transactions since the WAL was last
+// synced, and even then the database stays consistent. For a tracker that is
+// the right trade: peers re-announce, and a commit costs no fsync.
 
 namespace p2pshare::central {
 namespace {
@@ -158,13 +159,25 @@ struct Registry::Impl {
   };
 
   Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry);
-  void load(const std::filesystem::path& path);
+  void load();
+  // Opens the batch transaction if none is open.
+  void begin_writes();
+  // Runs `write` (statements only) in the batch; if it throws, the batch is
+  // rolled back and memory reloaded from the store, so both views agree.
+  template <typename F>
+  void write(F&& write);
+  void abandon_batch() noexcept;
 
   bool live(const Peer& peer, std::int64_t now_ms) const { return now_ms - peer.last_seen_ms < expiry_ms; }
   void set_last_seen(Peer& peer, std::int64_t ms);
   std::uint32_t count_live_holders(const File& file, std::int64_t now_ms) const;
 
+  std::filesystem::path path;
   sqlite::Database db;
+  std::optional<sqlite::Transaction> batch;  // the writes since the last commit
+  // Checkpoints (and their fsyncs) run on their own thread, not in a COMMIT
+  // on the network thread; declared after db, so destroyed before it.
+  std::unique_ptr<sqlite::BackgroundCheckpointer> checkpointer;
   std::int64_t expiry_ms;
   // Prepared once; each call only binds and runs.
   sqlite::Statement upsert_peer;
@@ -183,7 +196,8 @@ struct Registry::Impl {
 };
 
 Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry)
-    : db(open_database(data_dir)),
+    : path(data_dir / "registry.db"),
+      db(open_database(data_dir)),
       expiry_ms(expiry.count()),
       upsert_peer(db.prepare("INSERT INTO peers (id, host, port, last_seen_ms) VALUES (?1, ?2, ?3, ?4) "
                              "ON CONFLICT (id) DO UPDATE SET host = excluded.host, port = excluded.port, "
@@ -198,10 +212,40 @@ Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::millise
                                "ON CONFLICT (peer_id, file_id) DO UPDATE SET partial = excluded.partial",
                                "upsert holder")),
       delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2", "delete holder")) {
-  load(data_dir / "registry.db");
+  load();
+  checkpointer = std::make_unique<sqlite::BackgroundCheckpointer>(db, path);
 }
 
-void Registry::Impl::load(const std::filesystem::path& path) {
+void Registry::Impl::begin_writes() {
+  if (!batch) batch.emplace(db);
+}
+
+template <typename F>
+void Registry::Impl::write(F&& write) {
+  try {
+    begin_writes();
+    write();
+  } catch (...) {
+    abandon_batch();
+    throw;
+  }
+}
+
+void Registry::Impl::abandon_batch() noexcept {
+  batch.reset();  // rolls back
+  peers.clear();
+  peers_by_last_seen.clear();
+  dirty_peers.clear();
+  files.clear();
+  try {
+    load();
+  } catch (const std::exception&) {
+    // The store cannot even be read: memory stays empty and every later
+    // write fails too, so nothing is acknowledged that was not stored.
+  }
+}
+
+void Registry::Impl::load() {
   // One transaction: a consistent snapshot even if another process writes.
   auto transaction = db.transaction();
 
@@ -298,8 +342,9 @@ Registry::Registry(const std::filesystem::path& data_dir, std::chrono::milliseco
     : impl_(std::make_unique<Impl>(data_dir, expiry)) {}
 
 Registry::~Registry() {
-  // A clean shutdown keeps the heartbeats too; a failure here only loses
-  // last_seen values, which the next heartbeats restore.
+  // A clean shutdown keeps the heartbeats too (and commits whatever is
+  // pending, though the server commits before it answers); a failure here
+  // only loses what nobody was told was stored.
   try {
     flush_last_seen();
   } catch (...) {
@@ -308,9 +353,11 @@ Registry::~Registry() {
 
 void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now) {
   const std::int64_t now_ms = to_unix_ms(now);
-  impl_->upsert_peer.bind_blob(1, id.bytes).bind_text(2, host).bind_int(3, port);
-  impl_->upsert_peer.bind_int(4, now_ms);
-  impl_->upsert_peer.run();
+  impl_->write([&] {
+    impl_->upsert_peer.bind_blob(1, id.bytes).bind_text(2, host).bind_int(3, port);
+    impl_->upsert_peer.bind_int(4, now_ms);
+    impl_->upsert_peer.run();
+  });
 
   auto [it, inserted] = impl_->peers.try_emplace(id);
   Impl::Peer& peer = it->second;
@@ -368,8 +415,7 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
     return id;
   }
 
-  {
-    auto transaction = impl_->db.transaction();
+  impl_->write([&] {
     if (new_file) {
       impl_->insert_file.bind_blob(1, id.bytes)
           .bind_int(2, static_cast<std::int64_t>(manifest.size))
@@ -390,11 +436,10 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
       impl_->upsert_holder.bind_null(3);
     }
     impl_->upsert_holder.run();
-    transaction.commit();
-  }
+  });
 
-  // Memory changes only after the commit, so a failed write leaves both
-  // views agreeing.
+  // Memory changes only after the writes succeeded; a failed one reloaded
+  // memory from the store, so both views agree.
   if (new_file) {
     Impl::File file;
     file.size = manifest.size;
@@ -415,8 +460,10 @@ bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
   const auto holder_it = holders.find(peer_id);
   if (holder_it == holders.end()) return false;
 
-  impl_->delete_holder.bind_blob(1, peer_id.bytes).bind_blob(2, file_id.bytes);
-  impl_->delete_holder.run();
+  impl_->write([&] {
+    impl_->delete_holder.bind_blob(1, peer_id.bytes).bind_blob(2, file_id.bytes);
+    impl_->delete_holder.run();
+  });
 
   holders.erase(holder_it);
   impl_->peers.at(peer_id).files.erase(file_id);
@@ -485,19 +532,34 @@ std::optional<FileDetails> Registry::file(const FileId& id, SystemClock::time_po
 }
 
 void Registry::flush_last_seen() {
-  if (impl_->dirty_peers.empty()) return;
-  {
-    auto transaction = impl_->db.transaction();
-    for (const Impl::Peer* peer : impl_->dirty_peers) {
-      // upsert_peer may have written the newest value already.
-      if (!peer->last_seen_dirty) continue;
-      impl_->update_last_seen.bind_blob(1, peer->id.bytes).bind_int(2, peer->last_seen_ms);
-      impl_->update_last_seen.run();
-    }
-    transaction.commit();
+  if (!impl_->dirty_peers.empty()) {
+    impl_->write([&] {
+      for (const Impl::Peer* peer : impl_->dirty_peers) {
+        // upsert_peer may have written the newest value already.
+        if (!peer->last_seen_dirty) continue;
+        impl_->update_last_seen.bind_blob(1, peer->id.bytes).bind_int(2, peer->last_seen_ms);
+        impl_->update_last_seen.run();
+      }
+    });
+    for (Impl::Peer* peer : impl_->dirty_peers) peer->last_seen_dirty = false;
+    impl_->dirty_peers.clear();
   }
-  for (Impl::Peer* peer : impl_->dirty_peers) peer->last_seen_dirty = false;
-  impl_->dirty_peers.clear();
+  commit();
+}
+
+bool Registry::has_uncommitted() const noexcept {
+  return impl_->batch.has_value();
+}
+
+void Registry::commit() {
+  if (!impl_->batch) return;
+  try {
+    impl_->batch->commit();
+    impl_->batch.reset();
+  } catch (...) {
+    impl_->abandon_batch();
+    throw;
+  }
 }
 
 }  // namespace p2pshare::central

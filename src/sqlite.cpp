@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "p2pshare/error.hpp"
+#include "p2pshare/log.hpp"
 
 namespace p2pshare::sqlite {
 namespace {
@@ -252,6 +253,70 @@ void Transaction::commit() {
   }
   db_->commit_->run();
   db_ = nullptr;
+}
+
+// --- BackgroundCheckpointer --------------------------------------------------
+
+BackgroundCheckpointer::BackgroundCheckpointer(Database& db, const std::filesystem::path& path, int wal_pages)
+    : db_(db), wal_pages_(wal_pages) {
+  // The checkpointing connection is opened here, so a failure is the caller's.
+  auto own = std::make_unique<Database>(path, db.label() + " checkpointer");
+  // A new connection knows the file is in WAL mode only once it has read it;
+  // until then a checkpoint through it does nothing.
+  own->exec("PRAGMA journal_mode = WAL", "opening the WAL");
+  thread_ = std::thread([this, own = std::move(own)]() mutable {
+    while (true) {
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [this] { return due_ || stop_; });
+        if (stop_) return;
+        due_ = false;
+      }
+      int wal_frames = 0;
+      int copied = 0;
+      const int result =
+          sqlite3_wal_checkpoint_v2(own->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_frames, &copied);
+      // BUSY: another checkpoint is running; the next commit asks again.
+      if (result != SQLITE_OK && result != SQLITE_BUSY) {
+        log::warn("{}: WAL checkpoint failed: {}", db_.label(), sqlite3_errmsg(own->handle()));
+      }
+      ++checkpoints_;
+    }
+  });
+  sqlite3_wal_hook(db_.handle(), &BackgroundCheckpointer::on_commit, this);
+}
+
+BackgroundCheckpointer::~BackgroundCheckpointer() {
+  sqlite3_wal_hook(db_.handle(), nullptr, nullptr);
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_one();
+  thread_.join();
+  // Without a hook SQLite would not checkpoint again until the connection
+  // closes (which checkpoints); restore the default for the rest of its life.
+  sqlite3_wal_autocheckpoint(db_.handle(), wal_pages_);
+}
+
+int BackgroundCheckpointer::on_commit(void* self, sqlite3* db, const char* /*name*/, int pages) {
+  auto* checkpointer = static_cast<BackgroundCheckpointer*>(self);
+  if (pages >= kForegroundFactor * checkpointer->wal_pages_) {
+    // The WAL restarts from its start only when a write begins with every
+    // frame already copied back; a writer that never pauses never sees that,
+    // and the WAL would grow for as long as the load lasts. A checkpoint here,
+    // between two writes, lets the next one restart it. Most frames are
+    // already copied by the thread, so this one is short.
+    sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    ++checkpointer->foreground_checkpoints_;
+  } else if (pages >= checkpointer->wal_pages_) {
+    {
+      std::lock_guard lock(checkpointer->mutex_);
+      checkpointer->due_ = true;
+    }
+    checkpointer->wake_.notify_one();
+  }
+  return SQLITE_OK;
 }
 
 }  // namespace p2pshare::sqlite

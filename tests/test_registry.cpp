@@ -1,8 +1,10 @@
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <string>
@@ -365,6 +367,92 @@ TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[reg
   CHECK(peers[0].last_seen == kStart + 5s);
 }
 
+TEST_CASE("registry group commit: writes are durable from commit(), not before", "[registry]") {
+  TempDir dir;
+  const PeerId a = make_peer_id(1);
+  const Manifest committed = make_manifest(21, 2, "committed.bin");
+  const Manifest pending = make_manifest(22, 2, "pending.bin");
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    try {
+      Registry registry(dir.path(), kExpiry);
+      if (registry.has_uncommitted()) ::_exit(2);
+      registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+      registry.announce(a, committed, std::nullopt);
+      if (!registry.has_uncommitted()) ::_exit(3);
+      registry.commit();
+      if (registry.has_uncommitted()) ::_exit(4);
+      registry.announce(a, pending, std::nullopt);
+      // Memory already shows it (the server holds its answers until commit).
+      if (registry.file_count() != 2) ::_exit(5);
+      std::raise(SIGKILL);
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+
+  Registry registry(dir.path(), kExpiry);
+  CHECK_FALSE(registry.has_uncommitted());
+  const auto files = registry.list_files(std::nullopt, 10, kStart + 1s);
+  REQUIRE(files.size() == 1);
+  CHECK(files[0].id == committed.file_id());
+  CHECK(files[0].live_holders == 1);
+  CHECK_FALSE(registry.file(pending.file_id(), kStart + 1s));
+}
+
+TEST_CASE("registry: a commit that fails rolls memory back to the last commit", "[registry]") {
+  TempDir dir;
+  const PeerId a = make_peer_id(1);
+  const Manifest kept = make_manifest(31, 2, "kept.bin");
+  const Manifest lost = make_manifest(32, 2, "lost.bin");
+  const auto wal = dir.path() / "registry.db-wal";
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // Exit codes say which step went wrong; 0 is success.
+    try {
+      Registry registry(dir.path(), kExpiry);
+      registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+      registry.announce(a, kept, std::nullopt);
+      registry.commit();
+      // No file may grow any more: the next commit cannot append to the WAL,
+      // as on a full disk.
+      std::signal(SIGXFSZ, SIG_IGN);
+      const auto size = static_cast<rlim_t>(std::filesystem::file_size(wal));
+      const rlimit limit{size, size};
+      if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(10);
+      registry.announce(a, lost, std::nullopt);
+      if (registry.file_count() != 2) ::_exit(11);
+      try {
+        registry.commit();
+        ::_exit(12);  // it must fail
+      } catch (const p2pshare::Error& e) {
+        if (e.code() != Errc::io) ::_exit(13);
+      }
+      if (registry.has_uncommitted()) ::_exit(14);
+      if (registry.file_count() != 1) ::_exit(15);  // memory is back at the last commit
+      if (registry.file(lost.file_id(), kStart)) ::_exit(16);
+      if (!registry.file(kept.file_id(), kStart)) ::_exit(17);
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(1);
+    }
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+
+  Registry registry(dir.path(), kExpiry);
+  CHECK(registry.file(kept.file_id(), kStart));
+  CHECK_FALSE(registry.file(lost.file_id(), kStart));
+}
+
 TEST_CASE("registry lists a file's holders only", "[registry]") {
   TempDir dir;
   Registry registry(dir.path(), kExpiry);
@@ -459,4 +547,45 @@ TEST_CASE("sqlite transactions roll back unless committed", "[registry][sqlite]"
   CHECK(std::string(reinterpret_cast<const char*>(blob.data()), blob.size()) == std::string("\0\1", 2));
   read.reset();
   CHECK(rows() == 2);
+}
+
+TEST_CASE("sqlite: the background checkpointer keeps the WAL bounded without the committing thread's help",
+          "[registry][sqlite]") {
+  TempDir dir;
+  const auto path = dir / "t.db";
+  p2pshare::sqlite::Database db(path, "test");
+  db.exec("PRAGMA journal_mode = WAL", "enable WAL");
+  db.exec("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)", "create table");
+  auto insert = db.prepare("INSERT INTO t (k, v) VALUES (?1, ?2)", "insert row");
+  const std::string value(3000, 'x');  // about one page per row
+  constexpr int kPages = 50;
+  const auto wal_bytes = [&] {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(dir / "t.db-wal", ec);
+    return ec ? 0 : size;
+  };
+  std::uintmax_t largest = 0;
+  {
+    p2pshare::sqlite::BackgroundCheckpointer checkpointer(db, path, kPages);
+    for (int k = 0; k < 2000; ++k) {
+      auto transaction = db.transaction();
+      insert.bind_int(1, k).bind_blob(2, value);
+      insert.run();
+      transaction.commit();
+      largest = std::max(largest, wal_bytes());
+    }
+    CHECK(p2pshare::test::wait_for([&] { return checkpointer.checkpoints() > 0; }));
+    // This writer never pauses, so the WAL restarts only after a checkpoint
+    // between two of its commits (on_commit's valve).
+    CHECK(checkpointer.foreground_checkpoints() > 0);
+  }
+  // Over 2000 pages were written; the WAL was reused from its start instead
+  // of growing with them (the hook replaced SQLite's own checkpoint).
+  INFO("largest WAL " << largest << " bytes");
+  CHECK(largest < 3u * kPages * p2pshare::sqlite::BackgroundCheckpointer::kForegroundFactor * 4096u);
+  // Every row is there, from a new connection too.
+  p2pshare::sqlite::Database other(path, "other");
+  auto count = other.prepare("SELECT count(*) FROM t", "count rows");
+  REQUIRE(count.step());
+  CHECK(count.column_int(0) == 2000);
 }

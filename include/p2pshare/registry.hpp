@@ -2,10 +2,17 @@
 // SQLite (WAL) and mirrored in memory so no request scans the database.
 //
 // Threading: not thread-safe; the central server calls it from its one
-// network thread. Every mutating call is written through to SQLite before it
-// returns (a restart loses nothing that was acknowledged), except last_seen,
-// which heartbeats update in memory and flush_last_seen() writes in one
-// transaction (called periodically and on shutdown).
+// network thread.
+//
+// Group commit: a mutating call (upsert_peer, announce, withdraw) changes
+// memory and writes its rows into one open SQLite transaction before it
+// returns; commit() ends that transaction. The server runs every request that
+// is ready, commits once, and only then answers them, so one commit (and the
+// occasional checkpoint) is shared by a whole batch and nothing is
+// acknowledged before it is stored. If a write or the commit fails, the batch
+// is rolled back, memory is reloaded from the store (both views agree again)
+// and the call throws. last_seen is the exception: heartbeats update memory
+// only, and flush_last_seen() writes them (periodically and on shutdown).
 #pragma once
 
 #include <chrono>
@@ -82,7 +89,13 @@ class Registry {
   std::vector<PeerRecord> live_peers(std::optional<FileId> file, SystemClock::time_point now) const;
   std::optional<FileDetails> file(const FileId& id, SystemClock::time_point now) const;
 
+  // Writes the heartbeats kept in memory, then commits.
   void flush_last_seen();
+  // True while writes since the last commit are pending.
+  bool has_uncommitted() const noexcept;
+  // Makes the pending writes durable (see above); throws Error(Errc::io) if
+  // it cannot, after rolling back memory and store to the last commit.
+  void commit();
 
  private:
   struct Impl;

@@ -8,13 +8,17 @@
 // (the connection is opened without SQLite's own mutex).
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -124,6 +128,42 @@ class Transaction {
 
  private:
   Database* db_;
+};
+
+// Takes WAL checkpoints, and the fsyncs they do, off the thread that commits.
+// It replaces the connection's automatic checkpoint (which runs inside the
+// COMMIT that crosses the threshold, stalling that thread for an fsync) with
+// a WAL hook that only wakes a thread of its own; that thread checkpoints
+// through a second connection in PASSIVE mode, which never blocks the writer.
+// The WAL is synced at each checkpoint, as before: durability is unchanged.
+// Destroy it before the Database it watches.
+class BackgroundCheckpointer {
+ public:
+  // `wal_pages`: checkpoint once a commit leaves at least this many pages in
+  // the WAL (SQLite's own default is 1000).
+  BackgroundCheckpointer(Database& db, const std::filesystem::path& path, int wal_pages = 1000);
+  ~BackgroundCheckpointer();
+  BackgroundCheckpointer(const BackgroundCheckpointer&) = delete;
+  BackgroundCheckpointer& operator=(const BackgroundCheckpointer&) = delete;
+
+  // Checkpoints run so far by the thread, and by the committing thread once
+  // the WAL passed kForegroundFactor x wal_pages (see on_commit).
+  std::uint64_t checkpoints() const noexcept { return checkpoints_.load(); }
+  std::uint64_t foreground_checkpoints() const noexcept { return foreground_checkpoints_.load(); }
+  static constexpr int kForegroundFactor = 8;
+
+ private:
+  static int on_commit(void* self, sqlite3* db, const char* name, int pages);
+
+  Database& db_;
+  int wal_pages_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool due_ = false;
+  bool stop_ = false;
+  std::atomic<std::uint64_t> checkpoints_{0};
+  std::atomic<std::uint64_t> foreground_checkpoints_{0};
+  std::thread thread_;
 };
 
 }  // namespace p2pshare::sqlite
