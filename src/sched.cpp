@@ -229,6 +229,15 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   auto found = peers_.find(peer);
   if (found == peers_.end()) return picks;
   PeerState& state = found->second;
+  // Deferrals that ran out: those chunks may sit before scan_from now.
+  for (auto d = state.deferred.begin(); d != state.deferred.end();) {
+    if (d->second <= now) {
+      d = state.deferred.erase(d);
+      state.scan_from.reset();
+    } else {
+      ++d;
+    }
+  }
   const std::size_t target = target_for(state);
   if (state.outstanding.size() >= target || limit == 0) return picks;
   const std::size_t wanted = std::min(target - state.outstanding.size(), limit);
@@ -240,7 +249,7 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   if (state.scan_from && state.scan_epoch == open_epoch_) it = open_.lower_bound(*state.scan_from);
   PoolKey last_pick{};
   for (; it != open_.end() && picks.size() < wanted; ++it) {
-    if (!state.has.test(ChunkIndex{it->index})) continue;
+    if (!state.has.test(ChunkIndex{it->index}) || state.deferred.contains(it->index)) continue;
     picks.push_back(ChunkIndex{it->index});
     last_pick = *it;
   }
@@ -255,7 +264,8 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   const std::size_t first_copy = picks.size();
   for (const PoolKey& entry : requested_) {
     if (entry.primary >= config_.endgame_copies || picks.size() == wanted) break;
-    if (!state.has.test(ChunkIndex{entry.index}) || state.outstanding.contains(entry.index)) {
+    if (!state.has.test(ChunkIndex{entry.index}) || state.outstanding.contains(entry.index) ||
+        state.deferred.contains(entry.index)) {
       continue;
     }
     picks.push_back(ChunkIndex{entry.index});
@@ -378,6 +388,15 @@ void Scheduler::on_rejected(PeerKey peer, ChunkIndex chunk) {
   PeerState& state = found->second;
   if (state.outstanding.contains(chunk.value)) drop_request(peer, state, chunk.value);
   set_peer_bit(state, chunk.value, false);
+}
+
+void Scheduler::on_deferred(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
+  if (chunk.value >= chunk_count_) return;
+  auto found = peers_.find(peer);
+  if (found == peers_.end()) return;
+  PeerState& state = found->second;
+  if (state.outstanding.contains(chunk.value)) drop_request(peer, state, chunk.value);
+  state.deferred[chunk.value] = now + config_.defer_period;
 }
 
 // --- state -------------------------------------------------------------------

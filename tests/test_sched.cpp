@@ -526,6 +526,45 @@ TEST_CASE("sched: a rejected chunk goes elsewhere, not back to the rejecter", "[
   CHECK(values(scheduler.next_requests(1, kStart + 4s)) == std::vector<std::uint32_t>{refused.value});
 }
 
+TEST_CASE("sched: a deferred chunk goes elsewhere and returns to the deferring peer after defer_period", "[sched]") {
+  Config config = one_at_a_time();
+  config.defer_period = 3s;
+  Scheduler scheduler(4, Bitfield(4), config);
+  const PeerKey seed = 1;
+  const PeerKey leecher = 2;
+  scheduler.add_peer(seed, Bitfield(4, true));
+  const auto asked = scheduler.next_requests(seed, kStart);
+  REQUIRE(asked.size() == 1);
+  const ChunkIndex busy = asked[0];
+
+  scheduler.on_deferred(seed, busy, kStart);
+  CHECK(scheduler.outstanding(seed) == 0);
+  // Unlike a reject, the seed still counts as a source: the download must not
+  // think it has none while the only other holder is not connected yet.
+  CHECK(scheduler.availability(busy) == 1);
+  CHECK(scheduler.any_source());
+  // The seed is asked for everything else, never for the busy chunk.
+  for (int round = 0; round < 3; ++round) {
+    const auto picks = scheduler.next_requests(seed, kStart + 1s);
+    REQUIRE(picks.size() == 1);
+    CHECK(picks[0] != busy);
+    REQUIRE(scheduler.on_chunk_arrived(seed, picks[0], kStart + 1s));
+    scheduler.on_chunk_done(picks[0]);
+  }
+  CHECK(scheduler.next_requests(seed, kStart + 2s).empty());  // not even in endgame
+
+  // A peer that has it is asked at once.
+  Bitfield has_busy(4);
+  has_busy.set(busy);
+  scheduler.add_peer(leecher, has_busy);
+  const auto from_leecher = scheduler.next_requests(leecher, kStart + 2s);
+  CHECK(values(from_leecher) == std::vector<std::uint32_t>{busy.value});
+  // If that one goes away, the seed is asked again once the period is over.
+  scheduler.remove_peer(leecher);
+  CHECK(scheduler.next_requests(seed, kStart + 2900ms).empty());
+  CHECK(values(scheduler.next_requests(seed, kStart + 3s)) == std::vector<std::uint32_t>{busy.value});
+}
+
 TEST_CASE("sched: bad chunks are strikes, and max_strikes bans the peer", "[sched]") {
   Config config = one_at_a_time();
   config.max_strikes = 3;

@@ -16,6 +16,10 @@
 //   within [min_pipeline, max_pipeline]. A slow peer gets fewer, a fast one more.
 // - Failures: a peer removed (gone, stalled) or a rejected request gives its
 //   outstanding chunks back to the pool at once.
+// - Deferrals: a seed that answers "busy" (others have the chunk or are
+//   getting it from the seed) is not asked for that chunk again for
+//   `defer_period`; other peers are, and its bit stays set meanwhile, so the
+//   chunk keeps a source.
 // - Strikes: a chunk that fails its hash is a strike against the peer that
 //   sent it; at `max_strikes` the peer is banned from this download (it is
 //   never asked again, even if it reconnects with the same key).
@@ -50,6 +54,7 @@ struct Config {
   double pipeline_seconds = 0.25;                    // in-flight data target, in seconds of the peer's rate
   unsigned endgame_copies = 2;                       // requests per chunk at most, in endgame
   std::chrono::milliseconds request_timeout{15000};  // a request older than this: peer stalled
+  std::chrono::milliseconds defer_period{3000};      // a "busy" chunk is not asked of that peer again for this long
   std::uint64_t random_seed = 0;
 };
 
@@ -102,6 +107,10 @@ class Scheduler {
   // The peer refused the request (does not have it): missing again, and the
   // peer is not asked for it until it announces it with on_have.
   void on_rejected(PeerKey peer, ChunkIndex chunk);
+  // The peer has the chunk but asks us to get it elsewhere (a seed sparing
+  // its upload): missing again, and not asked of this peer before
+  // now + defer_period. Other peers may be asked at once.
+  void on_deferred(PeerKey peer, ChunkIndex chunk, Clock::time_point now);
 
   // --- state ---------------------------------------------------------------
   const Bitfield& have() const noexcept { return have_; }
@@ -153,6 +162,8 @@ class Scheduler {
     // lacking the rarest chunks would walk past all of them on every call.
     std::optional<PoolKey> scan_from;
     std::uint64_t scan_epoch = 0;
+    // Chunks it deferred (on_deferred), until when. A handful at a time.
+    std::map<std::uint32_t, Clock::time_point> deferred;
   };
 
   // Every change to a missing chunk's availability or requesters goes between

@@ -190,6 +190,13 @@ void PeerLink::handle_active(const pb::PeerMessage& message, std::uint32_t paylo
         connection_->send(encode(reject));
         return;
       }
+      if (swarm->should_defer(*this, ChunkIndex{index})) {
+        pb::PeerMessage busy;
+        busy.mutable_reject()->set_index(index);
+        busy.mutable_reject()->set_busy(true);
+        connection_->send(encode(busy));
+        return;
+      }
       if (serve_queue_.size() >= kMaxQueuedRequests) {
         throw Error(Errc::protocol, fmt::format("more than {} requests queued", kMaxQueuedRequests));
       }
@@ -213,7 +220,11 @@ void PeerLink::handle_active(const pb::PeerMessage& message, std::uint32_t paylo
     case pb::PeerMessage::kReject: {
       const std::uint32_t index = message.reject().index();
       if (asked_.erase(index) == 0) throw Error(Errc::protocol, "reject for a chunk never asked");
-      swarm->on_rejected(*this, ChunkIndex{index});
+      if (message.reject().busy()) {
+        swarm->on_deferred(*this, ChunkIndex{index});
+      } else {
+        swarm->on_rejected(*this, ChunkIndex{index});
+      }
       return;
     }
     case pb::PeerMessage::kKeepAlive:
@@ -281,6 +292,7 @@ void PeerLink::serve_more() {
       piece.mutable_piece()->set_index(index);
       const auto bytes = std::span<const std::uint8_t>(buffer->data(), buffer->size());
       s->count_upload(bytes.size());
+      link->sent_.set(ChunkIndex{index});
       link->connection_->send(encode(piece), wire::Payload{bytes, buffer});
       link->serve_more();
     });

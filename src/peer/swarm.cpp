@@ -150,6 +150,8 @@ void Swarm::attach(const std::shared_ptr<PeerLink>& link, const Bitfield& remote
   pending_links_.erase(link);
   connecting_.erase(link->remote_id());
   link->remote_have_ = remote_have;
+  link->sent_ = Bitfield(manifest_->chunk_count());
+  link->deferred_ = Bitfield(manifest_->chunk_count());
   links_.insert(link);
   by_key_[link->key()] = link.get();
   if (scheduler_ && active_) {
@@ -225,6 +227,31 @@ void Swarm::on_rejected(PeerLink& link, ChunkIndex chunk) {
   if (!scheduler_) return;
   scheduler_->on_rejected(link.key(), chunk);
   fill_all();
+}
+
+void Swarm::on_deferred(PeerLink& link, ChunkIndex chunk) {
+  if (!scheduler_) return;
+  scheduler_->on_deferred(link.key(), chunk, sched::Clock::now());
+  fill_all();
+}
+
+// A complete holder spares its upload for what nobody else has yet, as a
+// BitTorrent super-seed does: a chunk that another downloader connected to
+// us already has, or that we already queued to one, is answered "busy" once
+// per link; the downloader gets it from that peer (downloaders link to each
+// other) or asks again, and a repeated request is served. So each chunk
+// leaves the seed about once, and the seed's upload goes to new chunks.
+// Other seeds do not count: getting a chunk from them spares no upload.
+bool Swarm::should_defer(PeerLink& link, ChunkIndex chunk) {
+  if (!complete() || links_.size() < 2 || link.deferred_.test(chunk)) return false;
+  for (const auto& other : links_) {
+    if (other.get() == &link || other->closed() || other->remote_have_.all()) continue;
+    if (other->remote_have_.test(chunk) || other->sent_.test(chunk)) {
+      link.deferred_.set(chunk);
+      return true;
+    }
+  }
+  return false;
 }
 
 bool Swarm::accept_piece(PeerLink& link, ChunkIndex chunk) {
@@ -403,6 +430,8 @@ void Swarm::tick() {
     for (auto key : self->scheduler_->stalled_peers(now)) {
       if (auto it = self->by_key_.find(key); it != self->by_key_.end()) it->second->close("stalled");
     }
+    // Chunks whose "busy" deferral ran out may be asked again.
+    self->fill_all();
     self->notify_progress();
     if (now - self->last_save_ >= std::chrono::seconds(1)) self->save_resume(false);
     if (now - self->last_refresh_ >= self->services_.holder_refresh) {

@@ -118,6 +118,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   unsigned reads_in_flight_ = 0;
   std::optional<std::uint32_t> receiving_;  // payload being read into a buffer
   Bitfield remote_have_;                    // what the other side has, as it told us
+  Bitfield sent_;                           // chunks we queued to it (serving)
+  Bitfield deferred_;                       // chunks we answered "busy" to it once
   bool verified_ = false;                   // we dialled it and its Welcome matched the registry
   std::uint64_t downloaded_ = 0;
 };
@@ -165,6 +167,9 @@ class Swarm : public std::enable_shared_from_this<Swarm> {
   void fill_all();
   void on_remote_have(PeerLink& link, ChunkIndex chunk);
   void on_rejected(PeerLink& link, ChunkIndex chunk);
+  void on_deferred(PeerLink& link, ChunkIndex chunk);
+  // Serving: answer this request "busy" instead of sending the chunk?
+  bool should_defer(PeerLink& link, ChunkIndex chunk);
   // A Piece header arrived: should its payload be kept? (endgame may have
   // made it a duplicate). Cancels sent to other peers here.
   bool accept_piece(PeerLink& link, ChunkIndex chunk);
