@@ -127,10 +127,33 @@ PartialFile::PartialFile(const std::filesystem::path& directory, const FileId& i
     }
     created_ = true;
   }
+  // Not every file system has O_DIRECT (tmpfs refuses it with EINVAL): then
+  // every write is buffered.
+  direct_ = FileHandle(::open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW));
+  direct_ok_ = static_cast<bool>(direct_);
 }
 
 void PartialFile::write(std::uint64_t offset, std::span<const std::uint8_t> data) const {
-  pwrite_exact(file_.get(), data, offset, path_.string());
+  const bool aligned = offset % kDirectAlignment == 0 && data.size() % kDirectAlignment == 0 &&
+                       reinterpret_cast<std::uintptr_t>(data.data()) % kDirectAlignment == 0;
+  std::size_t done = 0;
+  if (aligned && direct_ok_.load(std::memory_order_relaxed)) {
+    while (done < data.size()) {
+      const ssize_t n =
+          ::pwrite(direct_.get(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      // EINVAL: the device wants a larger alignment than a page; from now on
+      // buffered. A short write leaves an unaligned rest: buffered too.
+      if (n < 0 && errno == EINVAL) {
+        direct_ok_ = false;
+        break;
+      }
+      if (n < 0) throw io_error("cannot write " + path_.string(), errno);
+      done += static_cast<std::size_t>(n);
+      if (done % kDirectAlignment != 0) break;
+    }
+  }
+  pwrite_exact(file_.get(), data.subspan(done), offset + done, path_.string());
 }
 
 void PartialFile::read(std::uint64_t offset, std::span<std::uint8_t> out) const {

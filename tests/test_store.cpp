@@ -2,9 +2,11 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -201,6 +203,61 @@ TEST_CASE("PartialFile reads and writes past 4 GiB in a sparse file", "[store]")
   CHECK(static_cast<std::uint64_t>(st.st_size) == size);
   // Really sparse: well under 16 MiB allocated for a 5 GiB file.
   CHECK(static_cast<std::uint64_t>(st.st_blocks) * 512 < (16ull << 20));
+}
+
+TEST_CASE("PartialFile writes aligned chunks past the page cache, and the rest buffered, coherently", "[store]") {
+  TempDir dir;
+  // Whether this file system takes O_DIRECT at all (tmpfs does not): the
+  // fallback is then the whole story, and is checked below too.
+  const auto probe_path = dir / "probe";
+  write_text(probe_path, "");
+  const FileHandle probe(::open(probe_path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
+  const bool direct_here = static_cast<bool>(probe);
+
+  constexpr std::size_t kChunk = 256 * 1024;
+  const std::uint64_t size = 3 * kChunk + 1000;  // the last chunk's length is not a multiple of a page
+  PartialFile part(dir.path(), make_id(7), size);
+  CHECK(part.writes_direct() == direct_here);
+
+  const auto first = pattern(kChunk, 3);
+  p2pshare::store::ChunkBytes aligned(first.begin(), first.end());
+  REQUIRE(reinterpret_cast<std::uintptr_t>(aligned.data()) % p2pshare::store::kDirectAlignment == 0);
+  part.write(kChunk, aligned);
+  const auto tail = pattern(kChunk + 1000, 5);
+  part.write(2 * kChunk, tail);
+  CHECK(part.writes_direct() == direct_here);  // the tail went buffered, not into a failed direct write
+
+  if (direct_here) {
+    // The aligned chunk went straight to the disk: none of its pages is in
+    // the page cache (a buffered write would leave all of them there).
+    void* map = ::mmap(nullptr, kChunk, PROT_READ, MAP_SHARED, part.fd(), static_cast<off_t>(kChunk));
+    REQUIRE(map != MAP_FAILED);
+    std::vector<unsigned char> resident(kChunk / 4096);
+    REQUIRE(::mincore(map, kChunk, resident.data()) == 0);
+    ::munmap(map, kChunk);
+    CHECK(std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return (r & 1) != 0; }) == 0);
+  }
+
+  // Cached first, then overwritten directly: a read sees the new bytes.
+  std::vector<std::uint8_t> back(kChunk);
+  part.read(kChunk, back);
+  CHECK(back == first);
+  const auto second = pattern(kChunk, 11);
+  p2pshare::store::ChunkBytes again(second.begin(), second.end());
+  part.write(kChunk, again);
+  part.read(kChunk, back);
+  CHECK(back == second);
+  std::vector<std::uint8_t> tail_back(tail.size());
+  part.read(2 * kChunk, tail_back);
+  CHECK(tail_back == tail);
+
+  // After finish, the file holds every byte written, by either path.
+  const auto done = part.finish(dir / "done.bin", false);
+  const std::string on_disk = read_file(done);
+  REQUIRE(on_disk.size() == size);
+  CHECK(on_disk.substr(kChunk, kChunk) == as_string(second));
+  CHECK(on_disk.substr(2 * kChunk) == as_string(tail));
+  CHECK(on_disk.substr(0, kChunk) == std::string(kChunk, '\0'));
 }
 
 TEST_CASE("PartialFile reopens an existing partial file and keeps its data", "[store]") {

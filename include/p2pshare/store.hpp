@@ -9,11 +9,15 @@
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <new>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "p2pshare/manifest.hpp"
 
@@ -24,6 +28,27 @@ namespace p2pshare::store {
 // leading dot, at most kMaxNameLength bytes (cut on a UTF-8 boundary). Never
 // empty: falls back to `fallback` (e.g. the file id in hex).
 std::string sanitize_name(std::string_view name, std::string_view fallback);
+
+// Chunk buffers are aligned to this (and O_DIRECT writes need it).
+inline constexpr std::size_t kDirectAlignment = 4096;
+
+template <typename T>
+struct PageAlignedAllocator {
+  using value_type = T;
+  PageAlignedAllocator() = default;
+  template <typename U>
+  PageAlignedAllocator(const PageAlignedAllocator<U>& /*other*/) noexcept {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kDirectAlignment}));
+  }
+  void deallocate(T* p, std::size_t /*n*/) noexcept { ::operator delete(p, std::align_val_t{kDirectAlignment}); }
+  template <typename U>
+  bool operator==(const PageAlignedAllocator<U>& /*other*/) const noexcept {
+    return true;
+  }
+};
+// A chunk's bytes in memory, page-aligned.
+using ChunkBytes = std::vector<std::uint8_t, PageAlignedAllocator<std::uint8_t>>;
 
 // An open file descriptor, closed on destruction.
 class FileHandle {
@@ -80,7 +105,15 @@ class PartialFile {
   bool created() const { return created_; }
   const std::filesystem::path& path() const { return path_; }
   int fd() const { return file_.get(); }
+  // Writes a chunk. A page-aligned write (offset, length and buffer) goes
+  // through O_DIRECT when the file system allows it: straight to the disk,
+  // with no copy into the page cache and nothing left for the final fsync to
+  // write back. Anything else (the last chunk's tail, a file system without
+  // O_DIRECT such as tmpfs) is a buffered pwrite. Both are coherent: Linux
+  // drops cached pages a direct write covers.
   void write(std::uint64_t offset, std::span<const std::uint8_t> data) const;
+  // Whether writes still go through O_DIRECT (for tests and logs).
+  bool writes_direct() const { return direct_ok_.load(std::memory_order_relaxed); }
   void read(std::uint64_t offset, std::span<std::uint8_t> out) const;
   // fdatasync: data written so far survives a power cut.
   void sync() const;
@@ -95,6 +128,8 @@ class PartialFile {
  private:
   std::filesystem::path path_;
   FileHandle file_;
+  FileHandle direct_;  // the same file opened O_DIRECT, or none
+  mutable std::atomic<bool> direct_ok_{false};
   std::uint64_t size_ = 0;
   bool created_ = false;
 };

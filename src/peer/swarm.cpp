@@ -18,7 +18,7 @@ constexpr auto kSourcelessGrace = std::chrono::seconds(3);
 }  // namespace
 
 BufferPool::Buffer BufferPool::acquire(std::size_t size) {
-  std::unique_ptr<std::vector<std::uint8_t>> buffer;
+  std::unique_ptr<store::ChunkBytes> buffer;
   {
     std::lock_guard lock(mutex_);
     if (!free_.empty()) {
@@ -26,10 +26,10 @@ BufferPool::Buffer BufferPool::acquire(std::size_t size) {
       free_.pop_back();
     }
   }
-  if (!buffer) buffer = std::make_unique<std::vector<std::uint8_t>>();
+  if (!buffer) buffer = std::make_unique<store::ChunkBytes>();
   buffer->resize(size);
   std::weak_ptr<BufferPool> weak = weak_from_this();
-  return Buffer(buffer.release(), [weak](std::vector<std::uint8_t>* b) {
+  return Buffer(buffer.release(), [weak](store::ChunkBytes* b) {
     auto pool = weak.lock();
     if (pool) {
       std::lock_guard lock(pool->mutex_);

@@ -48,12 +48,13 @@ namespace p2pshare::peer {
 // from any thread.
 class BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
-  using Buffer = std::shared_ptr<std::vector<std::uint8_t>>;
+  // Page-aligned, so a received chunk can be written with O_DIRECT.
+  using Buffer = std::shared_ptr<store::ChunkBytes>;
   Buffer acquire(std::size_t size);
 
  private:
   std::mutex mutex_;
-  std::vector<std::unique_ptr<std::vector<std::uint8_t>>> free_;
+  std::vector<std::unique_ptr<store::ChunkBytes>> free_;
 };
 
 struct Services {
