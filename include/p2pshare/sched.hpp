@@ -54,7 +54,7 @@ struct Config {
   double pipeline_seconds = 0.25;                    // in-flight data target, in seconds of the peer's rate
   unsigned endgame_copies = 2;                       // requests per chunk at most, in endgame
   std::chrono::milliseconds request_timeout{15000};  // a request older than this: peer stalled
-  std::chrono::milliseconds defer_period{3000};      // a "busy" chunk is not asked of that peer again for this long
+  std::chrono::milliseconds defer_period{1000};      // a "busy" chunk is not asked of that peer again for this long
   std::uint64_t random_seed = 0;
 };
 

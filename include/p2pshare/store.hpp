@@ -39,9 +39,9 @@ struct PageAlignedAllocator {
   template <typename U>
   PageAlignedAllocator(const PageAlignedAllocator<U>& /*other*/) noexcept {}
   T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kDirectAlignment}));
+    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{kDirectAlignment}));
   }
-  void deallocate(T* p, std::size_t /*n*/) noexcept { ::operator delete(p, std::align_val_t{kDirectAlignment}); }
+  void deallocate(T* p, std::size_t /*n*/) noexcept { ::operator delete (p, std::align_val_t{kDirectAlignment}); }
   template <typename U>
   bool operator==(const PageAlignedAllocator<U>& /*other*/) const noexcept {
     return true;

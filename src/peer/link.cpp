@@ -201,6 +201,9 @@ void PeerLink::handle_active(const pb::PeerMessage& message, std::uint32_t paylo
         throw Error(Errc::protocol, fmt::format("more than {} requests queued", kMaxQueuedRequests));
       }
       serve_queue_.push_back(index);
+      // Promised from now on: another downloader asking for this chunk is
+      // told "busy" already while this request waits in the queue.
+      sent_.set(ChunkIndex{index});
       serve_more();
       return;
     }
@@ -292,7 +295,6 @@ void PeerLink::serve_more() {
       piece.mutable_piece()->set_index(index);
       const auto bytes = std::span<const std::uint8_t>(buffer->data(), buffer->size());
       s->count_upload(bytes.size());
-      link->sent_.set(ChunkIndex{index});
       link->connection_->send(encode(piece), wire::Payload{bytes, buffer});
       link->serve_more();
     });

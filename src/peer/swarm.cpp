@@ -14,6 +14,8 @@ namespace {
 constexpr std::size_t kMaxPooledBuffers = 64;
 // How long the download may have no source before it fails (unless told to wait).
 constexpr auto kSourcelessGrace = std::chrono::seconds(3);
+// A "busy" answer refreshes the holder list at most this often.
+constexpr auto kBusyRefreshGap = std::chrono::milliseconds(500);
 
 }  // namespace
 
@@ -231,13 +233,18 @@ void Swarm::on_rejected(PeerLink& link, ChunkIndex chunk) {
 
 void Swarm::on_deferred(PeerLink& link, ChunkIndex chunk) {
   if (!scheduler_) return;
-  scheduler_->on_deferred(link.key(), chunk, sched::Clock::now());
+  const auto now = sched::Clock::now();
+  scheduler_->on_deferred(link.key(), chunk, now);
   fill_all();
+  // "Busy" says another downloader has the chunk; if we are not linked to it
+  // yet (early in a download, before the first holder refresh found it), the
+  // sooner we dial it the fewer chunks we must ask the seed for again.
+  if (active_ && now - last_refresh_ >= kBusyRefreshGap) refresh_holders();
 }
 
 // A complete holder spares its upload for what nobody else has yet, as a
 // BitTorrent super-seed does: a chunk that another downloader connected to
-// us already has, or that we already queued to one, is answered "busy" once
+// us already has, or that we accepted a request for from one, is answered "busy" once
 // per link; the downloader gets it from that peer (downloaders link to each
 // other) or asks again, and a repeated request is served. So each chunk
 // leaves the seed about once, and the seed's upload goes to new chunks.

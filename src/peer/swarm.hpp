@@ -119,7 +119,7 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   unsigned reads_in_flight_ = 0;
   std::optional<std::uint32_t> receiving_;  // payload being read into a buffer
   Bitfield remote_have_;                    // what the other side has, as it told us
-  Bitfield sent_;                           // chunks we queued to it (serving)
+  Bitfield sent_;                           // chunks it asked us for and we accepted (serving)
   Bitfield deferred_;                       // chunks we answered "busy" to it once
   bool verified_ = false;                   // we dialled it and its Welcome matched the registry
   std::uint64_t downloaded_ = 0;

@@ -480,10 +480,11 @@ TEST_CASE("transfer: four downloaders at once share among themselves instead of 
   figures << " s; the seed uploaded " << copies << " copies; partial holders listed: " << saw_partial;
   WARN(figures.str());
   CHECK(elapsed < 0.75 * 4 * single);
-  // The seed answers "busy" for chunks another downloader has or is being
-  // sent, so each chunk leaves it about once: 1.04-1.21 copies here, against
+  // The seed answers "busy" for chunks another downloader has or asked it
+  // for, so each chunk leaves it once: 1.00 copies here in release, against
   // 1.7-2.0 before it did (each downloader then took a share of duplicates).
-  CHECK(copies < 1.4);
+  // The margin is for sanitizer builds and busy machines.
+  CHECK(copies < 1.25);
   CHECK(saw_partial);
 }
 
