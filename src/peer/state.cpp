@@ -172,16 +172,16 @@ std::vector<DownloadRecord> PeerState::downloads() {
   return out;
 }
 
-void PeerState::put_download(const DownloadRecord& r) {
-  const FileId id = r.manifest.file_id();
+void PeerState::put_download(const DownloadRecord& r, const Manifest& manifest) {
+  const FileId id = manifest.file_id();
   put_download_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
-      .bind_text(2, r.manifest.name)
+      .bind_text(2, manifest.name)
       .bind_text(3, r.directory.string())
       .bind_text(4, r.destination.string())
       .bind_int(5, r.replace ? 1 : 0)
-      .bind_int(6, static_cast<std::int64_t>(r.manifest.size))
-      .bind_int(7, r.manifest.chunk_size)
-      .bind_blob(8, encode_hashes(r.manifest))
+      .bind_int(6, static_cast<std::int64_t>(manifest.size))
+      .bind_int(7, manifest.chunk_size)
+      .bind_blob(8, encode_hashes(manifest))
       .bind_blob(9, r.have.to_wire())
       .bind_int(10, r.clean ? 1 : 0)
       .bind_int(11, static_cast<std::int64_t>(r.stamp.size))

@@ -48,7 +48,9 @@ class PeerState {
   void add_uploaded(const FileId& id, std::uint64_t bytes);
 
   std::vector<DownloadRecord> downloads();
-  void put_download(const DownloadRecord& record);
+  // `manifest` is the download's own (record.manifest may be empty: the
+  // swarm keeps the one copy of a hash list that can be megabytes).
+  void put_download(const DownloadRecord& record, const Manifest& manifest);
   void update_resume(const FileId& id, const Bitfield& have, bool clean, const store::FileStamp& stamp);
   void remove_download(const FileId& id);
 
