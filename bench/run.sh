@@ -22,6 +22,15 @@
 
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
+# The source is what the tree was when the run started (the report is
+# written at the end, when the tree may have moved on).
+if [ -z "${BENCH_SOURCE:-}" ]; then
+    BENCH_SOURCE=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+        BENCH_SOURCE="$BENCH_SOURCE (with uncommitted changes)"
+    fi
+fi
+export BENCH_SOURCE
 BIN=${P2PSHARE_BIN:-$ROOT/build/release/p2pshare}
 LOAD_BIN=${P2PSHARE_LOAD_BIN:-$ROOT/build/release/bench/p2pshare_central_load}
 PY=$BENCH_PY
