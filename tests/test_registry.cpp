@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -76,6 +77,28 @@ std::set<PeerId> ids_of(const std::vector<PeerRecord>& peers) {
   std::set<PeerId> ids;
   for (const auto& peer : peers) ids.insert(peer.id);
   return ids;
+}
+
+// Runs `work` in a child process that must die of SIGKILL, like a killed
+// server: no destructors, no WAL checkpoint. `work` raises SIGKILL itself
+// while its objects are alive; if it returns instead, the value (a step
+// number) is the child's exit status and the test fails, naming it.
+void run_then_sigkill(const std::function<int()>& work) {
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The child never returns into Catch2.
+    try {
+      ::_exit(work());
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  INFO("child exit status " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1));
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
 }
 
 }  // namespace
@@ -333,27 +356,16 @@ TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[reg
   TempDir dir;
   const PeerId a = make_peer_id(1);
   const Manifest manifest = make_manifest(11, 2, "crash.bin");
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    // The child never returns into Catch2: it dies like a killed server,
-    // with no destructors and no WAL checkpoint.
-    try {
-      Registry registry(dir.path(), kExpiry);
-      registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
-      registry.announce(a, manifest, std::nullopt);
-      registry.touch_peer(a, kStart + 5s);
-      registry.flush_last_seen();
-      registry.touch_peer(a, kStart + 9s);
-      std::raise(SIGKILL);
-    } catch (...) {
-    }
-    ::_exit(1);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGKILL);
+  run_then_sigkill([&] {
+    Registry registry(dir.path(), kExpiry);
+    registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+    registry.announce(a, manifest, std::nullopt);
+    registry.touch_peer(a, kStart + 5s);
+    registry.flush_last_seen();
+    registry.touch_peer(a, kStart + 9s);
+    std::raise(SIGKILL);
+    return 1;
+  });
 
   Registry registry(dir.path(), kExpiry);
   const auto files = registry.list_files(std::nullopt, 10, kStart + 10s);
@@ -372,29 +384,20 @@ TEST_CASE("registry group commit: writes are durable from commit(), not before",
   const PeerId a = make_peer_id(1);
   const Manifest committed = make_manifest(21, 2, "committed.bin");
   const Manifest pending = make_manifest(22, 2, "pending.bin");
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    try {
-      Registry registry(dir.path(), kExpiry);
-      if (registry.has_uncommitted()) ::_exit(2);
-      registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
-      registry.announce(a, committed, std::nullopt);
-      if (!registry.has_uncommitted()) ::_exit(3);
-      registry.commit();
-      if (registry.has_uncommitted()) ::_exit(4);
-      registry.announce(a, pending, std::nullopt);
-      // Memory already shows it (the server holds its answers until commit).
-      if (registry.file_count() != 2) ::_exit(5);
-      std::raise(SIGKILL);
-    } catch (...) {
-    }
-    ::_exit(1);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGKILL);
+  run_then_sigkill([&] {
+    Registry registry(dir.path(), kExpiry);
+    if (registry.has_uncommitted()) return 2;
+    registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+    registry.announce(a, committed, std::nullopt);
+    if (!registry.has_uncommitted()) return 3;
+    registry.commit();
+    if (registry.has_uncommitted()) return 4;
+    registry.announce(a, pending, std::nullopt);
+    // Memory already shows it (the server holds its answers until commit).
+    if (registry.file_count() != 2) return 5;
+    std::raise(SIGKILL);
+    return 1;
+  });
 
   Registry registry(dir.path(), kExpiry);
   CHECK_FALSE(registry.has_uncommitted());
