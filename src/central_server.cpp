@@ -7,7 +7,7 @@
 
 #include "central.pb.h"
 #include "p2pshare/error.hpp"
-#include "p2pshare/hash.hpp"
+#include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "p2pshare/registry.hpp"
@@ -74,11 +74,9 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   bool stopping = false;
 
   void accept() {
-    acceptor.async_accept([self = shared_from_this()](const std::error_code& ec, asio::ip::tcp::socket socket) {
-      if (self->stopping) return;
-      if (!ec) self->on_accept(std::move(socket));
-      self->accept();
-    });
+    accept_each(
+        acceptor, [self = shared_from_this()] { return self->stopping; },
+        [self = shared_from_this()](asio::ip::tcp::socket socket) { self->on_accept(std::move(socket)); });
   }
 
   void on_accept(asio::ip::tcp::socket socket) {
@@ -237,10 +235,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         const auto& reg = request.register_();
         if (reg.peer_secret().size() != 32) throw Error(Errc::bad_request, "peer secret must be 32 bytes");
         if (reg.listen_port() == 0 || reg.listen_port() > 65535) throw Error(Errc::bad_request, "invalid listen port");
-        const auto digest = Sha256::digest(
-            std::span(reinterpret_cast<const std::uint8_t*>(reg.peer_secret().data()), reg.peer_secret().size()));
-        PeerId id;
-        std::copy_n(digest.bytes.begin(), PeerId::kSize, id.bytes.begin());
+        const PeerId id = peer_id_of_secret(reg.peer_secret());
         const std::string host = observed_host(session.connection->remote());
         registry.upsert_peer(id, host, static_cast<std::uint16_t>(reg.listen_port()), now);
         // The newest connection that proves the secret speaks for the peer.
@@ -356,26 +351,10 @@ CentralServer::CentralServer(asio::io_context& io, ServerConfig config)
 CentralServer::~CentralServer() = default;
 
 cli::Address CentralServer::start() {
-  asio::ip::tcp::resolver resolver(impl_->io);
-  std::error_code ec;
-  auto results = resolver.resolve(impl_->config.listen.host, std::to_string(impl_->config.listen.port), ec);
-  if (ec || results.empty()) {
-    throw Error(Errc::unavailable,
-                fmt::format("cannot resolve {}: {}", impl_->config.listen.to_string(), ec.message()));
-  }
-  const auto endpoint = results.begin()->endpoint();
-  auto& acceptor = impl_->acceptor;
-  acceptor.open(endpoint.protocol());
-  acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
-  acceptor.bind(endpoint, ec);
-  if (ec)
-    throw Error(Errc::unavailable,
-                fmt::format("cannot listen on {}: {}", impl_->config.listen.to_string(), ec.message()));
-  acceptor.listen(asio::socket_base::max_listen_connections);
+  const auto bound = listen_on(impl_->acceptor, impl_->config.listen);
   impl_->accept();
   impl_->schedule_flush();
-  const auto local = acceptor.local_endpoint();
-  return cli::Address{local.address().to_string(), local.port()};
+  return bound;
 }
 
 void CentralServer::stop() {

@@ -592,3 +592,8 @@ TEST_CASE("sqlite: the background checkpointer keeps the WAL bounded without the
   REQUIRE(count.step());
   CHECK(count.column_int(0) == 2000);
 }
+
+TEST_CASE("a peer id is the first 16 bytes of SHA-256 of its secret", "[types]") {
+  // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223 b00361a396177a9cb410ff61f20015ad
+  CHECK(p2pshare::to_hex(p2pshare::peer_id_of_secret("abc")) == "ba7816bf8f01cfea414140de5dae2223");
+}
