@@ -27,10 +27,10 @@ constexpr std::int64_t kSchemaVersion = 1;
 // Names are metadata anyone can add to; the cap keeps a popular file's row
 // (and every FileDetails reply) bounded.
 constexpr std::size_t kMaxNamesPerFile = 16;
-constexpr int kBusyTimeoutMs = 5000;
 
-// kMigrations[v] brings a database at schema version v to version v + 1.
-// Append a step for every schema change; never edit a released one.
+// kMigrations[v] brings a database at schema version v to version v + 1
+// (sqlite::migrate). Append a step for every schema change; never edit a
+// released one.
 constexpr std::array<std::string_view, kSchemaVersion> kMigrations = {
     R"sql(
 CREATE TABLE peers (
@@ -89,37 +89,6 @@ std::string join_hashes(const std::vector<Sha256Digest>& hashes) {
                                     path.string(), detail));
 }
 
-void configure(sqlite::Database& db) {
-  // Set first: switching to WAL itself needs a lock another process may hold.
-  db.exec(fmt::format("PRAGMA busy_timeout = {}", kBusyTimeoutMs), "setting busy_timeout");
-  sqlite::Statement journal = db.prepare("PRAGMA journal_mode = WAL", "enabling WAL");
-  const std::string mode = journal.step() ? std::string(journal.column_text(0)) : "";
-  journal.reset();
-  // Some file systems cannot do WAL; the durability promises above need it.
-  if (mode != "wal") {
-    throw Error(Errc::io, fmt::format("registry: enabling WAL failed: journal mode is '{}'", mode));
-  }
-  db.exec("PRAGMA synchronous = NORMAL", "setting synchronous");
-  db.exec("PRAGMA foreign_keys = ON", "enabling foreign keys");
-}
-
-void migrate(sqlite::Database& db, const std::filesystem::path& path) {
-  std::int64_t version = db.user_version();
-  if (version < 0 || version > kSchemaVersion) {
-    throw Error(Errc::io, fmt::format("registry: {} has schema version {}, but this build knows versions up "
-                                      "to {}; run a newer p2pshare or use another data directory",
-                                      path.string(), version, kSchemaVersion));
-  }
-  for (; version < kSchemaVersion; ++version) {
-    // One transaction per step: the version number moves with the schema.
-    auto transaction = db.transaction();
-    db.exec(kMigrations[static_cast<std::size_t>(version)],
-            fmt::format("migrating the schema to version {}", version + 1));
-    db.set_user_version(version + 1);
-    transaction.commit();
-  }
-}
-
 sqlite::Database open_database(const std::filesystem::path& data_dir) {
   std::error_code error;
   std::filesystem::create_directories(data_dir, error);
@@ -128,8 +97,7 @@ sqlite::Database open_database(const std::filesystem::path& data_dir) {
   }
   const auto path = data_dir / "registry.db";
   sqlite::Database db(path, "registry");
-  configure(db);
-  migrate(db, path);
+  sqlite::open_schema(db, path, kMigrations);
   return db;
 }
 

@@ -3,12 +3,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <csignal>
 #include <filesystem>
 #include <functional>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <catch2/catch.hpp>
@@ -591,6 +594,45 @@ TEST_CASE("sqlite: the background checkpointer keeps the WAL bounded without the
   auto count = other.prepare("SELECT count(*) FROM t", "count rows");
   REQUIRE(count.step());
   CHECK(count.column_int(0) == 2000);
+}
+
+// --- the shared SQLite helpers -------------------------------------------------
+
+TEST_CASE("sqlite::migrate runs the missing steps and refuses a newer file", "[registry][sqlite]") {
+  TempDir dir;
+  const std::array<std::string_view, 2> steps = {
+      "CREATE TABLE t (k INTEGER PRIMARY KEY)",
+      "ALTER TABLE t ADD COLUMN v TEXT NOT NULL DEFAULT 'new'",
+  };
+  {
+    p2pshare::sqlite::Database db(dir / "t.db", "test");
+    p2pshare::sqlite::open_schema(db, dir / "t.db", std::span(steps).first(1));  // an older build
+    CHECK(db.user_version() == 1);
+    db.exec("INSERT INTO t (k) VALUES (7)", "insert");
+  }
+  {
+    p2pshare::sqlite::Database db(dir / "t.db", "test");
+    p2pshare::sqlite::open_schema(db, dir / "t.db", steps);
+    CHECK(db.user_version() == 2);
+    auto row = db.prepare("SELECT k, v FROM t", "select");
+    REQUIRE(row.step());
+    CHECK(row.column_int(0) == 7);  // kept across the migration
+    CHECK(row.column_text(1) == "new");
+    row.reset();
+    auto mode = db.prepare("PRAGMA journal_mode", "journal mode");
+    REQUIRE(mode.step());
+    CHECK(mode.column_text(0) == "wal");
+  }
+  {
+    // An older build opening the newer file: one clear error, nothing changed.
+    p2pshare::sqlite::Database db(dir / "t.db", "peer state");
+    std::string message;
+    CHECK(error_code_of([&] { p2pshare::sqlite::open_schema(db, dir / "t.db", std::span(steps).first(1)); },
+                        &message) == Errc::io);
+    CHECK_THAT(message, Catch::StartsWith("peer state: "));
+    CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
+    CHECK(db.user_version() == 2);
+  }
 }
 
 TEST_CASE("a peer id is the first 16 bytes of SHA-256 of its secret", "[types]") {
