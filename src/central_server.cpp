@@ -1,5 +1,6 @@
 #include "p2pshare/central_server.hpp"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -18,6 +19,8 @@ namespace {
 
 constexpr std::uint32_t kMaxPageSize = 1000;
 constexpr std::size_t kMaxHoldersPerAnswer = 200;
+// Rows one forgetting step may delete before the waiting requests run.
+constexpr std::size_t kForgetBatchRows = 2000;
 
 std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
   auto address = endpoint.address();
@@ -25,6 +28,17 @@ std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
     address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
   }
   return address.to_string();
+}
+
+// Whose bucket a new identity comes out of (Limits::new_peers_per_minute): an
+// IPv4 address, or a whole IPv6 /64, the block one host usually gets, so
+// walking through its own addresses buys an attacker nothing.
+std::string registration_source(const asio::ip::tcp::endpoint& endpoint) {
+  const auto address = endpoint.address();
+  if (!address.is_v6() || address.to_v6().is_v4_mapped()) return observed_host(endpoint);
+  auto bytes = address.to_v6().to_bytes();
+  std::fill(bytes.begin() + 8, bytes.end(), 0);
+  return asio::ip::make_address_v6(bytes).to_string() + "/64";
 }
 
 void fill_peer(const PeerRecord& peer, pb::PeerEntry* entry) {
@@ -58,7 +72,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         config(std::move(cfg)),
         acceptor(io),
         flush_timer(io),
-        registry(config.data_dir, config.heartbeat_interval * 3) {}
+        registry(config.data_dir, config.heartbeat_interval * 3, config.limits) {}
 
   asio::io_context& io;
   ServerConfig config;
@@ -237,7 +251,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         if (reg.listen_port() == 0 || reg.listen_port() > 65535) throw Error(Errc::bad_request, "invalid listen port");
         const PeerId id = peer_id_of_secret(reg.peer_secret());
         const std::string host = observed_host(session.connection->remote());
-        registry.upsert_peer(id, host, static_cast<std::uint16_t>(reg.listen_port()), now);
+        registry.upsert_peer(id, host, static_cast<std::uint16_t>(reg.listen_port()), now,
+                             registration_source(session.connection->remote()));
         // The newest connection that proves the secret speaks for the peer.
         if (auto old = bound[id].lock(); old && old.get() != &session) {
           old->peer.reset();
@@ -340,8 +355,35 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     flush_timer.async_wait([self = shared_from_this()](const std::error_code& ec) {
       if (ec || self->stopping) return;
       self->commit(true);
+      self->forget_stale();
       self->schedule_flush();
     });
+  }
+
+  // One bounded step; a backlog goes on in later steps, each queued behind
+  // the requests that arrived meanwhile, so nobody waits for all of it.
+  void forget_stale() {
+    // A failed write rolls back the whole open batch: commit (and answer)
+    // the requests' writes first, so a failure here can only undo its own.
+    if (registry.has_uncommitted()) commit();
+    Forgotten forgotten;
+    try {
+      forgotten = registry.forget_stale(std::chrono::system_clock::now(), kForgetBatchRows);
+    } catch (const std::exception& e) {
+      // The registry rolled back to the last commit; the next tick retries.
+      log::error("central: forgetting stale peers and files failed: {}", e.what());
+      return;
+    }
+    if (forgotten.peers + forgotten.files > 0) {
+      log::info("central: forgot {} peers not seen for {} s and {} files nobody holds", forgotten.peers,
+                std::chrono::duration_cast<std::chrono::seconds>(config.limits.forget_after).count(), forgotten.files);
+      post_commit();
+    }
+    if (forgotten.more) {
+      asio::post(io, [self = shared_from_this()] {
+        if (!self->stopping) self->forget_stale();
+      });
+    }
   }
 };
 
