@@ -154,6 +154,8 @@ struct Registry::Impl {
   void take_new_peer_token(const std::string& source, std::int64_t now_ms);
   void refill(Bucket& bucket, std::int64_t now_ms) const;
   std::size_t forget_peers(std::int64_t cutoff_ms, std::size_t max_rows, bool& more);
+  // Deletes `count` of the peer's holdings (the peer stays, for a later step).
+  void forget_holdings(Peer& peer, std::size_t count);
   std::size_t forget_orphans(std::size_t max_rows, bool& more);
 
   std::filesystem::path path;
@@ -357,8 +359,10 @@ std::size_t Registry::Impl::forget_peers(std::int64_t cutoff_ms, std::size_t max
     if (last_seen_ms > cutoff_ms) break;
     Peer& peer = peers.at(id);
     const std::size_t cost = 1 + peer.files.size();
-    if (!stale.empty() && rows + cost > max_rows) {
+    if (rows + cost > max_rows) {
       more = true;
+      // A peer larger than a whole step loses its holdings over several.
+      if (stale.empty()) forget_holdings(peer, max_rows);
       break;
     }
     stale.push_back(&peer);
@@ -389,6 +393,24 @@ std::size_t Registry::Impl::forget_peers(std::int64_t cutoff_ms, std::size_t max
     peers.erase(id);
   }
   return stale.size();
+}
+
+void Registry::Impl::forget_holdings(Peer& peer, std::size_t count) {
+  std::vector<FileId> gone;
+  for (auto it = peer.files.begin(); it != peer.files.end() && gone.size() < count; ++it) gone.push_back(*it);
+  write([&] {
+    for (const FileId& file : gone) {
+      delete_holder.bind_blob(1, peer.id.bytes).bind_blob(2, file.bytes);
+      delete_holder.run();
+    }
+  });
+  for (const FileId& file_id : gone) {
+    File& file = files.at(file_id);
+    file.holders.erase(peer.id);
+    if (file.holders.empty()) orphans.insert(file_id);
+    peer.files.erase(file_id);
+    peer.chunks -= file.chunk_hashes.size();
+  }
 }
 
 std::size_t Registry::Impl::forget_orphans(std::size_t max_rows, bool& more) {

@@ -663,7 +663,8 @@ TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits
   CHECK_NOTHROW(registry.announce(a, make_manifest(2, 401), std::nullopt));
 }
 
-TEST_CASE("registry limits new identities per address a minute, and known ones re-register freely", "[registry][limits]") {
+TEST_CASE("registry limits new identities per address a minute, and known ones re-register freely",
+          "[registry][limits]") {
   TempDir dir;
   Registry registry(dir.path(), kExpiry, small_limits());  // 4 a minute
   // A burst of 4 from one address, then a refusal that changes nothing.
@@ -786,6 +787,27 @@ TEST_CASE("registry forgets in bounded steps", "[registry][forget]") {
   CHECK(steps > 3);
   CHECK(peers == 30);
   CHECK(files == 30);
+  CHECK(registry.peer_count() == 0);
+  CHECK(registry.file_count() == 0);
+
+  // A peer with more holdings than a step may delete loses them over several.
+  const PeerId big = make_peer_id(100);
+  registry.upsert_peer(big, "10.0.0.1", 4000, kStart);
+  for (std::uint32_t i = 0; i < 25; ++i) registry.announce(big, make_manifest(1000 + i), std::nullopt);
+  registry.commit();
+  auto forgotten = registry.forget_stale(kStart + 25h, 10);
+  CHECK(forgotten.peers == 0);
+  CHECK(forgotten.more);
+  registry.commit();
+  std::size_t still_held = 0;
+  for (std::uint32_t i = 0; i < 25; ++i) {
+    if (!registry.live_peers(make_manifest(1000 + i).file_id(), kStart).empty()) ++still_held;
+  }
+  CHECK(still_held == 15);
+  for (steps = 0; forgotten.more && steps < 100; ++steps) {
+    forgotten = registry.forget_stale(kStart + 25h, 10);
+    registry.commit();
+  }
   CHECK(registry.peer_count() == 0);
   CHECK(registry.file_count() == 0);
 }

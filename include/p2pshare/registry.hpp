@@ -124,8 +124,8 @@ class Registry {
   std::optional<FileDetails> file(const FileId& id, SystemClock::time_point now) const;
 
   // Forgets peers not seen for limits.forget_after (with their holdings)
-  // and files nobody holds, deleting at most about `max_rows` rows (a peer
-  // with its holdings is never split), into the pending batch: commit()
+  // and files nobody holds, deleting at most `max_rows` rows (a peer with
+  // more holdings loses them over several calls), into the pending batch: commit()
   // afterwards. Bounded so that a backlog never stalls the requests that
   // wait; `more` says to call again. Also drops rate-limit state that has
   // refilled (a full bucket and none are the same).
