@@ -749,7 +749,9 @@ class Bench:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         d = self.scratch("central")
         args = [self.bin, "central-server", "--addr", "127.0.0.1:0", "--data-dir", d, "--log-level", "warn",
-                "--heartbeat-interval", "60000", "--max-connections", str(peers + 2000)]
+                "--heartbeat-interval", "60000", "--max-connections", str(peers + 2000),
+                # Every simulated peer registers from 127.0.0.1.
+                "--max-new-peers-per-minute", "0"]
         central = self.spawn_server(args, "central", d)
         shape = ["--files", str(files), "--files-per-peer", str(fpp), "--clients", "50", "--seconds", secs]
         res = self.central_load(central, "--peers", str(peers), *shape, "--heartbeat-interval-ms", hb,

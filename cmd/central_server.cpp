@@ -1,4 +1,12 @@
 // p2pshare central-server
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <fmt/format.h>
 #include <asio.hpp>
 
 #include "command.hpp"
@@ -8,6 +16,28 @@
 #include "servers.hpp"
 
 namespace p2pshare::cmd {
+namespace {
+
+// "7d", "12h", "30m", "90s"; a bare number is seconds.
+std::chrono::milliseconds parse_duration(std::string_view flag, const std::string& text) {
+  std::uint64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  std::uint64_t seconds_per_unit = 0;
+  if (unit.empty() || unit == "s") seconds_per_unit = 1;
+  if (unit == "m") seconds_per_unit = 60;
+  if (unit == "h") seconds_per_unit = 3600;
+  if (unit == "d") seconds_per_unit = 86400;
+  // Beyond ten years a duration means "never" anyway, and it keeps the
+  // millisecond arithmetic far from overflowing.
+  constexpr std::uint64_t kMaxSeconds = 10ULL * 366 * 86400;
+  if (error != std::errc() || end == text.data() || seconds_per_unit == 0 || value > kMaxSeconds / seconds_per_unit) {
+    throw Error(Errc::usage, fmt::format("{} wants a duration like 7d, 12h, 30m or 90s, not '{}'", flag, text));
+  }
+  return std::chrono::seconds(value * seconds_per_unit);
+}
+
+}  // namespace
 
 int run_central_server(int argc, char** argv) {
   const auto default_dir = cli::default_data_dir("central");
@@ -20,6 +50,15 @@ int run_central_server(int argc, char** argv) {
        cxxopts::value<unsigned>()->default_value("10000"))
       ("max-connections", "Connections served at once; more are refused",
        cxxopts::value<std::size_t>()->default_value("4096"))
+      ("max-files-per-peer", "Files one peer may announce; more are refused",
+       cxxopts::value<std::size_t>()->default_value("10000"))
+      ("max-chunks-per-peer", "Chunks (32 bytes of hash each) in all the files one peer announces; more are refused",
+       cxxopts::value<std::uint64_t>()->default_value("4194304"))
+      ("max-new-peers-per-minute", "New peer identities one address (IPv6: one /64) may register a minute, "
+       "in bursts of as many; 0 = no limit",
+       cxxopts::value<std::uint32_t>()->default_value("60"))
+      ("forget-after", "Forget peers not seen for this long, and files nobody holds (7d, 12h, 30m, 90s)",
+       cxxopts::value<std::string>()->default_value("7d"))
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -33,6 +72,16 @@ int run_central_server(int argc, char** argv) {
   if (heartbeat < 50) throw Error(Errc::usage, "--heartbeat-interval must be at least 50 ms");
   config.heartbeat_interval = std::chrono::milliseconds(heartbeat);
   config.max_connections = args["max-connections"].as<std::size_t>();
+  config.limits.max_files_per_peer = args["max-files-per-peer"].as<std::size_t>();
+  config.limits.max_chunks_per_peer = args["max-chunks-per-peer"].as<std::uint64_t>();
+  config.limits.new_peers_per_minute = args["max-new-peers-per-minute"].as<std::uint32_t>();
+  config.limits.forget_after = parse_duration("--forget-after", args["forget-after"].as<std::string>());
+  // A connected peer is seen every heartbeat: forgetting it sooner than a
+  // few of them would make live peers register over and over.
+  if (config.limits.forget_after <
+      std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(1))) {
+    throw Error(Errc::usage, "--forget-after must be at least 1s and 4 heartbeat intervals");
+  }
 
   asio::io_context io(1);
   central::CentralServer server(io, config);

@@ -27,10 +27,10 @@ constexpr std::int64_t kSchemaVersion = 1;
 // Names are metadata anyone can add to; the cap keeps a popular file's row
 // (and every FileDetails reply) bounded.
 constexpr std::size_t kMaxNamesPerFile = 16;
-constexpr int kBusyTimeoutMs = 5000;
 
-// kMigrations[v] brings a database at schema version v to version v + 1.
-// Append a step for every schema change; never edit a released one.
+// kMigrations[v] brings a database at schema version v to version v + 1
+// (sqlite::migrate). Append a step for every schema change; never edit a
+// released one.
 constexpr std::array<std::string_view, kSchemaVersion> kMigrations = {
     R"sql(
 CREATE TABLE peers (
@@ -89,37 +89,6 @@ std::string join_hashes(const std::vector<Sha256Digest>& hashes) {
                                     path.string(), detail));
 }
 
-void configure(sqlite::Database& db) {
-  // Set first: switching to WAL itself needs a lock another process may hold.
-  db.exec(fmt::format("PRAGMA busy_timeout = {}", kBusyTimeoutMs), "setting busy_timeout");
-  sqlite::Statement journal = db.prepare("PRAGMA journal_mode = WAL", "enabling WAL");
-  const std::string mode = journal.step() ? std::string(journal.column_text(0)) : "";
-  journal.reset();
-  // Some file systems cannot do WAL; the durability promises above need it.
-  if (mode != "wal") {
-    throw Error(Errc::io, fmt::format("registry: enabling WAL failed: journal mode is '{}'", mode));
-  }
-  db.exec("PRAGMA synchronous = NORMAL", "setting synchronous");
-  db.exec("PRAGMA foreign_keys = ON", "enabling foreign keys");
-}
-
-void migrate(sqlite::Database& db, const std::filesystem::path& path) {
-  std::int64_t version = db.user_version();
-  if (version < 0 || version > kSchemaVersion) {
-    throw Error(Errc::io, fmt::format("registry: {} has schema version {}, but this build knows versions up "
-                                      "to {}; run a newer p2pshare or use another data directory",
-                                      path.string(), version, kSchemaVersion));
-  }
-  for (; version < kSchemaVersion; ++version) {
-    // One transaction per step: the version number moves with the schema.
-    auto transaction = db.transaction();
-    db.exec(kMigrations[static_cast<std::size_t>(version)],
-            fmt::format("migrating the schema to version {}", version + 1));
-    db.set_user_version(version + 1);
-    transaction.commit();
-  }
-}
-
 sqlite::Database open_database(const std::filesystem::path& data_dir) {
   std::error_code error;
   std::filesystem::create_directories(data_dir, error);
@@ -128,8 +97,7 @@ sqlite::Database open_database(const std::filesystem::path& data_dir) {
   }
   const auto path = data_dir / "registry.db";
   sqlite::Database db(path, "registry");
-  configure(db);
-  migrate(db, path);
+  sqlite::open_schema(db, path, kMigrations);
   return db;
 }
 
@@ -143,10 +111,12 @@ struct Registry::Impl {
     std::int64_t last_seen_ms = 0;
     bool last_seen_dirty = false;  // memory is newer than the row
     std::set<FileId> files;        // the files it holds
+    std::uint64_t chunks = 0;      // their chunks, summed (Limits::max_chunks_per_peer)
   };
   struct Holding {
-    // Peers are never erased, and std::map nodes do not move, so this
-    // pointer stays valid; it makes the liveness check free of lookups.
+    // std::map nodes do not move, and a peer is erased only after its
+    // holdings (forget_stale), so this pointer stays valid; it makes the
+    // liveness check free of lookups.
     const Peer* peer = nullptr;
     std::optional<Bitfield> partial;
   };
@@ -158,7 +128,16 @@ struct Registry::Impl {
     std::map<PeerId, Holding> holders;
   };
 
-  Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry);
+  // A token bucket of new identities for one source address, in integers
+  // so that a refill is exact: a token is worth kMinute credit, and each
+  // millisecond adds new_peers_per_minute of it.
+  struct Bucket {
+    std::int64_t credit = 0;
+    std::int64_t updated_ms = 0;
+  };
+  static constexpr std::int64_t kMinute = 60000;
+
+  Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry, Limits configured);
   void load();
   // Opens the batch transaction if none is open.
   void begin_writes();
@@ -171,6 +150,13 @@ struct Registry::Impl {
   bool live(const Peer& peer, std::int64_t now_ms) const { return now_ms - peer.last_seen_ms < expiry_ms; }
   void set_last_seen(Peer& peer, std::int64_t ms);
   std::uint32_t count_live_holders(const File& file, std::int64_t now_ms) const;
+  // Throws Error(unavailable) if `source` may register no new identity now.
+  void take_new_peer_token(const std::string& source, std::int64_t now_ms);
+  void refill(Bucket& bucket, std::int64_t now_ms) const;
+  std::size_t forget_peers(std::int64_t cutoff_ms, std::size_t max_rows, bool& more);
+  // Deletes `count` of the peer's holdings (the peer stays, for a later step).
+  void forget_holdings(Peer& peer, std::size_t count);
+  std::size_t forget_orphans(std::size_t max_rows, bool& more);
 
   std::filesystem::path path;
   sqlite::Database db;
@@ -179,6 +165,7 @@ struct Registry::Impl {
   // on the network thread; declared after db, so destroyed before it.
   std::unique_ptr<sqlite::BackgroundCheckpointer> checkpointer;
   std::int64_t expiry_ms;
+  Limits limits;
   // Prepared once; each call only binds and runs.
   sqlite::Statement upsert_peer;
   sqlite::Statement update_last_seen;
@@ -186,6 +173,9 @@ struct Registry::Impl {
   sqlite::Statement insert_name;
   sqlite::Statement upsert_holder;
   sqlite::Statement delete_holder;
+  sqlite::Statement delete_peer;
+  sqlite::Statement delete_file_names;
+  sqlite::Statement delete_file;
 
   std::map<PeerId, Peer> peers;
   // Every peer ordered by last_seen, so listing live peers visits only the
@@ -193,12 +183,16 @@ struct Registry::Impl {
   std::set<std::pair<std::int64_t, PeerId>> peers_by_last_seen;
   std::vector<Peer*> dirty_peers;  // those with last_seen_dirty set
   std::map<FileId, File> files;    // in id order, for paging
+  std::set<FileId> orphans;        // files nobody holds: forget_stale removes them
+  // Keyed by source address; memory only (a restart refills every bucket).
+  std::unordered_map<std::string, Bucket> new_peer_buckets;
 };
 
-Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry)
+Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry, Limits configured)
     : path(data_dir / "registry.db"),
       db(open_database(data_dir)),
       expiry_ms(expiry.count()),
+      limits(configured),
       upsert_peer(db.prepare("INSERT INTO peers (id, host, port, last_seen_ms) VALUES (?1, ?2, ?3, ?4) "
                              "ON CONFLICT (id) DO UPDATE SET host = excluded.host, port = excluded.port, "
                              "last_seen_ms = excluded.last_seen_ms",
@@ -211,7 +205,10 @@ Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::millise
       upsert_holder(db.prepare("INSERT INTO holders (peer_id, file_id, partial) VALUES (?1, ?2, ?3) "
                                "ON CONFLICT (peer_id, file_id) DO UPDATE SET partial = excluded.partial",
                                "upsert holder")),
-      delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2", "delete holder")) {
+      delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2", "delete holder")),
+      delete_peer(db.prepare("DELETE FROM peers WHERE id = ?1", "delete peer")),
+      delete_file_names(db.prepare("DELETE FROM file_names WHERE file_id = ?1", "delete file names")),
+      delete_file(db.prepare("DELETE FROM files WHERE id = ?1", "delete file")) {
   load();
   checkpointer = std::make_unique<sqlite::BackgroundCheckpointer>(db, path);
 }
@@ -237,6 +234,7 @@ void Registry::Impl::abandon_batch() noexcept {
   peers_by_last_seen.clear();
   dirty_peers.clear();
   files.clear();
+  orphans.clear();
   try {
     load();
   } catch (const std::exception&) {
@@ -305,7 +303,10 @@ void Registry::Impl::load() {
       }
     }
     file->second.holders.emplace(*peer_id, std::move(holding));
-    peer->second.files.insert(*file_id);
+    if (peer->second.files.insert(*file_id).second) peer->second.chunks += file->second.chunk_hashes.size();
+  }
+  for (const auto& [id, file] : files) {
+    if (file.holders.empty()) orphans.insert(id);
   }
   transaction.commit();
 }
@@ -325,6 +326,123 @@ std::uint32_t Registry::Impl::count_live_holders(const File& file, std::int64_t 
   return count;
 }
 
+void Registry::Impl::refill(Bucket& bucket, std::int64_t now_ms) const {
+  const std::int64_t per_minute = limits.new_peers_per_minute;
+  const std::int64_t capacity = per_minute * kMinute;
+  // The system clock may step back; time never runs backwards for a bucket.
+  if (now_ms <= bucket.updated_ms) return;
+  // Past a minute the bucket is full whatever it held (and no overflow).
+  const std::int64_t elapsed = std::min(now_ms - bucket.updated_ms, kMinute);
+  bucket.credit = std::min(capacity, bucket.credit + elapsed * per_minute);
+  bucket.updated_ms = now_ms;
+}
+
+void Registry::Impl::take_new_peer_token(const std::string& source, std::int64_t now_ms) {
+  const std::uint32_t per_minute = limits.new_peers_per_minute;
+  if (per_minute == 0) return;
+  auto [it, inserted] = new_peer_buckets.try_emplace(source, Bucket{std::int64_t{per_minute} * kMinute, now_ms});
+  Bucket& bucket = it->second;
+  refill(bucket, now_ms);
+  if (bucket.credit < kMinute) {
+    throw Error(Errc::unavailable, fmt::format("too many new peer identities from {}: the central server takes at "
+                                               "most {} a minute from one address; retry later",
+                                               source, per_minute));
+  }
+  bucket.credit -= kMinute;
+}
+
+std::size_t Registry::Impl::forget_peers(std::int64_t cutoff_ms, std::size_t max_rows, bool& more) {
+  // The least recently seen come first; stop at the first one still wanted.
+  std::vector<Peer*> stale;
+  std::size_t rows = 0;
+  for (const auto& [last_seen_ms, id] : peers_by_last_seen) {
+    if (last_seen_ms > cutoff_ms) break;
+    Peer& peer = peers.at(id);
+    const std::size_t cost = 1 + peer.files.size();
+    if (rows + cost > max_rows) {
+      more = true;
+      // A peer larger than a whole step loses its holdings over several.
+      if (stale.empty()) forget_holdings(peer, max_rows);
+      break;
+    }
+    stale.push_back(&peer);
+    rows += cost;
+  }
+  if (stale.empty()) return 0;
+
+  write([&] {
+    for (const Peer* peer : stale) {
+      for (const FileId& file : peer->files) {
+        delete_holder.bind_blob(1, peer->id.bytes).bind_blob(2, file.bytes);
+        delete_holder.run();
+      }
+      delete_peer.bind_blob(1, peer->id.bytes);
+      delete_peer.run();
+    }
+  });
+
+  for (Peer* peer : stale) {
+    for (const FileId& file_id : peer->files) {
+      File& file = files.at(file_id);
+      file.holders.erase(peer->id);
+      if (file.holders.empty()) orphans.insert(file_id);
+    }
+    if (peer->last_seen_dirty) std::erase(dirty_peers, peer);
+    peers_by_last_seen.erase({peer->last_seen_ms, peer->id});
+    const PeerId id = peer->id;
+    peers.erase(id);
+  }
+  return stale.size();
+}
+
+void Registry::Impl::forget_holdings(Peer& peer, std::size_t count) {
+  std::vector<FileId> gone;
+  for (auto it = peer.files.begin(); it != peer.files.end() && gone.size() < count; ++it) gone.push_back(*it);
+  write([&] {
+    for (const FileId& file : gone) {
+      delete_holder.bind_blob(1, peer.id.bytes).bind_blob(2, file.bytes);
+      delete_holder.run();
+    }
+  });
+  for (const FileId& file_id : gone) {
+    File& file = files.at(file_id);
+    file.holders.erase(peer.id);
+    if (file.holders.empty()) orphans.insert(file_id);
+    peer.files.erase(file_id);
+    peer.chunks -= file.chunk_hashes.size();
+  }
+}
+
+std::size_t Registry::Impl::forget_orphans(std::size_t max_rows, bool& more) {
+  std::vector<FileId> gone;
+  std::size_t rows = 0;
+  for (const FileId& id : orphans) {
+    const std::size_t cost = 1 + files.at(id).names.size();
+    if (!gone.empty() && rows + cost > max_rows) {
+      more = true;
+      break;
+    }
+    gone.push_back(id);
+    rows += cost;
+  }
+  if (gone.empty()) return 0;
+
+  write([&] {
+    for (const FileId& id : gone) {
+      delete_file_names.bind_blob(1, id.bytes);
+      delete_file_names.run();
+      delete_file.bind_blob(1, id.bytes);
+      delete_file.run();
+    }
+  });
+
+  for (const FileId& id : gone) {
+    files.erase(id);
+    orphans.erase(id);
+  }
+  return gone.size();
+}
+
 namespace {
 
 PeerRecord record_of(const PeerId& id, const std::string& host, std::uint16_t port, std::int64_t last_seen_ms) {
@@ -338,8 +456,8 @@ bool same_partial(const std::optional<Bitfield>& a, const std::optional<Bitfield
 
 }  // namespace
 
-Registry::Registry(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry)
-    : impl_(std::make_unique<Impl>(data_dir, expiry)) {}
+Registry::Registry(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry, Limits limits)
+    : impl_(std::make_unique<Impl>(data_dir, expiry, limits)) {}
 
 Registry::~Registry() {
   // A clean shutdown keeps the heartbeats too (and commits whatever is
@@ -351,8 +469,10 @@ Registry::~Registry() {
   }
 }
 
-void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now) {
+void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now,
+                           std::string_view source) {
   const std::int64_t now_ms = to_unix_ms(now);
+  if (!impl_->peers.contains(id)) impl_->take_new_peer_token(source.empty() ? host : std::string(source), now_ms);
   impl_->write([&] {
     impl_->upsert_peer.bind_blob(1, id.bytes).bind_text(2, host).bind_int(3, port);
     impl_->upsert_peer.bind_int(4, now_ms);
@@ -414,6 +534,21 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
   if (!new_file && !add_name && current != nullptr && same_partial(current->partial, partial)) {
     return id;
   }
+  Impl::Peer& peer = peer_it->second;
+  const std::uint64_t chunks = manifest.chunk_count();
+  if (current == nullptr) {
+    const Limits& limits = impl_->limits;
+    if (peer.files.size() >= limits.max_files_per_peer) {
+      throw Error(Errc::unavailable,
+                  fmt::format("this peer already holds {} files, the most the central server keeps for one peer",
+                              peer.files.size()));
+    }
+    if (peer.chunks + chunks > limits.max_chunks_per_peer) {
+      throw Error(Errc::unavailable, fmt::format("this peer's files would have {} chunks, more than the {} the central "
+                                                 "server keeps for one peer",
+                                                 peer.chunks + chunks, limits.max_chunks_per_peer));
+    }
+  }
 
   impl_->write([&] {
     if (new_file) {
@@ -448,8 +583,9 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
     file_it = impl_->files.emplace(id, std::move(file)).first;
   }
   if (add_name) file_it->second.names.push_back(manifest.name);
-  file_it->second.holders.insert_or_assign(peer_id, Impl::Holding{&peer_it->second, std::move(partial)});
-  peer_it->second.files.insert(id);
+  file_it->second.holders.insert_or_assign(peer_id, Impl::Holding{&peer, std::move(partial)});
+  if (peer.files.insert(id).second) peer.chunks += chunks;
+  impl_->orphans.erase(id);
   return id;
 }
 
@@ -466,7 +602,9 @@ bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
   });
 
   holders.erase(holder_it);
-  impl_->peers.at(peer_id).files.erase(file_id);
+  Impl::Peer& peer = impl_->peers.at(peer_id);
+  if (peer.files.erase(file_id) != 0) peer.chunks -= file_it->second.chunk_hashes.size();
+  if (holders.empty()) impl_->orphans.insert(file_id);
   return true;
 }
 
@@ -529,6 +667,27 @@ std::optional<FileDetails> Registry::file(const FileId& id, SystemClock::time_po
         HolderRecord{record_of(peer_id, peer.host, peer.port, peer.last_seen_ms), holding.partial});
   }
   return details;
+}
+
+Forgotten Registry::forget_stale(SystemClock::time_point now, std::size_t max_rows) {
+  const std::int64_t now_ms = to_unix_ms(now);
+  Forgotten forgotten;
+  forgotten.peers = impl_->forget_peers(now_ms - impl_->limits.forget_after.count(), max_rows, forgotten.more);
+  // With peers still due, the files go in a later call: one call stays bounded.
+  if (!forgotten.more) forgotten.files = impl_->forget_orphans(max_rows, forgotten.more);
+  for (auto it = impl_->new_peer_buckets.begin(); it != impl_->new_peer_buckets.end();) {
+    impl_->refill(it->second, now_ms);
+    if (it->second.credit >= std::int64_t{impl_->limits.new_peers_per_minute} * Impl::kMinute) {
+      it = impl_->new_peer_buckets.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return forgotten;
+}
+
+std::size_t Registry::peer_count() const noexcept {
+  return impl_->peers.size();
 }
 
 void Registry::flush_last_seen() {

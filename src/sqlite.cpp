@@ -16,6 +16,8 @@ std::string message_of(sqlite3* db) {
   return db != nullptr ? sqlite3_errmsg(db) : "out of memory";
 }
 
+constexpr int kBusyTimeoutMs = 5000;
+
 bool only_whitespace(const char* begin, const char* end) {
   for (const char* c = begin; c < end; ++c) {
     if (*c != ' ' && *c != '\n' && *c != '\t' && *c != '\r' && *c != ';') return false;
@@ -219,6 +221,45 @@ std::int64_t Database::user_version() {
 void Database::set_user_version(std::int64_t version) {
   // Pragmas take no parameters, so the number is formatted into the SQL.
   exec(fmt::format("PRAGMA user_version = {}", version), "writing the schema version");
+}
+
+// --- Opening a store -------------------------------------------------------
+
+void configure_wal(Database& db) {
+  // Set first: switching to WAL itself needs a lock another process may hold.
+  db.exec(fmt::format("PRAGMA busy_timeout = {}", kBusyTimeoutMs), "setting busy_timeout");
+  Statement journal = db.prepare("PRAGMA journal_mode = WAL", "enabling WAL");
+  const std::string mode = journal.step() ? std::string(journal.column_text(0)) : "";
+  journal.reset();
+  // Some file systems (some network ones) cannot do WAL, and SQLite then
+  // quietly keeps its rollback journal: say so instead.
+  if (mode != "wal") {
+    throw Error(Errc::io, fmt::format("{}: enabling WAL failed: journal mode is '{}'", db.label(), mode));
+  }
+  db.exec("PRAGMA synchronous = NORMAL", "setting synchronous");
+  db.exec("PRAGMA foreign_keys = ON", "enabling foreign keys");
+}
+
+void migrate(Database& db, const std::filesystem::path& path, std::span<const std::string_view> steps) {
+  const auto newest = static_cast<std::int64_t>(steps.size());
+  std::int64_t version = db.user_version();
+  if (version < 0 || version > newest) {
+    throw Error(Errc::io, fmt::format("{}: {} has schema version {}, but this build knows versions up to {}; run a "
+                                      "newer p2pshare or use another data directory",
+                                      db.label(), path.string(), version, newest));
+  }
+  for (; version < newest; ++version) {
+    // One transaction per step: the version number moves with the schema.
+    auto transaction = db.transaction();
+    db.exec(steps[static_cast<std::size_t>(version)], fmt::format("migrating the schema to version {}", version + 1));
+    db.set_user_version(version + 1);
+    transaction.commit();
+  }
+}
+
+void open_schema(Database& db, const std::filesystem::path& path, std::span<const std::string_view> steps) {
+  configure_wal(db);
+  migrate(db, path, steps);
 }
 
 // --- Transaction -----------------------------------------------------------

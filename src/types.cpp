@@ -1,5 +1,9 @@
 #include "p2pshare/types.hpp"
 
+#include <algorithm>
+
+#include "p2pshare/hash.hpp"
+
 namespace p2pshare {
 namespace {
 
@@ -54,6 +58,13 @@ std::optional<FileId> file_id_from_bytes(std::string_view raw) {
 }
 std::optional<PeerId> peer_id_from_bytes(std::string_view raw) {
   return id_from_bytes<PeerId>(raw);
+}
+
+PeerId peer_id_of_secret(std::string_view secret) {
+  const auto digest = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret.data()), secret.size()));
+  PeerId id;
+  std::copy_n(digest.bytes.begin(), PeerId::kSize, id.bytes.begin());
+  return id;
 }
 
 }  // namespace p2pshare

@@ -3,12 +3,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <csignal>
 #include <filesystem>
 #include <functional>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <catch2/catch.hpp>
@@ -591,4 +594,264 @@ TEST_CASE("sqlite: the background checkpointer keeps the WAL bounded without the
   auto count = other.prepare("SELECT count(*) FROM t", "count rows");
   REQUIRE(count.step());
   CHECK(count.column_int(0) == 2000);
+}
+
+// --- limits and forgetting ---------------------------------------------------
+
+namespace {
+
+using p2pshare::central::Limits;
+
+Limits small_limits() {
+  Limits limits;
+  limits.max_files_per_peer = 3;
+  limits.max_chunks_per_peer = 1000;
+  limits.new_peers_per_minute = 4;
+  limits.forget_after = std::chrono::hours(24);
+  return limits;
+}
+
+}  // namespace
+
+TEST_CASE("registry refuses files past max_files_per_peer and keeps what the peer holds", "[registry][limits]") {
+  TempDir dir;
+  const PeerId greedy = make_peer_id(1);
+  const PeerId honest = make_peer_id(2);
+  {
+    Registry registry(dir.path(), kExpiry, small_limits());
+    registry.upsert_peer(greedy, "10.0.0.1", 4000, kStart);
+    registry.upsert_peer(honest, "10.0.0.2", 4000, kStart);
+    for (std::uint32_t i = 0; i < 3; ++i) registry.announce(greedy, make_manifest(i), std::nullopt);
+
+    std::string message;
+    CHECK(error_code_of([&] { registry.announce(greedy, make_manifest(3), std::nullopt); }, &message) ==
+          Errc::unavailable);
+    CHECK_THAT(message, Catch::Contains("already holds 3 files"));
+    CHECK(registry.file_count() == 3);
+    // What it holds it may still re-announce and update: not a new file for it.
+    Bitfield half(3);
+    half.set(ChunkIndex{0});
+    CHECK_NOTHROW(registry.announce(greedy, make_manifest(0), half));
+    CHECK_NOTHROW(registry.announce(greedy, make_manifest(0), std::nullopt));
+    // Another peer's limit is its own, also for a file the first one holds.
+    CHECK_NOTHROW(registry.announce(honest, make_manifest(3), std::nullopt));
+    CHECK_NOTHROW(registry.announce(honest, make_manifest(0), std::nullopt));
+    // A withdrawal makes room.
+    CHECK(registry.withdraw(greedy, make_manifest(2).file_id()));
+    CHECK_NOTHROW(registry.announce(greedy, make_manifest(4), std::nullopt));
+    registry.commit();
+  }
+
+  // The count survives a reopen: it is rebuilt from the holders.
+  Registry reopened(dir.path(), kExpiry, small_limits());
+  CHECK(error_code_of([&] { reopened.announce(greedy, make_manifest(5), std::nullopt); }) == Errc::unavailable);
+}
+
+TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry, small_limits());
+  const PeerId a = make_peer_id(1);
+  registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
+  registry.announce(a, make_manifest(1, 600), std::nullopt);
+  std::string message;
+  CHECK(error_code_of([&] { registry.announce(a, make_manifest(2, 401), std::nullopt); }, &message) ==
+        Errc::unavailable);
+  CHECK_THAT(message, Catch::Contains("1001 chunks"));
+  CHECK(registry.file_count() == 1);
+  CHECK_NOTHROW(registry.announce(a, make_manifest(3, 400), std::nullopt));  // exactly at the limit
+  CHECK(registry.withdraw(a, make_manifest(1, 600).file_id()));
+  CHECK_NOTHROW(registry.announce(a, make_manifest(2, 401), std::nullopt));
+}
+
+TEST_CASE("registry limits new identities per address a minute, and known ones re-register freely",
+          "[registry][limits]") {
+  TempDir dir;
+  Registry registry(dir.path(), kExpiry, small_limits());  // 4 a minute
+  // A burst of 4 from one address, then a refusal that changes nothing.
+  for (std::uint8_t i = 1; i <= 4; ++i) registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
+  std::string message;
+  CHECK(error_code_of([&] { registry.upsert_peer(make_peer_id(5), "10.0.0.1", 4000, kStart); }, &message) ==
+        Errc::unavailable);
+  CHECK_THAT(message, Catch::Contains("too many new peer identities from 10.0.0.1"));
+  CHECK(registry.peer_count() == 4);
+  CHECK(error_code_of([&] { registry.announce(make_peer_id(5), make_manifest(1), std::nullopt); }) == Errc::protocol);
+
+  // Known identities re-register (a reconnect, a restart) at no cost.
+  for (int round = 0; round < 10; ++round) {
+    CHECK_NOTHROW(registry.upsert_peer(make_peer_id(1), "10.0.0.1", 4000, kStart + 1s));
+  }
+  // Other addresses have their own buckets; `source` names the bucket.
+  CHECK_NOTHROW(registry.upsert_peer(make_peer_id(6), "10.0.0.2", 4000, kStart));
+  CHECK_NOTHROW(registry.upsert_peer(make_peer_id(7), "2001:db8::1", 4000, kStart, "2001:db8::/64"));
+
+  // The bucket refills at 4 a minute: one more after 15 s, not before.
+  CHECK(error_code_of([&] { registry.upsert_peer(make_peer_id(5), "10.0.0.1", 4000, kStart + 14s); }) ==
+        Errc::unavailable);
+  CHECK_NOTHROW(registry.upsert_peer(make_peer_id(5), "10.0.0.1", 4000, kStart + 15s));
+  CHECK(error_code_of([&] { registry.upsert_peer(make_peer_id(8), "10.0.0.1", 4000, kStart + 16s); }) ==
+        Errc::unavailable);
+  // A clock stepping back never refills.
+  CHECK(error_code_of([&] { registry.upsert_peer(make_peer_id(8), "10.0.0.1", 4000, kStart - 1h); }) ==
+        Errc::unavailable);
+  // After a minute the burst is whole again.
+  for (std::uint8_t i = 10; i < 14; ++i) registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart + 80s);
+  CHECK(registry.peer_count() == 11);
+
+  Limits unlimited = small_limits();
+  unlimited.new_peers_per_minute = 0;
+  TempDir other;
+  Registry open(other.path(), kExpiry, unlimited);
+  for (std::uint8_t i = 1; i <= 100; ++i) open.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
+  CHECK(open.peer_count() == 100);
+}
+
+TEST_CASE("registry forgets peers not seen for forget_after, and files nobody holds", "[registry][forget]") {
+  TempDir dir;
+  const Limits limits = small_limits();  // forget after 24 h
+  const PeerId gone = make_peer_id(1);
+  const PeerId back = make_peer_id(2);
+  const PeerId stays = make_peer_id(3);
+  const FileId only_gone = make_manifest(1).file_id();
+  const FileId shared = make_manifest(2).file_id();
+  const FileId withdrawn = make_manifest(3).file_id();
+  {
+    Registry registry(dir.path(), kExpiry, limits);
+    registry.upsert_peer(gone, "10.0.0.1", 4000, kStart);
+    registry.upsert_peer(back, "10.0.0.2", 4000, kStart);
+    registry.upsert_peer(stays, "10.0.0.3", 4000, kStart);
+    registry.announce(gone, make_manifest(1, 3, "only"), std::nullopt);
+    registry.announce(gone, make_manifest(2, 3, "shared"), std::nullopt);
+    registry.announce(stays, make_manifest(2, 3, "shared"), std::nullopt);
+    registry.announce(stays, make_manifest(3, 3, "withdrawn"), std::nullopt);
+    registry.touch_peer(stays, kStart + 20h);
+    // A withdrawn file is remembered until the next forget_stale, then goes.
+    registry.withdraw(stays, withdrawn);
+    CHECK(registry.file(withdrawn, kStart + 20h));
+
+    auto forgotten = registry.forget_stale(kStart + 20h, 1000);
+    CHECK(forgotten.peers == 0);
+    CHECK(forgotten.files == 1);
+    CHECK_FALSE(forgotten.more);
+    CHECK_FALSE(registry.file(withdrawn, kStart + 20h));
+    // The heartbeat of `back` is in memory only; forgetting must use it.
+    registry.touch_peer(back, kStart + 23h);
+
+    // Exactly forget_after after its last sighting a peer is forgotten.
+    forgotten = registry.forget_stale(kStart + 24h - 1ms, 1000);
+    CHECK(forgotten.peers == 0);
+    forgotten = registry.forget_stale(kStart + 24h, 1000);
+    CHECK(forgotten.peers == 1);
+    CHECK(forgotten.files == 1);  // only_gone; shared is still held by stays
+    registry.commit();
+    CHECK(registry.peer_count() == 2);
+    CHECK_FALSE(registry.file(only_gone, kStart + 24h));
+    REQUIRE(registry.file(shared, kStart + 24h));
+    CHECK(ids_of(registry.live_peers(shared, kStart + 20h)) == std::set<PeerId>{stays});
+    // A forgotten peer is unknown: its next heartbeat tells it to register.
+    CHECK_FALSE(registry.touch_peer(gone, kStart + 25h));
+    CHECK(error_code_of([&] { registry.announce(gone, make_manifest(1), std::nullopt); }) == Errc::protocol);
+  }
+  // The rows are gone too, not only the memory.
+  Registry reopened(dir.path(), kExpiry, limits);
+  CHECK(reopened.peer_count() == 2);
+  CHECK(reopened.file_count() == 1);
+  CHECK_FALSE(reopened.file(only_gone, kStart));
+  // A peer that comes back after being forgotten registers and announces afresh.
+  reopened.upsert_peer(gone, "10.0.0.1", 4000, kStart + 30h);
+  CHECK(reopened.announce(gone, make_manifest(1, 3, "only"), std::nullopt) == only_gone);
+}
+
+TEST_CASE("registry forgets in bounded steps", "[registry][forget]") {
+  TempDir dir;
+  Limits limits = small_limits();
+  limits.new_peers_per_minute = 0;
+  limits.max_files_per_peer = 100;
+  Registry registry(dir.path(), kExpiry, limits);
+  for (std::uint8_t i = 1; i <= 30; ++i) {
+    registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
+    registry.announce(make_peer_id(i), make_manifest(i), std::nullopt);  // 2 rows each: peer, holder
+  }
+  registry.commit();
+  std::size_t steps = 0;
+  std::size_t peers = 0;
+  std::size_t files = 0;
+  for (bool more = true; more && steps < 100; ++steps) {
+    const auto forgotten = registry.forget_stale(kStart + 25h, 10);
+    CHECK(forgotten.peers <= 5);
+    CHECK(forgotten.files <= 10);
+    peers += forgotten.peers;
+    files += forgotten.files;
+    more = forgotten.more;
+    registry.commit();
+  }
+  CHECK(steps > 3);
+  CHECK(peers == 30);
+  CHECK(files == 30);
+  CHECK(registry.peer_count() == 0);
+  CHECK(registry.file_count() == 0);
+
+  // A peer with more holdings than a step may delete loses them over several.
+  const PeerId big = make_peer_id(100);
+  registry.upsert_peer(big, "10.0.0.1", 4000, kStart);
+  for (std::uint32_t i = 0; i < 25; ++i) registry.announce(big, make_manifest(1000 + i), std::nullopt);
+  registry.commit();
+  auto forgotten = registry.forget_stale(kStart + 25h, 10);
+  CHECK(forgotten.peers == 0);
+  CHECK(forgotten.more);
+  registry.commit();
+  std::size_t still_held = 0;
+  for (std::uint32_t i = 0; i < 25; ++i) {
+    if (!registry.live_peers(make_manifest(1000 + i).file_id(), kStart).empty()) ++still_held;
+  }
+  CHECK(still_held == 15);
+  for (steps = 0; forgotten.more && steps < 100; ++steps) {
+    forgotten = registry.forget_stale(kStart + 25h, 10);
+    registry.commit();
+  }
+  CHECK(registry.peer_count() == 0);
+  CHECK(registry.file_count() == 0);
+}
+
+// --- the shared SQLite helpers -------------------------------------------------
+
+TEST_CASE("sqlite::migrate runs the missing steps and refuses a newer file", "[registry][sqlite]") {
+  TempDir dir;
+  const std::array<std::string_view, 2> steps = {
+      "CREATE TABLE t (k INTEGER PRIMARY KEY)",
+      "ALTER TABLE t ADD COLUMN v TEXT NOT NULL DEFAULT 'new'",
+  };
+  {
+    p2pshare::sqlite::Database db(dir / "t.db", "test");
+    p2pshare::sqlite::open_schema(db, dir / "t.db", std::span(steps).first(1));  // an older build
+    CHECK(db.user_version() == 1);
+    db.exec("INSERT INTO t (k) VALUES (7)", "insert");
+  }
+  {
+    p2pshare::sqlite::Database db(dir / "t.db", "test");
+    p2pshare::sqlite::open_schema(db, dir / "t.db", steps);
+    CHECK(db.user_version() == 2);
+    auto row = db.prepare("SELECT k, v FROM t", "select");
+    REQUIRE(row.step());
+    CHECK(row.column_int(0) == 7);  // kept across the migration
+    CHECK(row.column_text(1) == "new");
+    row.reset();
+    auto mode = db.prepare("PRAGMA journal_mode", "journal mode");
+    REQUIRE(mode.step());
+    CHECK(mode.column_text(0) == "wal");
+  }
+  {
+    // An older build opening the newer file: one clear error, nothing changed.
+    p2pshare::sqlite::Database db(dir / "t.db", "peer state");
+    std::string message;
+    CHECK(error_code_of([&] { p2pshare::sqlite::open_schema(db, dir / "t.db", std::span(steps).first(1)); },
+                        &message) == Errc::io);
+    CHECK_THAT(message, Catch::StartsWith("peer state: "));
+    CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
+    CHECK(db.user_version() == 2);
+  }
+}
+
+TEST_CASE("a peer id is the first 16 bytes of SHA-256 of its secret", "[types]") {
+  // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223 b00361a396177a9cb410ff61f20015ad
+  CHECK(p2pshare::to_hex(p2pshare::peer_id_of_secret("abc")) == "ba7816bf8f01cfea414140de5dae2223");
 }

@@ -3,6 +3,8 @@
 //
 // Threading: everything runs on the one io_context thread that calls run();
 // the Registry is touched only there. stop() may be called from any thread.
+// Forgetting stale peers and files runs there too, every heartbeat interval,
+// in bounded batches with the waiting requests served between them.
 #pragma once
 
 #include <chrono>
@@ -14,6 +16,7 @@
 #include <asio.hpp>
 
 #include "p2pshare/cli.hpp"
+#include "p2pshare/registry.hpp"
 
 namespace p2pshare::central {
 
@@ -23,6 +26,8 @@ struct ServerConfig {
   // Peers heartbeat this often; one silent for 3 periods is no longer live.
   std::chrono::milliseconds heartbeat_interval{10000};
   std::size_t max_connections = 4096;
+  // What one peer and one address may hold, and when stale entries go.
+  Limits limits;
 };
 
 class CentralServer {

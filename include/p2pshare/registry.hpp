@@ -23,6 +23,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -61,22 +62,55 @@ struct FileDetails {
   std::vector<HolderRecord> live_holders;
 };
 
+// What one peer and one address may hold, and when the registry forgets.
+// The defaults fit a first-wave user sharing a large folder (10,000 files,
+// 1 TiB in 256 KiB chunks) while keeping one peer's share of memory to a
+// few hundred MiB at most.
+struct Limits {
+  // Files one peer may hold at once (complete or partial).
+  std::size_t max_files_per_peer = 10000;
+  // Chunks, summed over the files one peer holds: the registry keeps 32
+  // bytes of hash per chunk, so this bounds what one peer's manifests cost.
+  std::uint64_t max_chunks_per_peer = 4 * 1024 * 1024;
+  // New peer identities one address may register: a token bucket of this
+  // many a minute, full (so a burst of this many) when the address is new.
+  // Re-registering an identity the registry knows costs nothing, so peers
+  // reconnecting after a restart are never refused. 0 = no limit.
+  std::uint32_t new_peers_per_minute = 60;
+  // A peer not seen for this long is forgotten with its holdings; a file
+  // nobody holds any more is forgotten at the next forget_stale().
+  std::chrono::milliseconds forget_after = std::chrono::hours(24 * 7);
+};
+
+// What one forget_stale() call removed.
+struct Forgotten {
+  std::size_t peers = 0;
+  std::size_t files = 0;
+  bool more = false;  // more is due: call again (after serving what waits)
+};
+
 class Registry {
  public:
   // Opens or creates <data_dir>/registry.db. `expiry`: a peer not seen for
   // this long is not live (not listed, not counted as a holder).
-  Registry(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry);
+  Registry(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry, Limits limits = {});
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
-  // Creates or updates the peer (address, last_seen = now).
-  void upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now);
+  // Creates or updates the peer (address, last_seen = now). A new identity
+  // takes a token from the bucket of `source` (the address it came from,
+  // or a whole IPv6 /64; empty: `host`); with none left it throws
+  // Error(Errc::unavailable) and changes nothing.
+  void upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now,
+                   std::string_view source = {});
   // Heartbeat: last_seen = now (in memory until flush_last_seen). False if unknown.
   bool touch_peer(const PeerId& id, SystemClock::time_point now);
   // The peer holds the file (partial == nullopt: complete). Stores the
   // manifest on first sight, adds the name to the file's names if new.
   // The manifest was already validated; its file id is computed here.
+  // A file new to this peer that would take it past max_files_per_peer or
+  // max_chunks_per_peer throws Error(Errc::unavailable) and changes nothing.
   FileId announce(const PeerId& peer, const Manifest& manifest, std::optional<Bitfield> partial);
   // The peer no longer holds the file. False if it did not.
   bool withdraw(const PeerId& peer, const FileId& file);
@@ -88,6 +122,15 @@ class Registry {
   // Live peers; with `file`, only the live holders of that file.
   std::vector<PeerRecord> live_peers(std::optional<FileId> file, SystemClock::time_point now) const;
   std::optional<FileDetails> file(const FileId& id, SystemClock::time_point now) const;
+
+  // Forgets peers not seen for limits.forget_after (with their holdings)
+  // and files nobody holds, deleting at most `max_rows` rows (a peer with
+  // more holdings loses them over several calls), into the pending batch: commit()
+  // afterwards. Bounded so that a backlog never stalls the requests that
+  // wait; `more` says to call again. Also drops rate-limit state that has
+  // refilled (a full bucket and none are the same).
+  Forgotten forget_stale(SystemClock::time_point now, std::size_t max_rows);
+  std::size_t peer_count() const noexcept;
 
   // Writes the heartbeats kept in memory, then commits.
   void flush_last_seen();

@@ -130,6 +130,25 @@ class Transaction {
   Database* db_;
 };
 
+// What every store of ours does on open, so the registry and peer.db behave
+// alike: waits up to 5 s for another process's lock, runs in WAL with
+// synchronous=NORMAL (a commit is in the WAL before it returns, without an
+// fsync; only a power loss can undo the last commits) and enforces foreign
+// keys. Throws Error(Errc::io) if the file system cannot do WAL: the
+// durability above depends on it.
+void configure_wal(Database& db);
+
+// Brings the schema to the newest version: `steps[v]` takes a database at
+// version v (PRAGMA user_version; a new file is at 0) to v + 1, each in its
+// own transaction with its version number. Append a step for every schema
+// change; never edit a released one. A version above steps.size() was
+// written by a newer p2pshare: one Error(Errc::io) that names `path`, both
+// versions and what to do, and nothing is changed.
+void migrate(Database& db, const std::filesystem::path& path, std::span<const std::string_view> steps);
+
+// configure_wal, then migrate: how each store opens its file.
+void open_schema(Database& db, const std::filesystem::path& path, std::span<const std::string_view> steps);
+
 // Takes WAL checkpoints, and the fsyncs they do, off the thread that commits.
 // It replaces the connection's automatic checkpoint (which runs inside the
 // COMMIT that crosses the threshold, stalling that thread for an fsync) with

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include "p2pshare/hash.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 
@@ -15,11 +14,9 @@ CentralLink::CentralLink(asio::io_context& io, cli::Address central, std::string
       secret_(std::move(secret)),
       listen_port_(listen_port),
       on_registered_(std::move(on_registered)),
+      peer_id_(peer_id_of_secret(secret_)),
       timer_(io),
-      waiting_timer_(io) {
-  const auto digest = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret_.data()), secret_.size()));
-  std::copy_n(digest.bytes.begin(), PeerId::kSize, peer_id_.bytes.begin());
-}
+      waiting_timer_(io) {}
 
 void CentralLink::start() {
   connect();

@@ -10,6 +10,7 @@
 #include "control.pb.h"
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
+#include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "peer/central_link.hpp"
@@ -123,11 +124,9 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   }
 
   void accept() {
-    acceptor.async_accept([self = shared_from_this()](const std::error_code& ec, asio::ip::tcp::socket socket) {
-      if (self->stopping) return;
-      if (!ec) self->on_accept(std::move(socket));
-      self->accept();
-    });
+    accept_each(
+        acceptor, [self = shared_from_this()] { return self->stopping; },
+        [self = shared_from_this()](asio::ip::tcp::socket socket) { self->on_accept(std::move(socket)); });
   }
 
   void on_accept(asio::ip::tcp::socket socket) {
@@ -460,24 +459,9 @@ PeerServer::~PeerServer() {
 cli::Address PeerServer::start() {
   auto& impl = *impl_;
   impl.load();
-  asio::ip::tcp::resolver resolver(impl.io);
-  std::error_code ec;
-  auto results = resolver.resolve(impl.config.listen.host, std::to_string(impl.config.listen.port), ec);
-  if (ec || results.empty()) {
-    throw Error(Errc::unavailable, fmt::format("cannot resolve {}: {}", impl.config.listen.to_string(), ec.message()));
-  }
-  const auto endpoint = results.begin()->endpoint();
-  impl.acceptor.open(endpoint.protocol());
-  impl.acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
-  impl.acceptor.bind(endpoint, ec);
-  if (ec)
-    throw Error(Errc::unavailable,
-                fmt::format("cannot listen on {}: {}", impl.config.listen.to_string(), ec.message()));
-  impl.acceptor.listen(asio::socket_base::max_listen_connections);
-  const auto local = impl.acceptor.local_endpoint();
-  impl.bound = cli::Address{local.address().to_string(), local.port()};
+  impl.bound = listen_on(impl.acceptor, impl.config.listen);
 
-  impl.make_services(local.port());
+  impl.make_services(impl.bound.port);
   for (auto& record : impl.state->shared_files()) {
     const FileId id = record.manifest.file_id();
     impl.swarms[id] = Swarm::seed(*impl.services, std::move(record.manifest), record.path, record.uploaded);

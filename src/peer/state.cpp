@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -14,7 +16,22 @@
 namespace p2pshare::peer {
 namespace {
 
-constexpr std::int64_t kSchemaVersion = 1;
+// kMigrations[v] brings peer.db at schema version v to v + 1
+// (sqlite::migrate). Append a step for every schema change; never edit a
+// released one. Step 1 says IF NOT EXISTS because builds before versioning
+// created these tables and left the version at 0.
+constexpr std::array<std::string_view, 1> kMigrations = {
+    R"sql(
+CREATE TABLE IF NOT EXISTS shared (
+  file_id BLOB PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+  chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL, uploaded INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS downloads (
+  file_id BLOB PRIMARY KEY, name TEXT NOT NULL, directory TEXT NOT NULL, destination TEXT NOT NULL,
+  replace INTEGER NOT NULL, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL,
+  have BLOB NOT NULL, clean INTEGER NOT NULL DEFAULT 0, part_size INTEGER NOT NULL DEFAULT 0,
+  part_mtime_ns INTEGER NOT NULL DEFAULT 0);
+)sql",
+};
 
 FileId id_from_blob(std::span<const std::uint8_t> blob) {
   FileId id;
@@ -69,26 +86,7 @@ std::string load_or_create_secret(const std::filesystem::path& path, std::size_t
 }
 
 PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "peer.db", "peer state") {
-  db_.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;", "configure");
-  const auto version = db_.user_version();
-  if (version > kSchemaVersion) {
-    throw Error(Errc::io, fmt::format("{} was written by a newer p2pshare (schema {})", (data_dir / "peer.db").string(),
-                                      version));
-  }
-  if (version < kSchemaVersion) {
-    db_.exec(R"sql(
-      CREATE TABLE IF NOT EXISTS shared (
-        file_id BLOB PRIMARY KEY, name TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
-        chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL, uploaded INTEGER NOT NULL DEFAULT 0);
-      CREATE TABLE IF NOT EXISTS downloads (
-        file_id BLOB PRIMARY KEY, name TEXT NOT NULL, directory TEXT NOT NULL, destination TEXT NOT NULL,
-        replace INTEGER NOT NULL, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, hashes BLOB NOT NULL,
-        have BLOB NOT NULL, clean INTEGER NOT NULL DEFAULT 0, part_size INTEGER NOT NULL DEFAULT 0,
-        part_mtime_ns INTEGER NOT NULL DEFAULT 0);
-    )sql",
-             "create schema");
-    db_.set_user_version(kSchemaVersion);
-  }
+  sqlite::open_schema(db_, data_dir / "peer.db", kMigrations);
   put_shared_ = db_.prepare(
       "INSERT INTO shared (file_id, name, path, size, chunk_size, hashes, uploaded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
       "?7) "

@@ -1,0 +1,269 @@
+// The central registry cannot be filled: floods of identities and of
+// announces are refused while honest peers are served, and stale peers and
+// files nobody holds are forgotten.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "central.pb.h"
+#include "e2e.hpp"
+#include "p2pshare/protocol.hpp"
+#include "support/hostile.hpp"
+
+using namespace p2pshare;
+using namespace p2pshare::test;
+
+namespace {
+
+// A blocking central-plane client whose connection comes from `source`
+// (another loopback address: the registry limits new identities per
+// address, and the honest peers of the cluster use 127.0.0.1).
+class SourcedClient {
+ public:
+  SourcedClient(const std::string& source, const std::string& server) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) throw std::runtime_error("socket() failed");
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    if (::inet_pton(AF_INET, source.c_str(), &local.sin_addr) != 1) throw std::runtime_error("bad source");
+    const sockaddr_in remote = loopback_address(server);
+    if (::bind(fd_, reinterpret_cast<const sockaddr*>(&local), sizeof(local)) != 0 ||
+        ::connect(fd_, reinterpret_cast<const sockaddr*>(&remote), sizeof(remote)) != 0) {
+      throw std::runtime_error("cannot connect from " + source + ": " + std::strerror(errno));
+    }
+    send_frame(protocol::hello(pb::PLANE_CENTRAL));
+  }
+  ~SourcedClient() { ::close(fd_); }
+  SourcedClient(const SourcedClient&) = delete;
+  SourcedClient& operator=(const SourcedClient&) = delete;
+
+  void send_frame(const std::string& message) {
+    const std::string bytes = frame(message);
+    for (std::size_t sent = 0; sent < bytes.size();) {
+      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) throw std::runtime_error("send failed: " + std::string(std::strerror(errno)));
+      sent += static_cast<std::size_t>(n);
+    }
+  }
+  void send(pb::CentralRequest request) {
+    request.set_request_id(++next_id_);
+    send_frame(request.SerializeAsString());
+  }
+  // The next answer; throws if none comes within `deadline`.
+  pb::CentralResponse receive(std::chrono::steady_clock::time_point deadline) {
+    char header[8];
+    read_exactly(header, sizeof(header), deadline);
+    std::uint32_t length = 0;
+    for (int i = 0; i < 4; ++i) length = length << 8 | static_cast<std::uint8_t>(header[i]);
+    if (length > protocol::kCentralLimits.max_message) throw std::runtime_error("answer too long");
+    std::string message(length, '\0');
+    read_exactly(message.data(), length, deadline);
+    pb::CentralResponse response;
+    if (!response.ParseFromString(message)) throw std::runtime_error("malformed answer");
+    return response;
+  }
+
+ private:
+  void read_exactly(char* out, std::size_t size, std::chrono::steady_clock::time_point deadline) {
+    for (std::size_t got = 0; got < size;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      pollfd p{fd_, POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+        throw std::runtime_error("no answer in time");
+      }
+      const ssize_t n = ::recv(fd_, out + got, size - got, 0);
+      if (n <= 0) throw std::runtime_error("the server closed the connection");
+      got += static_cast<std::size_t>(n);
+    }
+  }
+
+  int fd_ = -1;
+  std::uint64_t next_id_ = 0;
+};
+
+pb::CentralRequest register_request(std::uint32_t n) {
+  pb::CentralRequest request;
+  std::string secret(32, 'f');
+  std::memcpy(secret.data(), &n, sizeof(n));
+  request.mutable_register_()->set_peer_secret(secret);
+  request.mutable_register_()->set_listen_port(4000);
+  return request;
+}
+
+// A one-chunk manifest, distinct for every n.
+pb::CentralRequest announce_request(std::uint32_t n) {
+  pb::CentralRequest request;
+  auto* manifest = request.mutable_announce()->mutable_manifest();
+  std::string hash(32, 'a');
+  std::memcpy(hash.data(), &n, sizeof(n));
+  manifest->set_size(1000);
+  manifest->set_chunk_size(16384);
+  manifest->set_chunk_hashes(hash);
+  manifest->set_name("fake-" + std::to_string(n));
+  return request;
+}
+
+struct Tally {
+  std::atomic<std::size_t> accepted{0};
+  std::atomic<std::size_t> refused{0};  // ERROR_UNAVAILABLE naming the limit
+  std::atomic<std::size_t> other{0};
+  std::string first_refusal;
+};
+
+// Sends `count` requests in windows (a flood, but one that reads its
+// answers, so neither side's buffers fill up), tallying the answers.
+void flood(SourcedClient& client, std::size_t count, const std::function<pb::CentralRequest(std::uint32_t)>& make,
+           bool (*accepted)(const pb::CentralResponse&), Tally& tally) {
+  constexpr std::size_t kWindow = 256;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (std::size_t sent = 0; sent < count;) {
+    const std::size_t batch = std::min(kWindow, count - sent);
+    for (std::size_t i = 0; i < batch; ++i) client.send(make(static_cast<std::uint32_t>(sent + i)));
+    for (std::size_t i = 0; i < batch; ++i) {
+      const auto response = client.receive(deadline);
+      if (accepted(response)) {
+        ++tally.accepted;
+      } else if (response.has_error() && response.error().code() == pb::ERROR_UNAVAILABLE) {
+        if (tally.refused++ == 0) tally.first_refusal = response.error().message();
+      } else {
+        ++tally.other;
+      }
+    }
+    sent += batch;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("central: floods of identities and announces are refused while honest peers are served",
+          "[e2e][central][limits]") {
+  Cluster c(1);  // default limits: 60 new identities a minute per address, 10,000 files per peer
+  const std::string early = c.register_file(0, c.make_file("early.bin", 100000, 1));
+
+  Tally registrations;
+  Tally announces;
+  std::atomic<bool> flooding{true};
+  // Catch's assertions belong to the test's thread: the floods report here.
+  std::string identity_failure;
+  std::string announce_failure;
+  const auto started = std::chrono::steady_clock::now();
+  std::thread identity_flood([&] {
+    try {
+      SourcedClient client("127.0.0.2", c.central_addr());
+      flood(
+          client, 2000, register_request, [](const pb::CentralResponse& r) { return r.has_registered(); },
+          registrations);
+    } catch (const std::exception& e) {
+      identity_failure = e.what();
+    }
+  });
+  std::thread announce_flood([&] {
+    try {
+      SourcedClient client("127.0.0.3", c.central_addr());
+      client.send(register_request(1'000'000));
+      if (!client.receive(std::chrono::steady_clock::now() + std::chrono::seconds(10)).has_registered()) {
+        throw std::runtime_error("the announcing flooder could not register");
+      }
+      flood(
+          client, 20000, announce_request, [](const pb::CentralResponse& r) { return r.has_ok(); }, announces);
+    } catch (const std::exception& e) {
+      announce_failure = e.what();
+    }
+    flooding = false;
+  });
+
+  // Meanwhile a new honest peer registers and shares, and the old one is served.
+  CHECK(wait_for([&] { return announces.accepted > 0 || !flooding; }, std::chrono::seconds(30)));
+  c.add_peer();
+  const std::string fresh = c.register_file(1, c.make_file("fresh.bin", 200000, 2));
+  CHECK(c.wait_holders(fresh, 1, std::chrono::seconds(30)));
+  const bool overlapped = flooding;
+  const auto got = c.on_peer(0, "request-file", {"--file-id", fresh, "--out", (c.root() / "copy.bin").string()});
+  CHECK(got.exit_code == 0);
+  identity_flood.join();
+  announce_flood.join();
+  CHECK(identity_failure.empty());
+  CHECK(announce_failure.empty());
+  const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
+  INFO("flood took " << seconds.count() << " s; honest work overlapped it: " << overlapped);
+
+  // A burst of 60 identities, plus one a second refilled while it ran.
+  CHECK(registrations.accepted >= 60);
+  CHECK(registrations.accepted <= 60 + static_cast<std::size_t>(seconds.count()) + 1);
+  CHECK(registrations.accepted + registrations.refused == 2000);
+  CHECK_THAT(registrations.first_refusal, Catch::Contains("too many new peer identities from 127.0.0.2"));
+  CHECK(announces.accepted == 10000);
+  CHECK(announces.refused == 10000);
+  CHECK(announces.other == 0);
+  CHECK_THAT(announces.first_refusal, Catch::Contains("already holds 10000 files"));
+
+  // The honest peers and their files are unaffected.
+  CHECK(c.is_live(0));
+  CHECK(c.is_live(1));
+  CHECK(c.holders(early) == 1);
+  CHECK(c.wait_holders(fresh, 2));  // the new peer, and the old one that downloaded it
+}
+
+TEST_CASE("central: --forget-after forgets a peer gone silent and the files only it held", "[e2e][central][forget]") {
+  Cluster c(0);
+  const auto data = c.path("forgetful");
+  Process central({binary(), "central-server", "--addr", "127.0.0.1:0", "--data-dir", data.string(),
+                   "--heartbeat-interval", "200", "--forget-after", "2s"},
+                  c.logs());
+  const std::string addr = central.wait_listening();
+
+  // A peer that announces and vanishes (its connection closes, it never returns).
+  {
+    SourcedClient gone("127.0.0.1", addr);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    gone.send(register_request(7));
+    REQUIRE(gone.receive(deadline).has_registered());
+    gone.send(announce_request(7));
+    REQUIRE(gone.receive(deadline).has_ok());
+  }
+  const auto gone_file = [&] {
+    const auto r = c.run({"list-files", "--central-server-addr", addr, "--json"});
+    return r.exit_code == 0 && r.out.find("fake-7") == std::string::npos;
+  };
+  CHECK_FALSE(gone_file());
+  // An honest peer that heartbeats stays, with its file, however long it runs.
+  Process honest({binary(), "peer-server", "--central-server-addr", addr, "--addr", "127.0.0.1:0", "--data-dir",
+                  c.path("honest").string()},
+                 c.logs());
+  const std::string honest_addr = honest.wait_listening();
+  const auto shared = c.make_file("kept.bin", 50000, 3);
+  const auto r = c.run({"register-file", "--path", shared.string(), "--peer-addr", honest_addr, "--data-dir",
+                        c.path("honest").string()});
+  REQUIRE(r.exit_code == 0);
+  const std::string kept = r.out.substr(0, 64);
+
+  CHECK(wait_for(gone_file, std::chrono::seconds(20)));
+  const auto listed = c.run({"list-files", "--central-server-addr", addr, "--json"});
+  CHECK(listed.out.find(kept) != std::string::npos);
+  CHECK(central.running());
+  CHECK(contains_ci(central.err() + central.out(), "forgot 1 peers"));
+}
+
+TEST_CASE("central-server refuses a malformed --forget-after", "[e2e][central][cli]") {
+  Cluster c(0);
+  for (const std::string bad : {"7x", "", "-1d", "d", "99999999999d"}) {
+    check_fails(
+        "--forget-after " + bad,
+        c.run({"central-server", "--addr", "127.0.0.1:0", "--data-dir", c.path("d").string(), "--forget-after", bad}),
+        2, {"--forget-after"});
+  }
+  check_fails("--forget-after shorter than the heartbeats",
+              c.run({"central-server", "--addr", "127.0.0.1:0", "--data-dir", c.path("d").string(), "--forget-after",
+                     "30s", "--heartbeat-interval", "10000"}),
+              2, {"--forget-after"});
+}
