@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -16,6 +15,7 @@
 #include "common.pb.h"
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
+#include "p2pshare/store.hpp"
 
 namespace p2pshare {
 namespace {
@@ -32,13 +32,6 @@ void put_be(std::uint8_t* out, std::uint64_t value, int bytes) {
 bool valid_chunk_size(std::uint32_t chunk_size) {
   return chunk_size >= kMinChunkSize && chunk_size <= kMaxChunkSize && (chunk_size & (chunk_size - 1)) == 0;
 }
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 }  // namespace
 
@@ -112,15 +105,14 @@ FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size, const std::
 }
 
 Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std::uint32_t chunk_size) {
-  Fd file;
-  file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (file.fd < 0) {
+  const store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!file) {
     const int err = errno;
     throw Error(err == ENOENT ? Errc::not_found : Errc::io,
                 fmt::format("cannot open {}: {}", path.string(), std::strerror(err)));
   }
   struct stat st {};
-  if (::fstat(file.fd, &st) != 0) {
+  if (::fstat(file.get(), &st) != 0) {
     throw Error(Errc::io, fmt::format("cannot stat {}: {}", path.string(), std::strerror(errno)));
   }
   if (!S_ISREG(st.st_mode)) {
@@ -140,7 +132,7 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
     throw Error(Errc::bad_request, fmt::format("file is too large for chunk size {}", manifest.chunk_size));
   }
   manifest.chunk_hashes.resize(count);
-  ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  ::posix_fadvise(file.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   threads = static_cast<unsigned>(std::min<std::uint64_t>(threads, std::max<std::uint64_t>(count, 1)));
@@ -155,17 +147,7 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
       for (std::uint64_t i = next++; i < count; i = next++) {
         const ChunkIndex index{static_cast<std::uint32_t>(i)};
         const std::uint32_t length = manifest.chunk_length(index);
-        std::uint32_t done = 0;
-        while (done < length) {
-          const ssize_t n = ::pread(file.fd, buffer.data() + done, length - done,
-                                    static_cast<off_t>(manifest.chunk_offset(index) + done));
-          if (n < 0 && errno == EINTR) continue;
-          if (n <= 0) {
-            throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(),
-                                              n == 0 ? "file shrank while hashing" : std::strerror(errno)));
-          }
-          done += static_cast<std::uint32_t>(n);
-        }
+        store::pread_exact(file.get(), std::span(buffer.data(), length), manifest.chunk_offset(index), path.string());
         hasher.update(std::span(buffer.data(), length));
         manifest.chunk_hashes[i] = hasher.finish();
       }

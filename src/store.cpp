@@ -67,7 +67,7 @@ void pread_exact(int fd, std::span<std::uint8_t> out, std::uint64_t offset, cons
     const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw io_error("cannot read " + what, errno);
-    if (n == 0) throw Error(Errc::io, fmt::format("cannot read {}: the file is shorter than registered", what));
+    if (n == 0) throw Error(Errc::io, fmt::format("cannot read {}: the file is shorter than expected", what));
     done += static_cast<std::size_t>(n);
   }
 }
