@@ -35,27 +35,33 @@ bool valid_chunk_size(std::uint32_t chunk_size) {
 
 }  // namespace
 
+Utf8Char decode_utf8(std::string_view text) noexcept {
+  if (text.empty()) return {};
+  const auto c = static_cast<unsigned char>(text[0]);
+  if (c < 0x80) return {c, 1};
+  const std::size_t length = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+  if (length == 0 || length > text.size()) return {};
+  char32_t code = c & (0x7f >> length);
+  for (std::size_t k = 1; k < length; ++k) {
+    const auto cc = static_cast<unsigned char>(text[k]);
+    if ((cc & 0xc0) != 0x80) return {};
+    code = code << 6 | (cc & 0x3f);
+  }
+  static constexpr char32_t kShortest[] = {0, 0, 0x80, 0x800, 0x10000};
+  // No overlong forms, no surrogates, nothing past U+10FFFF.
+  if (code < kShortest[length] || (code >= 0xd800 && code <= 0xdfff) || code > 0x10ffff) return {};
+  return {code, length};
+}
+
 std::string valid_utf8(std::string_view text) {
   std::string out;
   out.reserve(text.size());
   std::size_t i = 0;
   while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    std::size_t length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    bool ok = length > 0 && i + length <= text.size();
-    for (std::size_t k = 1; ok && k < length; ++k) ok = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
-    if (ok && length == 2) ok = c >= 0xc2;  // no overlong forms
-    if (ok && length == 3) {
-      const auto c1 = static_cast<unsigned char>(text[i + 1]);
-      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0);  // overlong, surrogates
-    }
-    if (ok && length == 4) {
-      const auto c1 = static_cast<unsigned char>(text[i + 1]);
-      ok = c <= 0xf4 && !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
-    }
-    if (ok) {
-      out.append(text.substr(i, length));
-      i += length;
+    const auto c = decode_utf8(text.substr(i));
+    if (c.length != 0) {
+      out.append(text.substr(i, c.length));
+      i += c.length;
     } else {
       out.append("\xef\xbf\xbd");  // U+FFFD
       ++i;

@@ -21,6 +21,15 @@ Error io_error(const std::string& what, int err) {
   return Error(err == ENOENT ? Errc::not_found : Errc::io, fmt::format("{}: {}", what, std::strerror(err)));
 }
 
+// Characters that change how a terminal shows the rest of a name, or what it
+// does: C0 controls (NUL, newline, ESC...), DEL, C1 controls (U+009B is a CSI
+// to some terminals), the bidi controls (U+202E makes "x\u202etxt.exe" show
+// as "xexe.txt"), and the line and paragraph separators.
+bool unsafe_to_show(char32_t c) {
+  return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x061c || c == 0x200e || c == 0x200f ||
+         (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069) || c == 0x2028 || c == 0x2029;
+}
+
 }  // namespace
 
 std::string sanitize_name(std::string_view name, std::string_view fallback) {
@@ -30,10 +39,16 @@ std::string sanitize_name(std::string_view name, std::string_view fallback) {
   if (cut != std::string_view::npos) name = name.substr(cut + 1);
   std::string out;
   out.reserve(name.size());
-  for (char c : name) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) continue;  // NUL and control bytes
-    out.push_back(c);
+  // Whole characters are dropped, never parts of one: what stays is valid
+  // UTF-8, and dropping cannot join two pieces into a new character.
+  for (std::size_t i = 0; i < name.size();) {
+    const auto c = decode_utf8(name.substr(i));
+    if (c.length == 0) {
+      ++i;
+      continue;
+    }
+    if (!unsafe_to_show(c.code)) out.append(name.substr(i, c.length));
+    i += c.length;
   }
   while (!out.empty() && (out.front() == '.' || out.front() == ' ')) out.erase(out.begin());
   while (!out.empty() && out.back() == ' ') out.pop_back();
@@ -45,6 +60,23 @@ std::string sanitize_name(std::string_view name, std::string_view fallback) {
     while (!out.empty() && out.back() == ' ') out.pop_back();
   }
   if (out.empty()) out = std::string(fallback);
+  return out;
+}
+
+std::string display_name(std::string_view name) {
+  std::string out;
+  out.reserve(name.size());
+  for (std::size_t i = 0; i < name.size();) {
+    const auto c = decode_utf8(name.substr(i));
+    if (c.length == 0 || unsafe_to_show(c.code)) {
+      // Replaced, not dropped: the reader sees that something was there.
+      out.append("\xef\xbf\xbd");  // U+FFFD
+      i += c.length == 0 ? 1 : c.length;
+      continue;
+    }
+    out.append(name.substr(i, c.length));
+    i += c.length;
+  }
   return out;
 }
 

@@ -146,6 +146,43 @@ TEST_CASE("sanitize_name leaves ordinary names alone", "[store]") {
   CHECK(sanitize_name("archive.tar.gz", "fb") == "archive.tar.gz");
 }
 
+TEST_CASE("sanitize_name strips bidi controls, C1 controls and line separators", "[store]") {
+  // U+202E (right-to-left override) would show "x\u202etxt.exe" as "xexe.txt".
+  CHECK(sanitize_name("x\u202etxt.exe", "fb") == "xtxt.exe");
+  for (const char* bidi : {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+                           "\u200e", "\u200f", "\u061c", "\u2028", "\u2029", "\u0085", "\u009b"}) {
+    INFO("code point bytes: " << bidi);
+    CHECK(sanitize_name(std::string("a") + bidi + "b.txt", "fb") == "ab.txt");
+    CHECK(sanitize_name(bidi, "fb") == "fb");
+  }
+  // Neighbours of those ranges are ordinary characters and stay.
+  CHECK(sanitize_name("\u2029x\u202f\u2065\u206a\u00a0", "fb") == "x\u202f\u2065\u206a\u00a0");
+  CHECK(sanitize_name("\u0627\u0644\u0639\u0631\u0628\u064a\u0629.txt", "fb") ==
+        "\u0627\u0644\u0639\u0631\u0628\u064a\u0629.txt");  // right-to-left text itself is fine
+}
+
+TEST_CASE("sanitize_name drops bytes that are not UTF-8, and never joins what is left into a control", "[store]") {
+  CHECK(sanitize_name("caf\xe9.txt", "fb") == "caf.txt");
+  CHECK(sanitize_name("\xc0\xaf"
+                      "etc",
+                      "fb") == "etc");  // an overlong "/"
+  // Dropping the stray C2 must not leave E2 80 AE (U+202E) behind.
+  const std::string out = sanitize_name("a\xe2\xc2\x80\xae.exe", "fb");
+  CHECK(out.find("\xe2\x80\xae") == std::string::npos);
+  CHECK(valid_utf8(out));
+}
+
+TEST_CASE("display_name shows hidden and control characters as U+FFFD", "[store]") {
+  using p2pshare::store::display_name;
+  CHECK(display_name("x\u202etxt.exe") == "x\ufffdtxt.exe");
+  CHECK(display_name("a\x1b[31mred") == "a\ufffd[31mred");
+  CHECK(display_name("two\nlines\u2028") == "two\ufffdlines\ufffd");
+  CHECK(display_name("\u009b2J") == "\ufffd2J");
+  CHECK(display_name("caf\xe9") == "caf\ufffd");
+  CHECK(display_name("r\xc3\xa9sum\xc3\xa9 \u0627.txt") == "r\xc3\xa9sum\xc3\xa9 \u0627.txt");
+  CHECK(display_name("") == "");
+}
+
 // --- PartialFile -------------------------------------------------------------
 
 TEST_CASE("PartialFile is created pre-sized under its hidden name", "[store]") {

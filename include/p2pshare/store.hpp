@@ -24,10 +24,18 @@
 namespace p2pshare::store {
 
 // A name from the network made safe to use as one path component in a
-// download dir: no separators, no "." or "..", no NUL or control bytes, no
-// leading dot, at most kMaxNameLength bytes (cut on a UTF-8 boundary). Never
-// empty: falls back to `fallback` (e.g. the file id in hex).
+// download dir: no separators, no "." or "..", no control characters (C0,
+// DEL, C1), no Unicode bidi controls (U+202E makes "x\u202etxt.exe" show as
+// "xexe.txt") or line separators, no bytes outside valid UTF-8, no leading
+// dot, at most kMaxNameLength bytes (cut on a UTF-8 boundary). What is left is
+// a subsequence of the name's last component. Never empty: falls back to
+// `fallback` (e.g. the file id in hex).
 std::string sanitize_name(std::string_view name, std::string_view fallback);
+
+// The same name made safe to show on a terminal: invalid UTF-8, control
+// characters (C0, DEL, C1), bidi controls and line separators each become
+// U+FFFD, so a name can neither hide its real extension nor drive the terminal.
+std::string display_name(std::string_view name);
 
 // Chunk buffers are aligned to this (and O_DIRECT writes need it).
 inline constexpr std::size_t kDirectAlignment = 4096;
