@@ -142,7 +142,15 @@ void set_log_level(const std::string& level) {
   throw Error(Errc::usage, fmt::format("unknown log level '{}' (debug, info, warn, error)", level));
 }
 
-void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& raw_rows) {
+  // Cells hold names strangers chose: nothing in them may drive the terminal
+  // or reorder what it shows.
+  std::vector<std::vector<std::string>> rows;
+  rows.reserve(raw_rows.size());
+  for (const auto& raw : raw_rows) {
+    auto& row = rows.emplace_back();
+    for (const auto& cell : raw) row.push_back(store::display_name(cell));
+  }
   std::vector<std::size_t> width(header.size());
   for (std::size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
   for (const auto& row : rows) {

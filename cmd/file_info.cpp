@@ -7,6 +7,7 @@
 #include "p2pshare/bitfield.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/manifest.hpp"
+#include "p2pshare/store.hpp"
 
 namespace p2pshare::cmd {
 
@@ -58,7 +59,8 @@ int run_file_info(int argc, char** argv) {
   }
   std::cout << fmt::format(
       "file id     {}\nname        {}\nsize        {} ({} bytes)\nchunk size  {}\nchunks      {}\n", to_hex(id),
-      manifest.name, cli::format_bytes(manifest.size), manifest.size, cli::format_bytes(manifest.chunk_size), count);
+      store::display_name(manifest.name), cli::format_bytes(manifest.size), manifest.size,
+      cli::format_bytes(manifest.chunk_size), count);
   std::cout << fmt::format("holders     {}\n\n", rows.size());
   if (!rows.empty()) {
     print_table({"PEER ID", "ADDRESS", "CHUNKS"}, rows);

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -16,6 +15,7 @@
 #include "common.pb.h"
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
+#include "p2pshare/store.hpp"
 
 namespace p2pshare {
 namespace {
@@ -33,36 +33,35 @@ bool valid_chunk_size(std::uint32_t chunk_size) {
   return chunk_size >= kMinChunkSize && chunk_size <= kMaxChunkSize && (chunk_size & (chunk_size - 1)) == 0;
 }
 
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 }  // namespace
+
+Utf8Char decode_utf8(std::string_view text) noexcept {
+  if (text.empty()) return {};
+  const auto c = static_cast<unsigned char>(text[0]);
+  if (c < 0x80) return {c, 1};
+  const std::size_t length = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+  if (length == 0 || length > text.size()) return {};
+  char32_t code = c & (0x7f >> length);
+  for (std::size_t k = 1; k < length; ++k) {
+    const auto cc = static_cast<unsigned char>(text[k]);
+    if ((cc & 0xc0) != 0x80) return {};
+    code = code << 6 | (cc & 0x3f);
+  }
+  static constexpr char32_t kShortest[] = {0, 0, 0x80, 0x800, 0x10000};
+  // No overlong forms, no surrogates, nothing past U+10FFFF.
+  if (code < kShortest[length] || (code >= 0xd800 && code <= 0xdfff) || code > 0x10ffff) return {};
+  return {code, length};
+}
 
 std::string valid_utf8(std::string_view text) {
   std::string out;
   out.reserve(text.size());
   std::size_t i = 0;
   while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    std::size_t length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    bool ok = length > 0 && i + length <= text.size();
-    for (std::size_t k = 1; ok && k < length; ++k) ok = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
-    if (ok && length == 2) ok = c >= 0xc2;  // no overlong forms
-    if (ok && length == 3) {
-      const auto c1 = static_cast<unsigned char>(text[i + 1]);
-      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0);  // overlong, surrogates
-    }
-    if (ok && length == 4) {
-      const auto c1 = static_cast<unsigned char>(text[i + 1]);
-      ok = c <= 0xf4 && !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
-    }
-    if (ok) {
-      out.append(text.substr(i, length));
-      i += length;
+    const auto c = decode_utf8(text.substr(i));
+    if (c.length != 0) {
+      out.append(text.substr(i, c.length));
+      i += c.length;
     } else {
       out.append("\xef\xbf\xbd");  // U+FFFD
       ++i;
@@ -112,15 +111,14 @@ FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size, const std::
 }
 
 Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std::uint32_t chunk_size) {
-  Fd file;
-  file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (file.fd < 0) {
+  const store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!file) {
     const int err = errno;
     throw Error(err == ENOENT ? Errc::not_found : Errc::io,
                 fmt::format("cannot open {}: {}", path.string(), std::strerror(err)));
   }
   struct stat st {};
-  if (::fstat(file.fd, &st) != 0) {
+  if (::fstat(file.get(), &st) != 0) {
     throw Error(Errc::io, fmt::format("cannot stat {}: {}", path.string(), std::strerror(errno)));
   }
   if (!S_ISREG(st.st_mode)) {
@@ -140,7 +138,7 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
     throw Error(Errc::bad_request, fmt::format("file is too large for chunk size {}", manifest.chunk_size));
   }
   manifest.chunk_hashes.resize(count);
-  ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  ::posix_fadvise(file.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   threads = static_cast<unsigned>(std::min<std::uint64_t>(threads, std::max<std::uint64_t>(count, 1)));
@@ -155,17 +153,7 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
       for (std::uint64_t i = next++; i < count; i = next++) {
         const ChunkIndex index{static_cast<std::uint32_t>(i)};
         const std::uint32_t length = manifest.chunk_length(index);
-        std::uint32_t done = 0;
-        while (done < length) {
-          const ssize_t n = ::pread(file.fd, buffer.data() + done, length - done,
-                                    static_cast<off_t>(manifest.chunk_offset(index) + done));
-          if (n < 0 && errno == EINTR) continue;
-          if (n <= 0) {
-            throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(),
-                                              n == 0 ? "file shrank while hashing" : std::strerror(errno)));
-          }
-          done += static_cast<std::uint32_t>(n);
-        }
+        store::pread_exact(file.get(), std::span(buffer.data(), length), manifest.chunk_offset(index), path.string());
         hasher.update(std::span(buffer.data(), length));
         manifest.chunk_hashes[i] = hasher.finish();
       }

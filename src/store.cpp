@@ -3,11 +3,18 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -21,6 +28,15 @@ Error io_error(const std::string& what, int err) {
   return Error(err == ENOENT ? Errc::not_found : Errc::io, fmt::format("{}: {}", what, std::strerror(err)));
 }
 
+// Characters that change how a terminal shows the rest of a name, or what it
+// does: C0 controls (NUL, newline, ESC...), DEL, C1 controls (U+009B is a CSI
+// to some terminals), the bidi controls (U+202E makes "x\u202etxt.exe" show
+// as "xexe.txt"), and the line and paragraph separators.
+bool unsafe_to_show(char32_t c) {
+  return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x061c || c == 0x200e || c == 0x200f ||
+         (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069) || c == 0x2028 || c == 0x2029;
+}
+
 }  // namespace
 
 std::string sanitize_name(std::string_view name, std::string_view fallback) {
@@ -30,10 +46,16 @@ std::string sanitize_name(std::string_view name, std::string_view fallback) {
   if (cut != std::string_view::npos) name = name.substr(cut + 1);
   std::string out;
   out.reserve(name.size());
-  for (char c : name) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) continue;  // NUL and control bytes
-    out.push_back(c);
+  // Whole characters are dropped, never parts of one: what stays is valid
+  // UTF-8, and dropping cannot join two pieces into a new character.
+  for (std::size_t i = 0; i < name.size();) {
+    const auto c = decode_utf8(name.substr(i));
+    if (c.length == 0) {
+      ++i;
+      continue;
+    }
+    if (!unsafe_to_show(c.code)) out.append(name.substr(i, c.length));
+    i += c.length;
   }
   while (!out.empty() && (out.front() == '.' || out.front() == ' ')) out.erase(out.begin());
   while (!out.empty() && out.back() == ' ') out.pop_back();
@@ -45,6 +67,23 @@ std::string sanitize_name(std::string_view name, std::string_view fallback) {
     while (!out.empty() && out.back() == ' ') out.pop_back();
   }
   if (out.empty()) out = std::string(fallback);
+  return out;
+}
+
+std::string display_name(std::string_view name) {
+  std::string out;
+  out.reserve(name.size());
+  for (std::size_t i = 0; i < name.size();) {
+    const auto c = decode_utf8(name.substr(i));
+    if (c.length == 0 || unsafe_to_show(c.code)) {
+      // Replaced, not dropped: the reader sees that something was there.
+      out.append("\xef\xbf\xbd");  // U+FFFD
+      i += c.length == 0 ? 1 : c.length;
+      continue;
+    }
+    out.append(name.substr(i, c.length));
+    i += c.length;
+  }
   return out;
 }
 
@@ -67,7 +106,7 @@ void pread_exact(int fd, std::span<std::uint8_t> out, std::uint64_t offset, cons
     const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw io_error("cannot read " + what, errno);
-    if (n == 0) throw Error(Errc::io, fmt::format("cannot read {}: the file is shorter than registered", what));
+    if (n == 0) throw Error(Errc::io, fmt::format("cannot read {}: the file is shorter than expected", what));
     done += static_cast<std::size_t>(n);
   }
 }
@@ -103,49 +142,209 @@ void ChunkReader::read(std::uint64_t offset, std::span<std::uint8_t> out) const 
   pread_exact(file_.get(), out, offset, path_.string());
 }
 
-std::filesystem::path PartialFile::path_for(const std::filesystem::path& directory, const FileId& id) {
-  return directory / (".p2pshare-" + to_hex(id) + ".part");
+// --- PartialFile: who holds which partial file ----------------------------
+//
+// The lock is flock(LOCK_EX | LOCK_NB) on the .part file itself, so there is
+// no separate lock file to leave behind. flock belongs to the open file
+// description, not the process: it is kept while the O_DIRECT second
+// descriptor opens and closes (a classic fcntl lock would be dropped by
+// closing any descriptor of the file), and it conflicts between two open()s
+// of one file even in one process. An OFD lock (F_OFD_SETLK) would behave
+// the same; flock is the simpler, whole-file call. Because a second open()
+// in this process would conflict with our own lock, the process keeps one
+// table of the partial files it holds, keyed by device and inode (as SQLite
+// keeps its inode table for POSIX locks): a second PartialFile of a file
+// already held here shares the held descriptors instead of locking again.
+
+namespace detail {
+
+struct HeldPartial {
+  FileHandle file;    // holds the flock
+  FileHandle direct;  // the same file opened O_DIRECT, or none
+  std::atomic<bool> direct_ok{false};
+  std::uint64_t size = 0;
+  std::pair<dev_t, ino_t> key;
+  int users = 0;  // PartialFile objects sharing it; guarded by the table's mutex
+};
+
+}  // namespace detail
+
+namespace {
+
+using FileKey = std::pair<dev_t, ino_t>;
+
+struct HeldTable {
+  std::mutex mutex;
+  std::map<FileKey, std::unique_ptr<detail::HeldPartial>> files;
+};
+
+HeldTable& held_table() {
+  static HeldTable table;
+  return table;
 }
 
-PartialFile::PartialFile(const std::filesystem::path& directory, const FileId& id, std::uint64_t size)
-    : path_(path_for(directory, id)), size_(size) {
-  int fd = ::open(path_.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0 && errno == ENOENT) {
-    fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-    created_ = fd >= 0;
-  }
-  if (fd < 0) throw io_error("cannot create " + path_.string(), errno);
-  file_ = FileHandle(fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    throw Error(Errc::io, fmt::format("{} is not a regular file", path_.string()));
-  }
-  if (static_cast<std::uint64_t>(st.st_size) != size_) {
-    // A partial file of the wrong size holds nothing we can trust.
-    if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(size_)) != 0) {
-      throw io_error("cannot size " + path_.string(), errno);
+bool same_file(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// Whether `path` still names the file open as `fd` (not renamed or deleted
+// by whoever held it before we locked it, nor replaced since).
+bool still_named(const std::filesystem::path& path, int fd) {
+  struct stat open_st {};
+  struct stat named_st {};
+  return ::fstat(fd, &open_st) == 0 && ::lstat(path.c_str(), &named_st) == 0 && same_file(open_st, named_st);
+}
+
+}  // namespace
+
+std::filesystem::path PartialFile::path_for(const std::filesystem::path& directory, const FileId& id, unsigned n) {
+  if (n == 0) return directory / (".p2pshare-" + to_hex(id) + ".part");
+  return directory / fmt::format(".p2pshare-{}.{}.part", to_hex(id), n);
+}
+
+PartialFile::PartialFile(const std::filesystem::path& directory, const FileId& id, std::uint64_t size) {
+  auto& table = held_table();
+  std::lock_guard lock(table.mutex);
+  unsigned taken = kMaxPartialsPerFile;
+  // Another process may rename, delete or create a name between our open
+  // and our lock: then the whole search runs again (a bounded number of times).
+  for (int attempt = 0; attempt < 100 && taken == kMaxPartialsPerFile; ++attempt) {
+    std::optional<unsigned> free_name;
+    bool lost_race = false;
+    for (unsigned n = 0; n < kMaxPartialsPerFile && !lost_race; ++n) {
+      const auto path = path_for(directory, id, n);
+      FileHandle file(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+      if (!file) {
+        if (errno == ENOENT) {
+          if (!free_name) free_name = n;
+          continue;
+        }
+        throw io_error("cannot open " + path.string(), errno);
+      }
+      struct stat st {};
+      if (::fstat(file.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        throw Error(Errc::io, fmt::format("{} is not a regular file", path.string()));
+      }
+      const FileKey key{st.st_dev, st.st_ino};
+      if (const auto it = table.files.find(key); it != table.files.end()) {
+        // Ours already. A different size would mean resizing under the
+        // other user's feet: take another name instead.
+        if (it->second->size != size) continue;
+        held_ = it->second.get();
+        ++held_->users;
+        path_ = path;
+        taken = n;
+        break;
+      }
+      if (::flock(file.get(), LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK) continue;  // another process's download
+        throw io_error("cannot lock " + path.string(), errno);
+      }
+      if (!still_named(path, file.get())) {
+        lost_race = true;
+        break;
+      }
+      // Ours now: a partial file of the wrong size holds nothing we can
+      // trust, and only now may it be cut.
+      created_ = static_cast<std::uint64_t>(st.st_size) != size;
+      if (created_ && (::ftruncate(file.get(), 0) != 0 || ::ftruncate(file.get(), static_cast<off_t>(size)) != 0)) {
+        throw io_error("cannot size " + path.string(), errno);
+      }
+      auto held = std::make_unique<detail::HeldPartial>();
+      held->file = std::move(file);
+      held->size = size;
+      held->key = key;
+      held->users = 1;
+      held_ = held.get();
+      table.files.emplace(key, std::move(held));
+      path_ = path;
+      taken = n;
+      break;
     }
+    if (taken != kMaxPartialsPerFile || lost_race) continue;
+    if (!free_name) {
+      throw Error(Errc::io, fmt::format("cannot download {} into {}: {} other downloads of it are using that folder",
+                                        to_hex(id), directory.string(), kMaxPartialsPerFile));
+    }
+    // O_EXCL: of two processes creating the same name, one fails. The lock
+    // comes after the create, so someone may open and lock our new, empty
+    // file first: then it is theirs, and we look again.
+    const auto path = path_for(directory, id, *free_name);
+    FileHandle file(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+    if (!file) {
+      if (errno == EEXIST) continue;
+      throw io_error("cannot create " + path.string(), errno);
+    }
+    if (::flock(file.get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) continue;
+      throw io_error("cannot lock " + path.string(), errno);
+    }
+    struct stat st {};
+    if (!still_named(path, file.get()) || ::fstat(file.get(), &st) != 0) continue;
+    if (::ftruncate(file.get(), static_cast<off_t>(size)) != 0) throw io_error("cannot size " + path.string(), errno);
+    auto held = std::make_unique<detail::HeldPartial>();
+    held->file = std::move(file);
+    held->size = size;
+    held->key = {st.st_dev, st.st_ino};
+    held->users = 1;
+    held_ = held.get();
+    table.files.emplace(held_->key, std::move(held));
+    path_ = path;
+    taken = *free_name;
     created_ = true;
   }
-  // Not every file system has O_DIRECT (tmpfs refuses it with EINVAL): then
-  // every write is buffered.
-  direct_ = FileHandle(::open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW));
-  direct_ok_ = static_cast<bool>(direct_);
+  if (taken == kMaxPartialsPerFile) {
+    throw Error(Errc::io, fmt::format("cannot open a partial file for {} in {}: its names keep changing", to_hex(id),
+                                      directory.string()));
+  }
+  for (unsigned n = 0; n < kMaxPartialsPerFile && alone_; ++n) {
+    struct stat st {};
+    if (n != taken && ::lstat(path_for(directory, id, n).c_str(), &st) == 0) alone_ = false;
+  }
+  if (held_->users == 1) {
+    // Not every file system has O_DIRECT (tmpfs refuses it with EINVAL):
+    // then every write is buffered. Opened by name, so checked to be the
+    // file we hold.
+    FileHandle direct(::open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW));
+    struct stat direct_st {};
+    struct stat held_st {};
+    if (direct && ::fstat(direct.get(), &direct_st) == 0 && ::fstat(held_->file.get(), &held_st) == 0 &&
+        same_file(direct_st, held_st)) {
+      held_->direct = std::move(direct);
+      held_->direct_ok = true;
+    }
+  }
+}
+
+PartialFile::~PartialFile() {
+  auto& table = held_table();
+  std::lock_guard lock(table.mutex);
+  if (--held_->users > 0) return;
+  // Closing the last descriptor of the description releases the lock.
+  table.files.erase(held_->key);
+}
+
+int PartialFile::fd() const {
+  return held_->file.get();
+}
+
+bool PartialFile::writes_direct() const {
+  return held_->direct_ok.load(std::memory_order_relaxed);
 }
 
 void PartialFile::write(std::uint64_t offset, std::span<const std::uint8_t> data) const {
   const bool aligned = offset % kDirectAlignment == 0 && data.size() % kDirectAlignment == 0 &&
                        reinterpret_cast<std::uintptr_t>(data.data()) % kDirectAlignment == 0;
   std::size_t done = 0;
-  if (aligned && direct_ok_.load(std::memory_order_relaxed)) {
+  if (aligned && held_->direct_ok.load(std::memory_order_relaxed)) {
     while (done < data.size()) {
       const ssize_t n =
-          ::pwrite(direct_.get(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+          ::pwrite(held_->direct.get(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
       if (n < 0 && errno == EINTR) continue;
       // EINVAL: the device wants a larger alignment than a page; from now on
       // buffered. A short write leaves an unaligned rest: buffered too.
       if (n < 0 && errno == EINVAL) {
-        direct_ok_ = false;
+        held_->direct_ok = false;
         break;
       }
       if (n < 0) throw io_error("cannot write " + path_.string(), errno);
@@ -153,19 +352,24 @@ void PartialFile::write(std::uint64_t offset, std::span<const std::uint8_t> data
       if (done % kDirectAlignment != 0) break;
     }
   }
-  pwrite_exact(file_.get(), data.subspan(done), offset + done, path_.string());
+  pwrite_exact(fd(), data.subspan(done), offset + done, path_.string());
 }
 
 void PartialFile::read(std::uint64_t offset, std::span<std::uint8_t> out) const {
-  pread_exact(file_.get(), out, offset, path_.string());
+  pread_exact(fd(), out, offset, path_.string());
 }
 
 void PartialFile::sync() const {
-  if (::fdatasync(file_.get()) != 0) throw io_error("cannot sync " + path_.string(), errno);
+  if (::fdatasync(fd()) != 0) throw io_error("cannot sync " + path_.string(), errno);
 }
 
 std::filesystem::path PartialFile::finish(const std::filesystem::path& destination, bool replace) {
-  if (::fsync(file_.get()) != 0) throw io_error("cannot sync " + path_.string(), errno);
+  if (::fsync(fd()) != 0) throw io_error("cannot sync " + path_.string(), errno);
+  // Renaming by name: the name must still be the file we hold (not one
+  // another download created after this one was moved away).
+  if (!still_named(path_, fd())) {
+    throw Error(Errc::io, fmt::format("cannot move {}: it is no longer the file being downloaded", path_.string()));
+  }
   std::filesystem::path target = destination;
   if (replace) {
     // rename(2) replaces a symlink at the target, never writes through it.
@@ -188,7 +392,7 @@ std::filesystem::path PartialFile::finish(const std::filesystem::path& destinati
 }
 
 void PartialFile::remove() {
-  ::unlink(path_.c_str());
+  if (still_named(path_, fd())) ::unlink(path_.c_str());
 }
 
 }  // namespace p2pshare::store

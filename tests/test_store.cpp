@@ -2,14 +2,17 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -144,6 +147,43 @@ TEST_CASE("sanitize_name leaves ordinary names alone", "[store]") {
   CHECK(sanitize_name("report 2026.pdf", "fb") == "report 2026.pdf");
   CHECK(sanitize_name("r\xc3\xa9sum\xc3\xa9.txt", "fb") == "r\xc3\xa9sum\xc3\xa9.txt");
   CHECK(sanitize_name("archive.tar.gz", "fb") == "archive.tar.gz");
+}
+
+TEST_CASE("sanitize_name strips bidi controls, C1 controls and line separators", "[store]") {
+  // U+202E (right-to-left override) would show "x\u202etxt.exe" as "xexe.txt".
+  CHECK(sanitize_name("x\u202etxt.exe", "fb") == "xtxt.exe");
+  for (const char* bidi : {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+                           "\u200e", "\u200f", "\u061c", "\u2028", "\u2029", "\u0085", "\u009b"}) {
+    INFO("code point bytes: " << bidi);
+    CHECK(sanitize_name(std::string("a") + bidi + "b.txt", "fb") == "ab.txt");
+    CHECK(sanitize_name(bidi, "fb") == "fb");
+  }
+  // Neighbours of those ranges are ordinary characters and stay.
+  CHECK(sanitize_name("\u2029x\u202f\u2065\u206a\u00a0", "fb") == "x\u202f\u2065\u206a\u00a0");
+  CHECK(sanitize_name("\u0627\u0644\u0639\u0631\u0628\u064a\u0629.txt", "fb") ==
+        "\u0627\u0644\u0639\u0631\u0628\u064a\u0629.txt");  // right-to-left text itself is fine
+}
+
+TEST_CASE("sanitize_name drops bytes that are not UTF-8, and never joins what is left into a control", "[store]") {
+  CHECK(sanitize_name("caf\xe9.txt", "fb") == "caf.txt");
+  CHECK(sanitize_name("\xc0\xaf"
+                      "etc",
+                      "fb") == "etc");  // an overlong "/"
+  // Dropping the stray C2 must not leave E2 80 AE (U+202E) behind.
+  const std::string out = sanitize_name("a\xe2\xc2\x80\xae.exe", "fb");
+  CHECK(out.find("\xe2\x80\xae") == std::string::npos);
+  CHECK(valid_utf8(out));
+}
+
+TEST_CASE("display_name shows hidden and control characters as U+FFFD", "[store]") {
+  using p2pshare::store::display_name;
+  CHECK(display_name("x\u202etxt.exe") == "x\ufffdtxt.exe");
+  CHECK(display_name("a\x1b[31mred") == "a\ufffd[31mred");
+  CHECK(display_name("two\nlines\u2028") == "two\ufffdlines\ufffd");
+  CHECK(display_name("\u009b2J") == "\ufffd2J");
+  CHECK(display_name("caf\xe9") == "caf\ufffd");
+  CHECK(display_name("r\xc3\xa9sum\xc3\xa9 \u0627.txt") == "r\xc3\xa9sum\xc3\xa9 \u0627.txt");
+  CHECK(display_name("") == "");
 }
 
 // --- PartialFile -------------------------------------------------------------
@@ -399,6 +439,202 @@ TEST_CASE("PartialFile::remove deletes the partial file", "[store]") {
   REQUIRE(fs::exists(part.path()));
   part.remove();
   CHECK_FALSE(fs::exists(part.path()));
+}
+
+// --- PartialFile: one owner per partial file ----------------------------------
+
+namespace {
+
+// What another process holding `path` looks like to us: a separate open()
+// with an exclusive flock (flock conflicts between open()s even in one process).
+FileHandle lock_like_another_process(const fs::path& path) {
+  FileHandle fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  REQUIRE(fd);
+  REQUIRE(::flock(fd.get(), LOCK_EX | LOCK_NB) == 0);
+  return fd;
+}
+
+bool locked_by_someone(const fs::path& path) {
+  FileHandle fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(fd);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return false;
+  REQUIRE(errno == EWOULDBLOCK);
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("PartialFile holds a lock on its file for its whole life", "[store]") {
+  TempDir dir;
+  fs::path path;
+  {
+    PartialFile part(dir.path(), make_id(0x60), 70000);
+    path = part.path();
+    CHECK(locked_by_someone(path));
+  }
+  CHECK(fs::exists(path));  // a leftover, for a later download to adopt
+  CHECK_FALSE(locked_by_someone(path));
+}
+
+TEST_CASE("A partial file another process holds is never touched: the next name is used", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x61);
+  const fs::path theirs = PartialFile::path_for(dir.path(), id);
+  // Theirs has another size: adopting it would have cut it.
+  write_text(theirs, "their bytes, 27 bytes long");
+  const auto holder = lock_like_another_process(theirs);
+
+  PartialFile mine(dir.path(), id, 5000);
+  CHECK(mine.path() == PartialFile::path_for(dir.path(), id, 1));
+  CHECK(mine.path().filename().string() == ".p2pshare-" + p2pshare::to_hex(id) + ".1.part");
+  CHECK(mine.created());
+  CHECK_FALSE(mine.alone());
+  CHECK(fs::file_size(mine.path()) == 5000);
+  mine.write(0, pattern(5000, 1));
+  CHECK(read_file(theirs) == "their bytes, 27 bytes long");
+
+  SECTION("finishing mine moves only mine") {
+    CHECK(mine.finish(dir / "done.bin", true) == dir / "done.bin");
+    CHECK(read_file(dir / "done.bin") == as_string(pattern(5000, 1)));
+    CHECK(read_file(theirs) == "their bytes, 27 bytes long");
+  }
+  SECTION("removing mine removes only mine") {
+    mine.remove();
+    CHECK_FALSE(fs::exists(mine.path()));
+    CHECK(read_file(theirs) == "their bytes, 27 bytes long");
+  }
+}
+
+TEST_CASE("A partial file whose holder died is adopted, under whichever name it has", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x62);
+  const fs::path first = PartialFile::path_for(dir.path(), id);
+  const fs::path second = PartialFile::path_for(dir.path(), id, 1);
+  const auto data = pattern(4096, 9);
+  {
+    // Two downloads at once, then both processes gone.
+    const auto other = lock_like_another_process(first);
+    PartialFile part(dir.path(), id, 8192);
+    REQUIRE(part.path() == second);
+    part.write(4096, data);
+    part.sync();
+  }
+  fs::remove(first);  // the other download finished and moved its file away
+
+  PartialFile again(dir.path(), id, 8192);
+  CHECK(again.path() == second);  // not a fresh file under the first name
+  CHECK_FALSE(again.created());
+  CHECK(again.alone());
+  std::vector<std::uint8_t> back(data.size());
+  again.read(4096, back);
+  CHECK(back == data);
+  CHECK_FALSE(fs::exists(first));
+}
+
+TEST_CASE("A PartialFile left behind never removes or moves the next download's file", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x63);
+  PartialFile old_one(dir.path(), id, 100);
+  old_one.write(0, pattern(100, 2));
+  const fs::path done = old_one.finish(dir / "done.bin", true);
+  // The name is free again: a new download of the same file takes it.
+  PartialFile next(dir.path(), id, 100);
+  REQUIRE(next.path() == old_one.path());
+  CHECK(next.created());
+  old_one.remove();
+  CHECK(fs::exists(next.path()));
+  CHECK_THROWS_AS(old_one.finish(dir / "again.bin", true), Error);
+  CHECK(fs::exists(next.path()));
+  CHECK_FALSE(fs::exists(dir / "again.bin"));
+  CHECK(read_file(done) == as_string(pattern(100, 2)));
+}
+
+TEST_CASE("A second PartialFile of a file this process holds shares it", "[store]") {
+  // A download retried while a disk job of its first attempt still holds the
+  // old object must find its own data, not start a new file.
+  TempDir dir;
+  const FileId id = make_id(0x64);
+  const auto data = pattern(4096, 3);
+  auto first = std::make_unique<PartialFile>(dir.path(), id, 65536);
+  first->write(8192, data);
+  PartialFile second(dir.path(), id, 65536);
+  CHECK(second.path() == first->path());
+  CHECK_FALSE(second.created());
+  std::vector<std::uint8_t> back(data.size());
+  second.read(8192, back);
+  CHECK(back == data);
+  first.reset();
+  CHECK(locked_by_someone(second.path()));  // still held: second still uses it
+}
+
+TEST_CASE("PartialFile gives up when every name of the file is held by someone else", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x65);
+  std::vector<FileHandle> holders;
+  for (unsigned n = 0; n < p2pshare::store::kMaxPartialsPerFile; ++n) {
+    holders.push_back(lock_like_another_process(PartialFile::path_for(dir.path(), id, n)));
+  }
+  CHECK(thrown_code([&] { PartialFile(dir.path(), id, 10); }) == Errc::io);
+  for (unsigned n = 0; n < p2pshare::store::kMaxPartialsPerFile; ++n) {
+    CHECK(fs::file_size(PartialFile::path_for(dir.path(), id, n)) == 0);  // none was resized
+  }
+}
+
+TEST_CASE("Two processes downloading the same file into one folder get two partial files", "[store]") {
+  TempDir dir;
+  const FileId id = make_id(0x66);
+  constexpr std::uint64_t kSize = 3 * 4096;
+  int ready[2];
+  int go[2];
+  REQUIRE(::pipe(ready) == 0);
+  REQUIRE(::pipe(go) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The other peer-server: opens its partial file, writes, and keeps it
+    // until told to exit. Nothing here may return into the test framework.
+    int status = 1;
+    try {
+      PartialFile theirs(dir.path(), id, kSize);
+      theirs.write(0, pattern(kSize, 0x5a));
+      status = theirs.created() ? 0 : 2;
+      char byte = 'r';
+      if (::write(ready[1], &byte, 1) != 1) status = 3;
+      if (::read(go[0], &byte, 1) != 1) status = 4;
+    } catch (...) {
+      status = 5;
+    }
+    ::_exit(status);
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+  char byte = 0;
+  REQUIRE(::read(ready[0], &byte, 1) == 1);  // the child holds its file now
+
+  {
+    PartialFile mine(dir.path(), id, kSize);
+    CHECK(mine.path() == PartialFile::path_for(dir.path(), id, 1));
+    CHECK(mine.created());
+    mine.write(0, pattern(kSize, 0x11));
+    CHECK(read_file(PartialFile::path_for(dir.path(), id)) == as_string(pattern(kSize, 0x5a)));
+    CHECK(mine.finish(dir / "mine.bin", true) == dir / "mine.bin");
+  }
+  REQUIRE(::write(go[1], &byte, 1) == 1);
+  int status = -1;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  ::close(ready[0]);
+  ::close(go[1]);
+
+  // The child is gone: its file is a leftover, adopted with its bytes.
+  PartialFile adopted(dir.path(), id, kSize);
+  CHECK(adopted.path() == PartialFile::path_for(dir.path(), id));
+  CHECK_FALSE(adopted.created());
+  std::vector<std::uint8_t> back(kSize);
+  adopted.read(0, back);
+  CHECK(back == pattern(kSize, 0x5a));
+  CHECK(read_file(dir / "mine.bin") == as_string(pattern(kSize, 0x11)));
 }
 
 // --- ChunkReader and pread_exact ----------------------------------------------

@@ -41,6 +41,15 @@ struct Manifest {
   FileId file_id() const;
 };
 
+// The UTF-8 sequence at the start of `text`: its code point and length in
+// bytes; length 0 when `text` does not start with a valid one (empty, cut
+// short, overlong, a surrogate, past U+10FFFF).
+struct Utf8Char {
+  char32_t code = 0;
+  std::size_t length = 0;
+};
+Utf8Char decode_utf8(std::string_view text) noexcept;
+
 // `text` with every byte that is not part of a valid UTF-8 sequence replaced
 // by U+FFFD (protobuf strings must be UTF-8).
 std::string valid_utf8(std::string_view text);

@@ -9,7 +9,6 @@
 
 #include <sys/types.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -24,10 +23,18 @@
 namespace p2pshare::store {
 
 // A name from the network made safe to use as one path component in a
-// download dir: no separators, no "." or "..", no NUL or control bytes, no
-// leading dot, at most kMaxNameLength bytes (cut on a UTF-8 boundary). Never
-// empty: falls back to `fallback` (e.g. the file id in hex).
+// download dir: no separators, no "." or "..", no control characters (C0,
+// DEL, C1), no Unicode bidi controls (U+202E makes "x\u202etxt.exe" show as
+// "xexe.txt") or line separators, no bytes outside valid UTF-8, no leading
+// dot, at most kMaxNameLength bytes (cut on a UTF-8 boundary). What is left is
+// a subsequence of the name's last component. Never empty: falls back to
+// `fallback` (e.g. the file id in hex).
 std::string sanitize_name(std::string_view name, std::string_view fallback);
+
+// The same name made safe to show on a terminal: invalid UTF-8, control
+// characters (C0, DEL, C1), bidi controls and line separators each become
+// U+FFFD, so a name can neither hide its real extension nor drive the terminal.
+std::string display_name(std::string_view name);
 
 // Chunk buffers are aligned to this (and O_DIRECT writes need it).
 inline constexpr std::size_t kDirectAlignment = 4096;
@@ -92,19 +99,50 @@ struct FileStamp {
 };
 FileStamp stamp_of(int fd);
 
-// A download in progress: `<dir>/.p2pshare-<file id hex>.part`, pre-sized
-// (sparse) to the file's size. The name comes from the verified file id, never
-// from a string off the network.
+// How many downloads of one file can share one folder at once.
+inline constexpr unsigned kMaxPartialsPerFile = 16;
+
+namespace detail {
+struct HeldPartial;
+}
+
+// A download in progress: a hidden file in the download dir, pre-sized
+// (sparse) to the file's size, named from the verified file id, never from a
+// string off the network: `.p2pshare-<file id hex>.part`, or
+// `.p2pshare-<file id hex>.<n>.part` (n = 1 .. kMaxPartialsPerFile - 1) when
+// other processes are downloading the same file into the same folder.
+//
+// A partial file belongs to one process for its whole life: an exclusive
+// advisory lock (flock) is held on it from open until this object and every
+// other PartialFile of this process that shares it are gone. A partial file
+// locked by another process is never opened for writing, resized, renamed or
+// deleted: the constructor takes the next name instead. One left by a process
+// that died (so unlocked) is adopted, and its data reused after the caller
+// verifies it. Within one process, a second PartialFile of a file this
+// process already holds shares it (a download retried while its old object
+// still finishes a disk job must find its own data, not a fresh file).
 class PartialFile {
  public:
-  // Opens the existing partial file or creates it. Never follows a symlink.
-  // `created` tells the caller whether earlier data can exist.
+  // Adopts the first unlocked partial file of `id` in `directory` (resizing
+  // it if its size is wrong), or creates one under the first free name.
+  // Never follows a symlink. Throws Error(io) when the directory cannot be
+  // used or every name is locked by someone else.
   PartialFile(const std::filesystem::path& directory, const FileId& id, std::uint64_t size);
-  static std::filesystem::path path_for(const std::filesystem::path& directory, const FileId& id);
+  ~PartialFile();
+  PartialFile(const PartialFile&) = delete;
+  PartialFile& operator=(const PartialFile&) = delete;
+  // The n-th name of `id`'s partial file (0: the plain one).
+  static std::filesystem::path path_for(const std::filesystem::path& directory, const FileId& id, unsigned n = 0);
 
+  // Whether earlier data can exist: false when an existing partial file of
+  // the right size was adopted.
   bool created() const { return created_; }
+  // Whether no other partial file of this id was in the folder when this one
+  // was opened. When there were others, the resume state's stamp alone
+  // cannot tell which of them this download wrote: verify, don't trust.
+  bool alone() const { return alone_; }
   const std::filesystem::path& path() const { return path_; }
-  int fd() const { return file_.get(); }
+  int fd() const;
   // Writes a chunk. A page-aligned write (offset, length and buffer) goes
   // through O_DIRECT when the file system allows it: straight to the disk,
   // with no copy into the page cache and nothing left for the final fsync to
@@ -113,25 +151,25 @@ class PartialFile {
   // drops cached pages a direct write covers.
   void write(std::uint64_t offset, std::span<const std::uint8_t> data) const;
   // Whether writes still go through O_DIRECT (for tests and logs).
-  bool writes_direct() const { return direct_ok_.load(std::memory_order_relaxed); }
+  bool writes_direct() const;
   void read(std::uint64_t offset, std::span<std::uint8_t> out) const;
   // fdatasync: data written so far survives a power cut.
   void sync() const;
-  FileStamp stamp() const { return stamp_of(file_.get()); }
+  FileStamp stamp() const { return stamp_of(fd()); }
   // Syncs, then moves the file to `destination` atomically. With
   // `replace` false an existing destination is never overwritten: a
-  // suffix " (1)", " (2)"... is added. Returns the final path.
+  // suffix " (1)", " (2)"... is added. Returns the final path. Throws
+  // Error(io) if path() no longer names the file this object holds.
   std::filesystem::path finish(const std::filesystem::path& destination, bool replace);
-  // Deletes the partial file (a download given up for good).
+  // Deletes the partial file (a download given up for good), only if path()
+  // still names the file this object holds.
   void remove();
 
  private:
   std::filesystem::path path_;
-  FileHandle file_;
-  FileHandle direct_;  // the same file opened O_DIRECT, or none
-  mutable std::atomic<bool> direct_ok_{false};
-  std::uint64_t size_ = 0;
+  detail::HeldPartial* held_ = nullptr;  // owned by the process-wide table in store.cpp
   bool created_ = false;
+  bool alone_ = true;
 };
 
 }  // namespace p2pshare::store

@@ -359,7 +359,9 @@ void Swarm::start_download(bool wait_for_holders) {
     record_.clean = false;
   }
   have_ = record_.have;
-  const bool trusted = record_.clean && !partial_->created() && record_.stamp == partial_->stamp();
+  // With other partial files of this id in the folder (other peer-servers'
+  // downloads), a matching stamp may be theirs: verify instead.
+  const bool trusted = record_.clean && !partial_->created() && partial_->alone() && record_.stamp == partial_->stamp();
   try {
     // From here until the next clean stop, the resume state is not trusted blindly.
     record_.clean = false;
