@@ -4,7 +4,7 @@
 // rejected, deferred), decisions out (which chunks to request of a peer,
 // which duplicate requests to cancel, which peers stalled).
 //
-// Threading: not thread-safe; the owning swarm (src/peer/swarm.cpp)
+// Threading: not thread-safe; the owning download (src/peer/download.cpp)
 // calls it from the network thread only.
 //
 // Policy (docs/architecture.md explains the why):
