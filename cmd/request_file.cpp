@@ -24,6 +24,9 @@ void draw_progress(const pb::Progress& p) {
   std::fflush(stderr);
 }
 
+// Sends the request and prints the answer once the download ends.
+int wait_for_download(const cxxopts::ParseResult& args, const FileId& id, const pb::ControlRequest& request, bool json);
+
 }  // namespace
 
 int run_request_file(int argc, char** argv) {
@@ -49,9 +52,24 @@ int run_request_file(int argc, char** argv) {
     request.mutable_request_file()->set_out_path(out.string());
   }
   request.mutable_request_file()->set_wait_for_holders(args.count("wait") > 0);
+  const bool json = args.count("json") > 0;
+  try {
+    return wait_for_download(args, id, request, json);
+  } catch (const Error& e) {
+    // Scripts tell an I/O failure from a missing holder by the code; the
+    // line on stderr and exit status 1 stay as for every failure.
+    if (json) print_json({{"error", {{"code", errc_name(e.code())}, {"message", e.what()}}}});
+    throw;
+  }
+}
+
+namespace {
+
+int wait_for_download(const cxxopts::ParseResult& args, const FileId& id, const pb::ControlRequest& request,
+                      bool json) {
   auto control = connect_control(args);
   control.send(request);
-  const bool bar = ::isatty(STDERR_FILENO) && !args.count("json");
+  const bool bar = ::isatty(STDERR_FILENO) && !json;
   bool drew = false;
   while (true) {
     // Progress comes several times a second while anything happens; a
@@ -68,7 +86,7 @@ int run_request_file(int argc, char** argv) {
     if (response.has_error()) throw_remote(response.error());
     if (!response.has_downloaded()) throw Error(Errc::protocol, "unexpected answer from the peer-server");
     const auto& d = response.downloaded();
-    if (args.count("json")) {
+    if (json) {
       print_json({{"file_id", to_hex(id)},
                   {"path", d.path()},
                   {"size", d.size()},
@@ -80,5 +98,7 @@ int run_request_file(int argc, char** argv) {
     return 0;
   }
 }
+
+}  // namespace
 
 }  // namespace p2pshare::cmd

@@ -3,9 +3,20 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "p2pshare/detail/sched_detail.hpp"
 
 namespace p2pshare::sched {
 namespace {
+
+#ifdef P2PSHARE_INVARIANTS
+constexpr bool kCheckInvariants = true;
+#else
+constexpr bool kCheckInvariants = false;
+#endif
 
 // A rate sample spans at least this much busy time: chunks drained from one
 // socket buffer arrive within microseconds and would otherwise read as an
@@ -45,7 +56,9 @@ constexpr std::uint32_t kExtentChunks = 16;
 
 }  // namespace
 
-Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
+namespace detail {
+
+Core::Core(std::uint32_t chunk_count, Bitfield have, Config config)
     : chunk_count_(chunk_count), have_(chunk_count), config_(sanitized(config)), chunks_(chunk_count) {
   // Ties among equally rare chunks go in a random order of extents of
   // consecutive chunks: downloaders of one file spread over different parts
@@ -69,7 +82,7 @@ Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
   by_tiebreak_.resize(chunk_count);
   for (std::uint32_t i = 0; i < chunk_count; ++i) {
     chunks_[i].tiebreak = permutation[i];
-    by_tiebreak_[permutation[i]] = i;
+    by_tiebreak_[permutation[i]] = ChunkIndex{i};
     // A `have` of the wrong size is trusted only as far as it goes.
     if (have.test(ChunkIndex{i})) {
       have_.set(ChunkIndex{i});
@@ -81,61 +94,61 @@ Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
 
 // --- pools -------------------------------------------------------------------
 
-void Scheduler::unfile(std::uint32_t index) {
-  const ChunkState& chunk = chunks_[index];
+void Core::unfile(ChunkIndex index) {
+  const ChunkState& chunk = chunks_[index.value];
   if (chunk.status != ChunkStatus::kMissing) return;
   if (chunk.requesters.empty()) {
-    open_.erase(PoolKey{chunk.availability, chunk.tiebreak, index});
+    open_.erase(PoolKey{chunk.availability, chunk.tiebreak, index.value});
   } else {
     const auto copies = static_cast<std::uint32_t>(chunk.requesters.size());
-    requested_.erase(PoolKey{copies, chunk.tiebreak, index});
+    requested_.erase(PoolKey{copies, chunk.tiebreak, index.value});
   }
 }
 
-void Scheduler::refile(std::uint32_t index, bool moved_later) {
-  const ChunkState& chunk = chunks_[index];
+void Core::refile(ChunkIndex index, bool moved_later) {
+  const ChunkState& chunk = chunks_[index.value];
   if (chunk.status != ChunkStatus::kMissing) return;
   if (chunk.requesters.empty()) {
-    open_.insert(PoolKey{chunk.availability, chunk.tiebreak, index});
+    open_.insert(PoolKey{chunk.availability, chunk.tiebreak, index.value});
     if (!moved_later) ++open_epoch_;
   } else {
     const auto copies = static_cast<std::uint32_t>(chunk.requesters.size());
-    requested_.insert(PoolKey{copies, chunk.tiebreak, index});
+    requested_.insert(PoolKey{copies, chunk.tiebreak, index.value});
   }
 }
 
-void Scheduler::add_request(PeerKey key, PeerState& peer, std::uint32_t index, Clock::time_point now) {
+void Core::add_request(PeerKey key, PeerState& peer, ChunkIndex index, Clock::time_point now) {
   unfile(index);
-  chunks_[index].requesters.push_back(key);
+  chunks_[index.value].requesters.push_back(key);
   refile(index);
   peer.outstanding[index] = now;
 }
 
-void Scheduler::drop_request(PeerKey key, PeerState& peer, std::uint32_t index) {
+void Core::drop_request(PeerKey key, PeerState& peer, ChunkIndex index) {
   peer.outstanding.erase(index);
   unfile(index);
-  std::erase(chunks_[index].requesters, key);
+  std::erase(chunks_[index.value].requesters, key);
   refile(index);
 }
 
-void Scheduler::set_peer_bit(PeerState& peer, std::uint32_t index, bool value) {
-  if (peer.has.test(ChunkIndex{index}) == value) return;
-  peer.has.set(ChunkIndex{index}, value);
+void Core::set_peer_bit(PeerState& peer, ChunkIndex index, bool value) {
+  if (peer.has.test(index) == value) return;
+  peer.has.set(index, value);
   // A new bit may lie before where this peer's last scan stopped.
   peer.scan_from.reset();
   unfile(index);
   if (value) {
-    ++chunks_[index].availability;
+    ++chunks_[index.value].availability;
   } else {
-    --chunks_[index].availability;
+    --chunks_[index.value].availability;
   }
   refile(index, /*moved_later=*/value);
 }
 
-void Scheduler::set_peer_bits(PeerState& peer, const Bitfield& bits, bool value) {
+void Core::set_peer_bits(PeerState& peer, const Bitfield& bits, bool value) {
   if (bits.count() < kBulkBits) {
     for (std::uint32_t i = 0; i < chunk_count_; ++i) {
-      if (bits.test(ChunkIndex{i})) set_peer_bit(peer, i, value);
+      if (bits.test(ChunkIndex{i})) set_peer_bit(peer, ChunkIndex{i}, value);
     }
     return;
   }
@@ -155,7 +168,7 @@ void Scheduler::set_peer_bits(PeerState& peer, const Bitfield& bits, bool value)
 
 // Keys are unique and tiebreaks are a permutation, so walking the chunks in
 // tiebreak order and bucketing them by availability sorts them in linear time.
-void Scheduler::rebuild_open() {
+void Core::rebuild_open() {
   auto is_open = [this](const ChunkState& chunk) {
     return chunk.status == ChunkStatus::kMissing && chunk.requesters.empty();
   };
@@ -167,10 +180,10 @@ void Scheduler::rebuild_open() {
   }
   std::partial_sum(bucket_start.begin(), bucket_start.end(), bucket_start.begin());
   std::vector<PoolKey> keys(bucket_start.back());
-  for (std::uint32_t index : by_tiebreak_) {
-    const ChunkState& chunk = chunks_[index];
+  for (ChunkIndex index : by_tiebreak_) {
+    const ChunkState& chunk = chunks_[index.value];
     if (is_open(chunk)) {
-      keys[bucket_start[chunk.availability]++] = PoolKey{chunk.availability, chunk.tiebreak, index};
+      keys[bucket_start[chunk.availability]++] = PoolKey{chunk.availability, chunk.tiebreak, index.value};
     }
   }
   open_ = std::set<PoolKey>(keys.begin(), keys.end());  // linear for sorted input
@@ -179,13 +192,13 @@ void Scheduler::rebuild_open() {
 // Duplicates cost bandwidth, so they wait for the tail: every missing chunk
 // that some connected peer has is already requested. Chunks nobody has do
 // not hold the endgame back, or one lost chunk would stall the rest.
-bool Scheduler::endgame_allowed() const {
+bool Core::endgame_allowed() const {
   return open_.empty() || open_.rbegin()->primary == 0;
 }
 
 // --- peers -------------------------------------------------------------------
 
-bool Scheduler::add_peer(PeerKey peer, const Bitfield& has) {
+bool Core::add_peer(PeerKey peer, const Bitfield& has) {
   if (is_banned(peer) || peers_.contains(peer) || has.size() != chunk_count_) return false;
   PeerState& state = peers_[peer];
   state.has = Bitfield(chunk_count_);
@@ -193,21 +206,21 @@ bool Scheduler::add_peer(PeerKey peer, const Bitfield& has) {
   return true;
 }
 
-void Scheduler::on_have(PeerKey peer, ChunkIndex chunk) {
+void Core::on_have(PeerKey peer, ChunkIndex chunk) {
   if (chunk.value >= chunk_count_) return;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return;
-  set_peer_bit(found->second, chunk.value, true);
+  set_peer_bit(found->second, chunk, true);
 }
 
-std::vector<ChunkIndex> Scheduler::remove_peer(PeerKey peer) {
+std::vector<ChunkIndex> Core::remove_peer(PeerKey peer) {
   std::vector<ChunkIndex> returned;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return returned;
   PeerState& state = found->second;
   while (!state.outstanding.empty()) {
-    const std::uint32_t index = state.outstanding.begin()->first;
-    returned.push_back(ChunkIndex{index});
+    const ChunkIndex index = state.outstanding.begin()->first;
+    returned.push_back(index);
     drop_request(peer, state, index);
   }
   const Bitfield had = state.has;
@@ -218,13 +231,13 @@ std::vector<ChunkIndex> Scheduler::remove_peer(PeerKey peer) {
 
 // --- decisions ---------------------------------------------------------------
 
-std::size_t Scheduler::total_outstanding() const {
+std::size_t Core::total_outstanding() const {
   std::size_t total = 0;
   for (const auto& [key, state] : peers_) total += state.outstanding.size();
   return total;
 }
 
-std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point now, std::size_t limit) {
+std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now, std::size_t limit) {
   std::vector<ChunkIndex> picks;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return picks;
@@ -249,13 +262,13 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   if (state.scan_from && state.scan_epoch == open_epoch_) it = open_.lower_bound(*state.scan_from);
   PoolKey last_pick{};
   for (; it != open_.end() && picks.size() < wanted; ++it) {
-    if (!state.has.test(ChunkIndex{it->index}) || state.deferred.contains(it->index)) continue;
+    if (!state.has.test(ChunkIndex{it->index}) || state.deferred.contains(ChunkIndex{it->index})) continue;
     picks.push_back(ChunkIndex{it->index});
     last_pick = *it;
   }
   // Short of picks means it has nothing left in open_: the next scan starts at the end.
   state.scan_from = picks.size() == wanted ? last_pick : PoolKey{~0u, ~0u, ~0u};
-  for (ChunkIndex chunk : picks) add_request(peer, state, chunk.value, now);
+  for (ChunkIndex chunk : picks) add_request(peer, state, chunk, now);
   state.scan_epoch = open_epoch_;
   if (picks.size() == wanted || !endgame_allowed()) return picks;
 
@@ -264,19 +277,19 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   const std::size_t first_copy = picks.size();
   for (const PoolKey& entry : requested_) {
     if (entry.primary >= config_.endgame_copies || picks.size() == wanted) break;
-    if (!state.has.test(ChunkIndex{entry.index}) || state.outstanding.contains(entry.index) ||
-        state.deferred.contains(entry.index)) {
+    const ChunkIndex chunk{entry.index};
+    if (!state.has.test(chunk) || state.outstanding.contains(chunk) || state.deferred.contains(chunk)) {
       continue;
     }
-    picks.push_back(ChunkIndex{entry.index});
+    picks.push_back(chunk);
   }
   for (std::size_t i = first_copy; i < picks.size(); ++i) {
-    add_request(peer, state, picks[i].value, now);
+    add_request(peer, state, picks[i], now);
   }
   return picks;
 }
 
-std::vector<PeerKey> Scheduler::stalled_peers(Clock::time_point now) const {
+std::vector<PeerKey> Core::stalled_peers(Clock::time_point now) const {
   std::vector<PeerKey> stalled;
   for (const auto& [key, state] : peers_) {
     if (state.outstanding.empty()) continue;
@@ -293,7 +306,7 @@ std::vector<PeerKey> Scheduler::stalled_peers(Clock::time_point now) const {
 
 // --- outcomes ----------------------------------------------------------------
 
-void Scheduler::record_delivery(PeerState& peer, Clock::time_point requested_at, Clock::time_point now) {
+void Core::record_delivery(PeerState& peer, Clock::time_point requested_at, Clock::time_point now) {
   // The peer has been working on this chunk since the later of its request
   // and the previous delivery: time it sat idle with nothing asked of it must
   // not count against its rate.
@@ -312,7 +325,7 @@ void Scheduler::record_delivery(PeerState& peer, Clock::time_point requested_at,
   peer.window_busy = Clock::duration::zero();
 }
 
-unsigned Scheduler::target_for(const PeerState& peer) const {
+unsigned Core::target_for(const PeerState& peer) const {
   if (!peer.rate_known) return config_.initial_pipeline;
   // Enough in flight to cover pipeline_seconds of its rate, plus one so that
   // the peer is never idle while our next request crosses the wire.
@@ -323,24 +336,24 @@ unsigned Scheduler::target_for(const PeerState& peer) const {
       std::clamp(wanted, static_cast<double>(config_.min_pipeline), static_cast<double>(config_.max_pipeline)));
 }
 
-std::optional<std::vector<Cancel>> Scheduler::on_chunk_arrived(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
+std::optional<std::vector<Cancel>> Core::on_chunk_arrived(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
   if (chunk.value >= chunk_count_) return std::nullopt;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return std::nullopt;
   PeerState& state = found->second;
-  auto request = state.outstanding.find(chunk.value);
+  auto request = state.outstanding.find(chunk);
   if (request == state.outstanding.end()) return std::nullopt;
   record_delivery(state, request->second, now);
   state.outstanding.erase(request);
 
   std::vector<Cancel> cancels;
   ChunkState& arrived = chunks_[chunk.value];
-  unfile(chunk.value);
+  unfile(chunk);
   for (PeerKey other : arrived.requesters) {
     if (other == peer) continue;
     cancels.push_back(Cancel{other, chunk});
     if (auto holder = peers_.find(other); holder != peers_.end()) {
-      holder->second.outstanding.erase(chunk.value);
+      holder->second.outstanding.erase(chunk);
     }
   }
   arrived.requesters.clear();
@@ -348,21 +361,21 @@ std::optional<std::vector<Cancel>> Scheduler::on_chunk_arrived(PeerKey peer, Chu
   return cancels;
 }
 
-void Scheduler::on_chunk_done(ChunkIndex chunk) {
+void Core::on_chunk_done(ChunkIndex chunk) {
   if (chunk.value >= chunk_count_) return;
   // Requests still recorded (done through some other path while asked for)
   // stay with their peers: the data is on its way and must not look unasked.
-  unfile(chunk.value);
+  unfile(chunk);
   chunks_[chunk.value].status = ChunkStatus::kHave;
   have_.set(chunk);
 }
 
-bool Scheduler::on_bad_chunk(PeerKey peer, ChunkIndex chunk) {
+bool Core::on_bad_chunk(PeerKey peer, ChunkIndex chunk) {
   if (chunk.value >= chunk_count_) return false;
   // A bad copy of a chunk we already verified does not undo it.
   if (chunks_[chunk.value].status == ChunkStatus::kPending) {
     chunks_[chunk.value].status = ChunkStatus::kMissing;
-    refile(chunk.value);
+    refile(chunk);
   }
   unsigned& count = strikes_[peer];
   if (count >= config_.max_strikes) return false;  // already banned
@@ -372,67 +385,252 @@ bool Scheduler::on_bad_chunk(PeerKey peer, ChunkIndex chunk) {
   return true;
 }
 
-void Scheduler::on_chunk_lost(ChunkIndex chunk) {
+void Core::on_chunk_lost(ChunkIndex chunk) {
   if (chunk.value >= chunk_count_) return;
   ChunkState& state = chunks_[chunk.value];
   if (state.status == ChunkStatus::kMissing) return;
   state.status = ChunkStatus::kMissing;
   have_.set(chunk, false);
-  refile(chunk.value);
+  refile(chunk);
 }
 
-void Scheduler::on_rejected(PeerKey peer, ChunkIndex chunk) {
+void Core::on_rejected(PeerKey peer, ChunkIndex chunk) {
   if (chunk.value >= chunk_count_) return;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return;
   PeerState& state = found->second;
-  if (state.outstanding.contains(chunk.value)) drop_request(peer, state, chunk.value);
-  set_peer_bit(state, chunk.value, false);
+  if (state.outstanding.contains(chunk)) drop_request(peer, state, chunk);
+  set_peer_bit(state, chunk, false);
 }
 
-void Scheduler::on_deferred(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
+void Core::on_deferred(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
   if (chunk.value >= chunk_count_) return;
   auto found = peers_.find(peer);
   if (found == peers_.end()) return;
   PeerState& state = found->second;
-  if (state.outstanding.contains(chunk.value)) drop_request(peer, state, chunk.value);
-  state.deferred[chunk.value] = now + config_.defer_period;
+  if (state.outstanding.contains(chunk)) drop_request(peer, state, chunk);
+  state.deferred[chunk] = now + config_.defer_period;
 }
 
 // --- state -------------------------------------------------------------------
 
-bool Scheduler::in_endgame() const {
+bool Core::in_endgame() const {
   return open_.empty() && !requested_.empty();
 }
 
-bool Scheduler::is_banned(PeerKey peer) const {
+bool Core::is_banned(PeerKey peer) const {
   return strikes(peer) >= config_.max_strikes;
 }
 
-unsigned Scheduler::strikes(PeerKey peer) const {
+unsigned Core::strikes(PeerKey peer) const {
   auto found = strikes_.find(peer);
   return found == strikes_.end() ? 0 : found->second;
 }
 
-unsigned Scheduler::pipeline_target(PeerKey peer) const {
+unsigned Core::pipeline_target(PeerKey peer) const {
   auto found = peers_.find(peer);
   return found == peers_.end() ? 0 : target_for(found->second);
 }
 
-std::size_t Scheduler::outstanding(PeerKey peer) const {
+std::size_t Core::outstanding(PeerKey peer) const {
   auto found = peers_.find(peer);
   return found == peers_.end() ? 0 : found->second.outstanding.size();
 }
 
-unsigned Scheduler::availability(ChunkIndex chunk) const {
+unsigned Core::availability(ChunkIndex chunk) const {
   return chunk.value < chunk_count_ ? chunks_[chunk.value].availability : 0;
 }
 
-bool Scheduler::any_source() const {
+bool Core::any_source() const {
   // A requested chunk was asked of a connected peer that has it; an open one
   // has a source iff its availability is positive, and open_ ends with the
   // most available.
   return !requested_.empty() || (!open_.empty() && open_.rbegin()->primary > 0);
+}
+
+// Counts kept in several places for speed must agree: libtorrent's
+// INVARIANT_CHECK, for the scheduler. The first disagreement is named.
+std::optional<std::string> Core::check_invariants() const {
+  std::vector<std::uint32_t> availability(chunk_count_, 0);
+  std::vector<std::uint32_t> requests(chunk_count_, 0);
+  std::size_t outstanding_total = 0;
+  for (const auto& [key, peer] : peers_) {
+    if (peer.has.size() != chunk_count_) return fmt::format("peer {:x}: bitfield of {} bits", key, peer.has.size());
+    if (is_banned(key)) return fmt::format("peer {:x} is banned yet connected", key);
+    for (std::uint32_t i = 0; i < chunk_count_; ++i) {
+      if (peer.has.test(ChunkIndex{i})) ++availability[i];
+    }
+    for (const auto& [chunk, when] : peer.outstanding) {
+      if (chunk.value >= chunk_count_)
+        return fmt::format("peer {:x} asked for chunk {} of {}", key, chunk.value, chunk_count_);
+      const auto& requesters = chunks_[chunk.value].requesters;
+      if (std::find(requesters.begin(), requesters.end(), key) == requesters.end()) {
+        return fmt::format("chunk {} is outstanding at peer {:x} but not among its requesters", chunk.value, key);
+      }
+      ++requests[chunk.value];
+      ++outstanding_total;
+    }
+  }
+  std::size_t requesters_total = 0;
+  std::size_t missing = 0;
+  for (std::uint32_t i = 0; i < chunk_count_; ++i) {
+    const ChunkState& chunk = chunks_[i];
+    if (chunk.availability != availability[i]) {
+      return fmt::format("chunk {}: availability {} but {} connected peers have it", i, chunk.availability,
+                         availability[i]);
+    }
+    if (chunk.requesters.size() != requests[i]) {
+      return fmt::format("chunk {}: {} requesters but {} peers have it outstanding", i, chunk.requesters.size(),
+                         requests[i]);
+    }
+    requesters_total += chunk.requesters.size();
+    if (have_.test(ChunkIndex{i}) != (chunk.status == ChunkStatus::kHave)) {
+      return fmt::format("chunk {}: the have bit disagrees with its status", i);
+    }
+    if (chunk.status != ChunkStatus::kMissing) {
+      if (!chunk.requesters.empty()) return fmt::format("chunk {} is requested but no longer missing", i);
+      continue;
+    }
+    ++missing;
+    const bool filed =
+        chunk.requesters.empty()
+            ? open_.contains(PoolKey{chunk.availability, chunk.tiebreak, i})
+            : requested_.contains(PoolKey{static_cast<std::uint32_t>(chunk.requesters.size()), chunk.tiebreak, i});
+    if (!filed) return fmt::format("missing chunk {} is not in its pool under its current key", i);
+  }
+  if (outstanding_total != requesters_total) {
+    return fmt::format("{} requests outstanding at peers, {} requesters at chunks", outstanding_total,
+                       requesters_total);
+  }
+  if (open_.size() + requested_.size() != missing) {
+    return fmt::format("{} chunks in the pools, {} missing", open_.size() + requested_.size(), missing);
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+// --- the public face: forwards, and checks after each event in invariant builds
+
+Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
+    : core_(std::make_unique<detail::Core>(chunk_count, std::move(have), config)) {
+  checked();
+}
+Scheduler::~Scheduler() = default;
+Scheduler::Scheduler(Scheduler&&) noexcept = default;
+Scheduler& Scheduler::operator=(Scheduler&&) noexcept = default;
+
+void Scheduler::checked() const {
+  if constexpr (kCheckInvariants) {
+    if (auto broken = core_->check_invariants()) throw std::logic_error("scheduler invariant broken: " + *broken);
+  }
+}
+
+std::optional<std::string> Scheduler::check_invariants() const {
+  return core_->check_invariants();
+}
+
+bool Scheduler::add_peer(PeerKey peer, const Bitfield& has) {
+  const bool added = core_->add_peer(peer, has);
+  checked();
+  return added;
+}
+
+void Scheduler::on_have(PeerKey peer, ChunkIndex chunk) {
+  core_->on_have(peer, chunk);
+  checked();
+}
+
+std::vector<ChunkIndex> Scheduler::remove_peer(PeerKey peer) {
+  auto returned = core_->remove_peer(peer);
+  checked();
+  return returned;
+}
+
+std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point now, std::size_t limit) {
+  auto picks = core_->next_requests(peer, now, limit);
+  checked();
+  return picks;
+}
+
+std::size_t Scheduler::total_outstanding() const {
+  return core_->total_outstanding();
+}
+
+std::vector<PeerKey> Scheduler::stalled_peers(Clock::time_point now) const {
+  return core_->stalled_peers(now);
+}
+
+std::optional<std::vector<Cancel>> Scheduler::on_chunk_arrived(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
+  auto cancels = core_->on_chunk_arrived(peer, chunk, now);
+  checked();
+  return cancels;
+}
+
+void Scheduler::on_chunk_done(ChunkIndex chunk) {
+  core_->on_chunk_done(chunk);
+  checked();
+}
+
+bool Scheduler::on_bad_chunk(PeerKey peer, ChunkIndex chunk) {
+  const bool banned = core_->on_bad_chunk(peer, chunk);
+  checked();
+  return banned;
+}
+
+void Scheduler::on_chunk_lost(ChunkIndex chunk) {
+  core_->on_chunk_lost(chunk);
+  checked();
+}
+
+void Scheduler::on_rejected(PeerKey peer, ChunkIndex chunk) {
+  core_->on_rejected(peer, chunk);
+  checked();
+}
+
+void Scheduler::on_deferred(PeerKey peer, ChunkIndex chunk, Clock::time_point now) {
+  core_->on_deferred(peer, chunk, now);
+  checked();
+}
+
+const Bitfield& Scheduler::have() const noexcept {
+  return core_->have_;
+}
+
+bool Scheduler::complete() const noexcept {
+  return core_->have_.all();
+}
+
+bool Scheduler::in_endgame() const {
+  return core_->in_endgame();
+}
+
+bool Scheduler::is_banned(PeerKey peer) const {
+  return core_->is_banned(peer);
+}
+
+unsigned Scheduler::strikes(PeerKey peer) const {
+  return core_->strikes(peer);
+}
+
+std::size_t Scheduler::peer_count() const noexcept {
+  return core_->peers_.size();
+}
+
+unsigned Scheduler::pipeline_target(PeerKey peer) const {
+  return core_->pipeline_target(peer);
+}
+
+std::size_t Scheduler::outstanding(PeerKey peer) const {
+  return core_->outstanding(peer);
+}
+
+unsigned Scheduler::availability(ChunkIndex chunk) const {
+  return core_->availability(chunk);
+}
+
+bool Scheduler::any_source() const {
+  return core_->any_source();
 }
 
 }  // namespace p2pshare::sched

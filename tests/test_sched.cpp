@@ -12,6 +12,7 @@
 #include <source_location>
 #include <vector>
 
+#include "p2pshare/detail/sched_detail.hpp"
 #include "p2pshare/sched.hpp"
 
 using p2pshare::Bitfield;
@@ -21,6 +22,7 @@ using p2pshare::sched::Clock;
 using p2pshare::sched::Config;
 using p2pshare::sched::PeerKey;
 using p2pshare::sched::Scheduler;
+namespace detail = p2pshare::sched::detail;
 using namespace std::chrono_literals;
 
 namespace {
@@ -856,6 +858,7 @@ class ModelCheck {
   unsigned first_failure_line_ = 0;  // of the first failed expect(), for the report
   int picks_checked_ = 0;
   int duplicates_ = 0;
+  std::string first_broken_;  // the scheduler's own invariant check, if it failed
 
  private:
   enum Status { kMissing, kPending, kHave };
@@ -1047,6 +1050,9 @@ class ModelCheck {
       expect(scheduler_.outstanding(key) == outstanding);
       expect(scheduler_.strikes(key) == strikes_[key]);
     }
+    const auto broken = scheduler_.check_invariants();
+    expect(!broken);
+    if (broken && first_broken_.empty()) first_broken_ = *broken;
   }
 
   Scheduler scheduler_;
@@ -1067,11 +1073,50 @@ TEST_CASE("sched: random operations agree with a plain model of the policy", "[s
     ModelCheck check(seed);
     check.run(4000);
     INFO("seed " << seed << ": first failure at line " << check.first_failure_line_ << ", have " << check.have_count()
-                 << ", picks " << check.picks_checked_);
+                 << ", picks " << check.picks_checked_ << ", invariant: " << check.first_broken_);
     CHECK(check.failures_ == 0);
     CHECK(check.completed());
     CHECK(check.picks_checked_ > 600);  // the run really exercised the picker
     duplicates += check.duplicates_;
   }
   CHECK(duplicates > 0);  // ... and the endgame
+}
+
+TEST_CASE("sched: the invariant check names a count that disagrees", "[sched]") {
+  // The bookkeeping, corrupted on purpose the way a bug would: each check
+  // must notice its own kind of damage.
+  auto fresh = [] {
+    detail::Core core(8, Bitfield(8), Config{});
+    REQUIRE(core.add_peer(1, bits(8, {0, 1, 2, 3})));
+    REQUIRE(core.add_peer(2, bits(8, {2, 3, 4})));
+    REQUIRE(core.next_requests(1, kStart, 2).size() == 2);
+    REQUIRE_FALSE(core.check_invariants());
+    return core;
+  };
+  SECTION("availability that is not the sum of the peers' bitfields") {
+    auto core = fresh();
+    ++core.chunks_[5].availability;
+    const auto broken = core.check_invariants();
+    REQUIRE(broken);
+    CHECK(broken->find("availability") != std::string::npos);
+  }
+  SECTION("a request a peer holds that its chunk does not know of") {
+    auto core = fresh();
+    core.peers_.at(2).outstanding[ChunkIndex{4}] = kStart;
+    const auto broken = core.check_invariants();
+    REQUIRE(broken);
+    CHECK(broken->find("requesters") != std::string::npos);
+  }
+  SECTION("a chunk that left its pool") {
+    auto core = fresh();
+    core.open_.clear();
+    const auto broken = core.check_invariants();
+    REQUIRE(broken);
+    CHECK(broken->find("pool") != std::string::npos);
+  }
+  SECTION("a have bit without the chunk's status") {
+    auto core = fresh();
+    core.have_.set(ChunkIndex{7});
+    REQUIRE(core.check_invariants());
+  }
 }

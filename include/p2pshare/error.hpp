@@ -1,8 +1,11 @@
 // Errors at module edges. A p2pshare::Error carries a user-facing message
 // (one line, says what went wrong and where it helps what to do) and a code
-// that maps onto the wire's ErrorCode and onto exit statuses.
+// that maps onto the wire's ErrorCode and onto exit statuses. Thrown inside
+// a module; where a result crosses threads or callbacks (a disk job's, a
+// download's), it travels as a Failure value instead.
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -28,5 +31,44 @@ class Error : public std::runtime_error {
  private:
   Errc code_;
 };
+
+// An error as a value: a failed disk job's or download's outcome, carried to
+// whoever reports it (a control answer, and so a client's exit status).
+struct Failure {
+  Errc code = Errc::io;
+  std::string message;
+};
+
+// What an exception caught at a handler boundary becomes as a value: an
+// Error keeps its code, anything else gets `otherwise`.
+inline Failure failure_from(const std::exception& e, Errc otherwise) {
+  if (const auto* error = dynamic_cast<const Error*>(&e)) return Failure{error->code(), error->what()};
+  return Failure{otherwise, e.what()};
+}
+
+// The code's name as scripts see it (request-file --json): "io", "no_holders", ...
+inline const char* errc_name(Errc code) {
+  switch (code) {
+    case Errc::bad_request:
+      return "bad_request";
+    case Errc::not_found:
+      return "not_found";
+    case Errc::unauthorized:
+      return "unauthorized";
+    case Errc::no_holders:
+      return "no_holders";
+    case Errc::io:
+      return "io";
+    case Errc::unavailable:
+      return "unavailable";
+    case Errc::protocol:
+      return "protocol";
+    case Errc::verification:
+      return "verification";
+    case Errc::usage:
+      return "usage";
+  }
+  return "unknown";
+}
 
 }  // namespace p2pshare

@@ -1,8 +1,11 @@
 // Which chunk to ask of which peer: pure logic, no sockets, no clocks of its
-// own (time is passed in), no threads. One Scheduler per download.
+// own (time is passed in), no threads. One Scheduler per download: events in
+// (a peer joined, announced, left; a chunk arrived, was done, bad, lost,
+// rejected, deferred), decisions out (which chunks to request of a peer,
+// which duplicate requests to cancel, which peers stalled).
 //
-// Threading: not thread-safe; the owning Transfer calls it from the network
-// thread only.
+// Threading: not thread-safe; the owning download (src/peer/download.cpp)
+// calls it from the network thread only.
 //
 // Policy (docs/architecture.md explains the why):
 // - Rarest first: among chunks we lack, that nobody has been asked for, and
@@ -23,16 +26,17 @@
 // - Strikes: a chunk that fails its hash is a strike against the peer that
 //   sent it; at `max_strikes` the peer is banned from this download (it is
 //   never asked again, even if it reconnects with the same key).
+//
+// The bookkeeping behind this lives in p2pshare/detail/sched_detail.hpp. In
+// builds with P2PSHARE_INVARIANTS (debug and sanitizer presets) every event
+// ends with check_invariants(), which throws std::logic_error on a broken one.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <optional>
-#include <set>
-#include <unordered_map>
-#include <utility>
+#include <string>
 #include <vector>
 
 #include "p2pshare/bitfield.hpp"
@@ -63,10 +67,17 @@ struct Cancel {
   ChunkIndex chunk;
 };
 
+namespace detail {
+class Core;
+}
+
 class Scheduler {
  public:
   // `have`: chunks already verified on disk (resume). chunk_count == have.size().
   Scheduler(std::uint32_t chunk_count, Bitfield have, Config config);
+  ~Scheduler();
+  Scheduler(Scheduler&&) noexcept;
+  Scheduler& operator=(Scheduler&&) noexcept;
 
   // --- peers ---------------------------------------------------------------
   // A peer connected and told us what it has. False (and ignored) if the peer
@@ -113,12 +124,12 @@ class Scheduler {
   void on_deferred(PeerKey peer, ChunkIndex chunk, Clock::time_point now);
 
   // --- state ---------------------------------------------------------------
-  const Bitfield& have() const noexcept { return have_; }
-  bool complete() const noexcept { return have_.all(); }
+  const Bitfield& have() const noexcept;
+  bool complete() const noexcept;
   bool in_endgame() const;
   bool is_banned(PeerKey peer) const;
   unsigned strikes(PeerKey peer) const;
-  std::size_t peer_count() const noexcept { return peers_.size(); }
+  std::size_t peer_count() const noexcept;
   unsigned pipeline_target(PeerKey peer) const;
   std::size_t outstanding(PeerKey peer) const;
   // How many connected peers have the chunk.
@@ -127,74 +138,16 @@ class Scheduler {
   // (if false and we are incomplete, the download cannot progress).
   bool any_source() const;
 
+  // The first broken invariant of the bookkeeping (counts that must agree),
+  // or nullopt. Always compiled; O(peers x chunks), so only invariant builds
+  // run it after every event.
+  std::optional<std::string> check_invariants() const;
+
  private:
-  enum class ChunkStatus : std::uint8_t {
-    kMissing,  // wanted: open, or requested from one or more peers
-    kPending,  // arrived, awaiting hash check and write; never requested again
-    kHave,
-  };
-  struct ChunkState {
-    ChunkStatus status = ChunkStatus::kMissing;
-    std::uint32_t availability = 0;   // connected peers whose bit is set
-    std::uint32_t tiebreak = 0;       // position in this download's random permutation
-    std::vector<PeerKey> requesters;  // peers with a request outstanding (endgame: several)
-  };
-  // Sort key for the two chunk pools: (primary, tiebreak, index), where primary
-  // is the availability in open_ and the number of requests in requested_.
-  struct PoolKey {
-    std::uint32_t primary;
-    std::uint32_t tiebreak;
-    std::uint32_t index;
-    auto operator<=>(const PoolKey&) const = default;
-  };
-  struct PeerState {
-    Bitfield has;                                            // what it announced, minus what it rejected since
-    std::map<std::uint32_t, Clock::time_point> outstanding;  // chunk -> when requested
-    // Delivery rate in bytes per second, a moving average over samples of at
-    // least 50 ms of busy time each; unknown until the first sample closes.
-    double rate = 0;
-    bool rate_known = false;
-    std::optional<Clock::time_point> last_arrival;
-    std::uint64_t window_bytes = 0;
-    Clock::duration window_busy{};
-    // Where its next scan of open_ may start: no chunk it has sits before this
-    // key, as long as open_epoch_ still equals scan_epoch. Without it, a peer
-    // lacking the rarest chunks would walk past all of them on every call.
-    std::optional<PoolKey> scan_from;
-    std::uint64_t scan_epoch = 0;
-    // Chunks it deferred (on_deferred), until when. A handful at a time.
-    std::map<std::uint32_t, Clock::time_point> deferred;
-  };
+  // After each event, in invariant builds: throws std::logic_error.
+  void checked() const;
 
-  // Every change to a missing chunk's availability or requesters goes between
-  // unfile() and refile(), so that its pool key is always current.
-  void unfile(std::uint32_t index);
-  // moved_later: only the availability grew, so no scan_from is invalidated.
-  void refile(std::uint32_t index, bool moved_later = false);
-  void add_request(PeerKey key, PeerState& peer, std::uint32_t index, Clock::time_point now);
-  void drop_request(PeerKey key, PeerState& peer, std::uint32_t index);
-  void set_peer_bit(PeerState& peer, std::uint32_t index, bool value);
-  // Sets (or clears) in the peer every bit set in `bits`.
-  void set_peer_bits(PeerState& peer, const Bitfield& bits, bool value);
-  void rebuild_open();
-  void record_delivery(PeerState& peer, Clock::time_point requested_at, Clock::time_point now);
-  unsigned target_for(const PeerState& peer) const;
-  bool endgame_allowed() const;
-
-  std::uint32_t chunk_count_;
-  Bitfield have_;
-  Config config_;
-  std::unordered_map<PeerKey, PeerState> peers_;
-  // Outlives remove_peer on purpose: a ban must survive a reconnect.
-  std::unordered_map<PeerKey, unsigned> strikes_;
-  std::vector<ChunkState> chunks_;
-  std::vector<std::uint32_t> by_tiebreak_;  // chunk index at each tiebreak position
-  // Missing chunks nobody is asked for, rarest first: (availability, tiebreak, index).
-  std::set<PoolKey> open_;
-  // Missing chunks asked of someone, fewest requests first: (requests, tiebreak, index).
-  std::set<PoolKey> requested_;
-  // Bumped whenever a chunk enters open_ or moves earlier in it.
-  std::uint64_t open_epoch_ = 0;
+  std::unique_ptr<detail::Core> core_;
 };
 
 }  // namespace p2pshare::sched

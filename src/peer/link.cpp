@@ -1,11 +1,14 @@
-// PeerLink: one connection to another peer about one file (see swarm.hpp).
+// PeerLink: one connection to another peer about one file (see link.hpp).
+#include "peer/link.hpp"
+
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "p2pshare/error.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "peer.pb.h"
-#include "peer/swarm.hpp"
 
 namespace p2pshare::peer {
 namespace {
@@ -43,18 +46,17 @@ std::shared_ptr<PeerLink> PeerLink::accept(Services& services, std::shared_ptr<w
 }
 
 std::shared_ptr<PeerLink> PeerLink::open(Services& services, std::shared_ptr<wire::Connection> connection,
-                                         std::shared_ptr<Swarm> swarm, PeerId expected) {
+                                         const std::shared_ptr<LinkOwner>& owner, PeerId expected) {
   auto link = std::shared_ptr<PeerLink>(new PeerLink(services, std::move(connection)));
-  link->swarm_ = swarm;
+  link->owner_ = owner;
   link->remote_id_ = expected;
   link->key_ = key_of(expected);
   link->stage_ = Stage::await_welcome;
   link->start();
-  swarm->pending_links_.insert(link);
   link->connection_->send(protocol::hello(pb::PLANE_PEER, to_bytes(services.self)));
   pb::PeerMessage interested;
-  interested.mutable_interested()->set_file_id(to_bytes(swarm->id()));
-  interested.mutable_interested()->set_bitfield(swarm->have().to_wire());
+  interested.mutable_interested()->set_file_id(to_bytes(owner->id()));
+  interested.mutable_interested()->set_bitfield(owner->have().to_wire());
   link->connection_->send(encode(interested));
   return link;
 }
@@ -87,12 +89,21 @@ void PeerLink::protocol_error(const std::string& why) {
 
 void PeerLink::on_closed(const std::string& reason) {
   log::debug("link to {} closed: {}", connection_->remote().address().to_string(), reason);
-  if (auto swarm = swarm_.lock()) {
-    if (receiving_) swarm->on_payload_lost(ChunkIndex{*receiving_});
+  if (auto owner = owner_.lock()) {
+    if (receiving_) owner->on_payload_lost(*receiving_);
     receiving_.reset();
-    swarm->detach(*this);
+    owner->detach(*this);
   }
   serve_queue_.clear();
+}
+
+void PeerLink::activate(const std::shared_ptr<LinkOwner>& owner, Bitfield remote_have) {
+  const std::uint32_t count = owner->manifest().chunk_count();
+  remote_have_ = std::move(remote_have);
+  promised_ = Bitfield(count);
+  deferred_ = Bitfield(count);
+  stage_ = Stage::active;
+  owner->attach(shared_from_this());
 }
 
 void PeerLink::on_frame(std::string_view message, std::uint32_t payload_length) {
@@ -131,102 +142,77 @@ void PeerLink::on_frame(std::string_view message, std::uint32_t payload_length) 
       if (!parsed.has_interested()) throw Error(Errc::protocol, "expected interested");
       auto file = file_id_from_bytes(parsed.interested().file_id());
       if (!file) throw Error(Errc::protocol, "file id must be 32 bytes");
-      auto swarm = lookup_ ? lookup_(*file) : nullptr;
-      if (!swarm) {
+      auto owner = lookup_ ? lookup_(*file) : nullptr;
+      if (!owner) {
         pb::PeerMessage error;
         *error.mutable_error() = protocol::make_error(static_cast<int>(Errc::not_found), "file not found");
         connection_->send_and_close(encode(error), "asked for an unknown file");
         return;
       }
+      const std::uint32_t count = owner->manifest().chunk_count();
       std::optional<Bitfield> remote;
       if (parsed.interested().bitfield().empty()) {
-        remote = Bitfield(swarm->manifest().chunk_count());
+        remote = Bitfield(count);
       } else {
-        remote = Bitfield::from_wire(parsed.interested().bitfield(), swarm->manifest().chunk_count());
+        remote = Bitfield::from_wire(parsed.interested().bitfield(), count);
       }
       if (!remote) throw Error(Errc::protocol, "bitfield does not match the file");
       lookup_ = nullptr;
-      swarm_ = swarm;
-      stage_ = Stage::active;
+      owner_ = owner;
       pb::PeerMessage bitfield;
-      bitfield.mutable_bitfield()->set_bits(swarm->have().to_wire());
+      bitfield.mutable_bitfield()->set_bits(owner->have().to_wire());
       connection_->send(encode(bitfield));
-      swarm->attach(shared_from_this(), *remote);
+      activate(owner, std::move(*remote));
       return;
     }
     if (stage_ == Stage::await_bitfield) {
-      auto swarm = swarm_.lock();
-      if (!swarm) return close("download ended");
+      auto owner = owner_.lock();
+      if (!owner) return close("download ended");
       if (parsed.has_error()) return close("peer refused: " + parsed.error().message());
       if (!parsed.has_bitfield()) throw Error(Errc::protocol, "expected bitfield");
-      auto remote = Bitfield::from_wire(parsed.bitfield().bits(), swarm->manifest().chunk_count());
+      auto remote = Bitfield::from_wire(parsed.bitfield().bits(), owner->manifest().chunk_count());
       if (!remote) throw Error(Errc::protocol, "bitfield does not match the file");
-      stage_ = Stage::active;
-      swarm->attach(shared_from_this(), *remote);
+      activate(owner, std::move(*remote));
       return;
     }
-    handle_active(parsed, payload_length);
+    auto owner = owner_.lock();
+    if (!owner) return close("file no longer shared");
+    handle_active(*owner, parsed, payload_length);
   } catch (const Error& e) {
     protocol_error(e.what());
   }
 }
 
-void PeerLink::handle_active(const pb::PeerMessage& message, std::uint32_t payload_length) {
-  auto swarm = swarm_.lock();
-  if (!swarm) return close("file no longer shared");
-  const std::uint32_t count = swarm->manifest().chunk_count();
+void PeerLink::handle_active(LinkOwner& owner, const pb::PeerMessage& message, std::uint32_t payload_length) {
+  const std::uint32_t count = owner.manifest().chunk_count();
   if (payload_length > 0 && !message.has_piece()) throw Error(Errc::protocol, "payload on a non-piece message");
   switch (message.body_case()) {
-    case pb::PeerMessage::kHave:
+    case pb::PeerMessage::kHave: {
       if (message.have().index() >= count) throw Error(Errc::protocol, "have: chunk index out of range");
-      swarm->on_remote_have(*this, ChunkIndex{message.have().index()});
-      return;
-    case pb::PeerMessage::kRequest: {
-      const std::uint32_t index = message.request().index();
-      if (index >= count) throw Error(Errc::protocol, "request: chunk index out of range");
-      if (!swarm->has_chunk(ChunkIndex{index})) {
-        pb::PeerMessage reject;
-        reject.mutable_reject()->set_index(index);
-        connection_->send(encode(reject));
-        return;
-      }
-      if (swarm->should_defer(*this, ChunkIndex{index})) {
-        pb::PeerMessage busy;
-        busy.mutable_reject()->set_index(index);
-        busy.mutable_reject()->set_busy(true);
-        connection_->send(encode(busy));
-        return;
-      }
-      if (serve_queue_.size() >= kMaxQueuedRequests) {
-        throw Error(Errc::protocol, fmt::format("more than {} requests queued", kMaxQueuedRequests));
-      }
-      serve_queue_.push_back(index);
-      // Promised from now on: another downloader asking for this chunk is
-      // told "busy" already while this request waits in the queue.
-      sent_.set(ChunkIndex{index});
-      serve_more();
+      const ChunkIndex chunk{message.have().index()};
+      remote_have_.set(chunk);
+      owner.on_remote_have(*this, chunk);
       return;
     }
+    case pb::PeerMessage::kRequest:
+      if (message.request().index() >= count) throw Error(Errc::protocol, "request: chunk index out of range");
+      return on_request(owner, ChunkIndex{message.request().index()});
     case pb::PeerMessage::kCancel: {
-      const std::uint32_t index = message.cancel().index();
-      for (auto it = serve_queue_.begin(); it != serve_queue_.end(); ++it) {
-        if (*it == index) {
-          serve_queue_.erase(it);
-          break;
-        }
+      const ChunkIndex chunk{message.cancel().index()};
+      if (auto it = std::find(serve_queue_.begin(), serve_queue_.end(), chunk); it != serve_queue_.end()) {
+        serve_queue_.erase(it);
       }
       return;
     }
     case pb::PeerMessage::kPiece:
-      on_piece(ChunkIndex{message.piece().index()}, payload_length);
-      return;
+      return on_piece(owner, ChunkIndex{message.piece().index()}, payload_length);
     case pb::PeerMessage::kReject: {
-      const std::uint32_t index = message.reject().index();
-      if (asked_.erase(index) == 0) throw Error(Errc::protocol, "reject for a chunk never asked");
+      const ChunkIndex chunk{message.reject().index()};
+      if (asked_.erase(chunk) == 0) throw Error(Errc::protocol, "reject for a chunk never asked");
       if (message.reject().busy()) {
-        swarm->on_deferred(*this, ChunkIndex{index});
+        owner.on_deferred(*this, chunk);
       } else {
-        swarm->on_rejected(*this, ChunkIndex{index});
+        owner.on_rejected(*this, chunk);
       }
       return;
     }
@@ -242,59 +228,79 @@ void PeerLink::handle_active(const pb::PeerMessage& message, std::uint32_t paylo
   throw Error(Errc::protocol, "unexpected message");
 }
 
-void PeerLink::on_piece(ChunkIndex chunk, std::uint32_t payload_length) {
-  auto swarm = swarm_.lock();
-  if (!swarm) return close("download ended");
+void PeerLink::on_request(LinkOwner& owner, ChunkIndex chunk) {
+  if (!owner.have().test(chunk)) return send_reject(chunk, false);
+  // "Busy" at most once per chunk and link: asked again, it is served.
+  if (!deferred_.test(chunk) && owner.should_defer(*this, chunk)) {
+    deferred_.set(chunk);
+    return send_reject(chunk, true);
+  }
+  if (serve_queue_.size() >= kMaxQueuedRequests) {
+    throw Error(Errc::protocol, fmt::format("more than {} requests queued", kMaxQueuedRequests));
+  }
+  serve_queue_.push_back(chunk);
+  // Promised from now on: another downloader asking for this chunk is
+  // told "busy" already while this request waits in the queue.
+  promised_.set(chunk);
+  serve_more();
+}
+
+void PeerLink::send_reject(ChunkIndex chunk, bool busy) {
+  pb::PeerMessage reject;
+  reject.mutable_reject()->set_index(chunk.value);
+  if (busy) reject.mutable_reject()->set_busy(true);
+  connection_->send(encode(reject));
+}
+
+void PeerLink::on_piece(LinkOwner& owner, ChunkIndex chunk, std::uint32_t payload_length) {
   // Only data we asked for, of exactly the chunk's length, is read at all.
-  if (asked_.erase(chunk.value) == 0) throw Error(Errc::protocol, "piece for a chunk never asked");
-  if (payload_length != swarm->manifest().chunk_length(chunk)) throw Error(Errc::protocol, "piece of the wrong length");
+  if (asked_.erase(chunk) == 0) throw Error(Errc::protocol, "piece for a chunk never asked");
+  if (payload_length != owner.manifest().chunk_length(chunk)) throw Error(Errc::protocol, "piece of the wrong length");
   auto buffer = services_.buffers->acquire(payload_length);
-  const bool keep = swarm->accept_piece(*this, chunk);
-  if (keep) receiving_ = chunk.value;
+  const bool keep = owner.on_piece_header(*this, chunk);
+  if (keep) receiving_ = chunk;
   std::weak_ptr<PeerLink> weak = shared_from_this();
   connection_->read_payload(std::span(buffer->data(), buffer->size()), [weak, chunk, keep, buffer, payload_length] {
     auto link = weak.lock();
     if (!link) return;
     link->downloaded_ += payload_length;
-    auto s = link->swarm_.lock();
-    if (!s) return;
-    s->bytes_received_ += payload_length;
+    auto current = link->owner_.lock();
+    if (!current) return;
+    current->on_received(payload_length);
     if (!keep) return;  // a duplicate from the endgame: counted, dropped
     link->receiving_.reset();
-    s->on_payload(*link, chunk, buffer);
+    current->on_payload(*link, chunk, buffer);
   });
 }
 
 void PeerLink::serve_more() {
-  auto swarm = swarm_.lock();
-  if (!swarm || closed()) return;
+  auto owner = owner_.lock();
+  if (!owner || closed()) return;
   // Read ahead only while the socket is draining: a peer that does not read
   // holds at most kReadAhead chunks of our memory.
   while (!serve_queue_.empty() && reads_in_flight_ < kReadAhead &&
-         connection_->queued_bytes() < 2 * static_cast<std::size_t>(swarm->manifest().chunk_size)) {
-    const std::uint32_t index = serve_queue_.front();
+         connection_->queued_bytes() < 2 * static_cast<std::size_t>(owner->manifest().chunk_size)) {
+    const ChunkIndex chunk = serve_queue_.front();
     serve_queue_.pop_front();
     ++reads_in_flight_;
     std::weak_ptr<PeerLink> weak = shared_from_this();
-    swarm->read_chunk(ChunkIndex{index}, [weak, index](BufferPool::Buffer buffer, const std::string& error) {
+    owner->read_chunk(chunk, [weak, chunk](BufferPool::Buffer buffer, std::optional<Failure> failure) {
       auto link = weak.lock();
       if (!link) return;
       --link->reads_in_flight_;
       if (link->closed()) return;
-      auto s = link->swarm_.lock();
-      if (!s) return;
-      if (!error.empty()) {
+      auto current = link->owner_.lock();
+      if (!current) return;
+      if (failure) {
         // Our copy is unreadable (moved, shrunk): refuse, keep the link.
-        log::warn("cannot serve chunk {} of {}: {}", index, to_hex(s->id()), error);
-        pb::PeerMessage reject;
-        reject.mutable_reject()->set_index(index);
-        link->connection_->send(encode(reject));
+        log::warn("cannot serve chunk {} of {}: {}", chunk.value, to_hex(current->id()), failure->message);
+        link->send_reject(chunk, false);
         return;
       }
       pb::PeerMessage piece;
-      piece.mutable_piece()->set_index(index);
+      piece.mutable_piece()->set_index(chunk.value);
       const auto bytes = std::span<const std::uint8_t>(buffer->data(), buffer->size());
-      s->count_upload(bytes.size());
+      current->on_sent(bytes.size());
       link->connection_->send(encode(piece), wire::Payload{bytes, buffer});
       link->serve_more();
     });
@@ -310,7 +316,7 @@ void PeerLink::send_have(ChunkIndex chunk) {
 
 void PeerLink::send_request(ChunkIndex chunk) {
   if (closed()) return;
-  asked_.insert(chunk.value);
+  asked_.insert(chunk);
   pb::PeerMessage request;
   request.mutable_request()->set_index(chunk.value);
   connection_->send(encode(request));

@@ -111,10 +111,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     const auto withdrawals = pending_withdrawals;
     for (const auto& id : withdrawals) withdraw(id);
     for (const auto& [id, swarm] : swarms) {
-      if (swarm->complete() || swarm->downloading()) {
-        services->central->request(
-            swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
-      }
+      if (swarm->complete() || swarm->downloading()) swarm->announce();
     }
   }
 
@@ -280,8 +277,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
     auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
     swarms[id] = swarm;
-    services->central->request(
-        swarm->announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+    swarm->announce();
     log::info("sharing {} as {}", path.string(), to_hex(id));
     pb::ControlResponse response;
     auto* out = response.mutable_registered();
@@ -380,17 +376,17 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       *response.mutable_progress() = progress;
       conn->send(encode(response));
     };
-    observer.finished = [weak](const pb::Downloaded* done, const std::string& error) {
+    observer.finished = [weak](const DownloadOutcome& outcome) {
       auto conn = weak.lock();
       if (!conn || conn->closed()) return;
-      if (done == nullptr) {
-        const Errc code =
-            error.find("disk is full") != std::string::npos || error.find("cannot") == 0 ? Errc::io : Errc::no_holders;
-        conn->send(encode(error_response(code, error)));
+      // The failure's own code, from the disk job or the swarm that failed:
+      // it becomes the client's error (and request-file --json's "code").
+      if (const auto* failure = std::get_if<Failure>(&outcome)) {
+        conn->send(encode(error_response(failure->code, failure->message)));
         return;
       }
       pb::ControlResponse response;
-      *response.mutable_downloaded() = *done;
+      *response.mutable_downloaded() = std::get<pb::Downloaded>(outcome);
       conn->send(encode(response));
     };
     swarm->add_observer(std::move(observer));

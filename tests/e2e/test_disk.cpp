@@ -53,6 +53,13 @@ TEST_CASE("a write that fails fails that download with one clear line, keeps the
   const auto status = parse_json(control({"status", "--json"}));
   REQUIRE(status["downloads"].size() == 1);
   CHECK(status["downloads"][0]["state"].get<std::string>().find("failed") == 0);
+  // Asked again, it fails the same way, and says which kind of failure it is:
+  // an I/O error, not "no holders".
+  const auto again = control({"request-file", "--file-id", big_id, "--out", out.string(), "--json"});
+  CHECK(again.exit_code == 1);
+  const auto answer = parse_json(again);
+  CHECK(answer["error"]["code"] == "io");
+  CHECK(contains_ci(answer["error"]["message"].get<std::string>(), "too large"));
   // Still running, still serving its own file to others.
   CHECK(cramped->running());
   const auto got = c.path("small-copy.bin");

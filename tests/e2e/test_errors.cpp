@@ -121,6 +121,12 @@ TEST_CASE("request-file fails with exit 1 when no live peer holds the file and l
   const auto r = c.on_peer(1, "request-file", {"--file-id", id, "--out", out.string()}, 12s);
   check_fails("request-file without holders", r, 1, {id});
   CHECK_FALSE(fs::exists(out));
+  // Scripts see which kind of failure it was.
+  const auto again = c.on_peer(1, "request-file", {"--file-id", id, "--out", out.string(), "--json"}, 12s);
+  CHECK(again.exit_code == 1);
+  const auto answer = parse_json(again);
+  CHECK(answer["error"]["code"] == "no_holders");
+  CHECK(contains_ci(answer["error"]["message"].get<std::string>(), id));
   // The failed download is not presented as a file the peer shares.
   const auto status = c.on_peer(1, "status", {"--json"});
   REQUIRE(status.exit_code == 0);

@@ -330,7 +330,9 @@ TEST_CASE("transfer: the only source stops mid-download: the request fails, the 
 
   const auto r = finish(*request, 15s);
   INFO("the request ended after " << elapsed_since(started) << " s");
-  check_fails("request-file when the last holder left", r, 1, {"holder"});
+  // Run with --json: the one line on stderr, and the failure's kind on stdout.
+  check_fails("request-file when the last holder left", RunResult{r.exit_code, "", r.err}, 1, {"holder"});
+  CHECK(parse_json(r)["error"]["code"] == "no_holders");
   CHECK_FALSE(fs::exists(out));
   CHECK(part_files(out.parent_path()).size() == 1);
   const auto d = c.download_entry(1, id);

@@ -1,0 +1,53 @@
+// What every swarm and link of a peer-server shares: the threads, the state,
+// the central link, the rate limits and the chunk buffers.
+//
+// Threading: made and owned by the network thread (PeerServer); the buffer
+// pool alone is used from any thread.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include <asio.hpp>
+
+#include "p2pshare/rate.hpp"
+#include "p2pshare/sched.hpp"
+#include "p2pshare/store.hpp"
+#include "p2pshare/types.hpp"
+#include "peer/central_link.hpp"
+#include "peer/state.hpp"
+
+namespace p2pshare::peer {
+
+// Chunk-sized buffers reused across chunks: no allocation per chunk in the
+// steady state. Buffers return to the pool when the last owner drops them,
+// from any thread.
+class BufferPool : public std::enable_shared_from_this<BufferPool> {
+ public:
+  // Page-aligned, so a received chunk can be written with O_DIRECT.
+  using Buffer = std::shared_ptr<store::ChunkBytes>;
+  Buffer acquire(std::size_t size);
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<store::ChunkBytes>> free_;
+};
+
+struct Services {
+  asio::io_context& io;
+  asio::thread_pool& disk;
+  PeerState& state;
+  std::shared_ptr<CentralLink> central;
+  std::shared_ptr<TokenBucket> upload;
+  std::shared_ptr<TokenBucket> download;
+  std::shared_ptr<BufferPool> buffers;
+  PeerId self;
+  sched::Config sched_config;
+  std::size_t max_links_per_file = 50;
+  std::chrono::milliseconds tick{250};
+  std::chrono::milliseconds holder_refresh{2000};
+};
+
+}  // namespace p2pshare::peer
