@@ -5,16 +5,19 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -353,6 +356,115 @@ void PartialFile::write(std::uint64_t offset, std::span<const std::uint8_t> data
     }
   }
   pwrite_exact(fd(), data.subspan(done), offset + done, path_.string());
+}
+
+void PartialFile::write_run(std::uint64_t offset, std::span<const std::span<const std::uint8_t>> pieces) const {
+  // The leading pieces that O_DIRECT can take as one request (a run's last
+  // piece, the file's tail, often cannot).
+  std::size_t direct_pieces = 0;
+  std::size_t direct_bytes = 0;
+  if (offset % kDirectAlignment == 0 && held_->direct_ok.load(std::memory_order_relaxed)) {
+    for (const auto& piece : pieces) {
+      if (direct_pieces == static_cast<std::size_t>(IOV_MAX) || piece.size() % kDirectAlignment != 0 ||
+          reinterpret_cast<std::uintptr_t>(piece.data()) % kDirectAlignment != 0) {
+        break;
+      }
+      ++direct_pieces;
+      direct_bytes += piece.size();
+    }
+  }
+  std::size_t done = 0;
+  if (direct_pieces > 0) {
+    std::vector<iovec> iov;
+    iov.reserve(direct_pieces);
+    for (const auto& piece : pieces.first(direct_pieces)) {
+      // pwritev only reads through these pointers.
+      iov.push_back(
+          {const_cast<std::uint8_t*>(piece.data()), piece.size()});  // NOLINT(cppcoreguidelines-pro-type-const-cast)
+    }
+    std::size_t first = 0;  // the first iovec not wholly written
+    while (done < direct_bytes) {
+      const ssize_t n = ::pwritev(held_->direct.get(), iov.data() + first, static_cast<int>(iov.size() - first),
+                                  static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      // As in write(): EINVAL turns O_DIRECT off for good; a short write
+      // with an unaligned rest finishes buffered.
+      if (n < 0 && errno == EINVAL) {
+        held_->direct_ok = false;
+        break;
+      }
+      if (n < 0) throw io_error("cannot write " + path_.string(), errno);
+      if (n == 0) break;
+      done += static_cast<std::size_t>(n);
+      if (done % kDirectAlignment != 0) break;
+      auto left = static_cast<std::size_t>(n);
+      while (left > 0) {
+        if (left >= iov[first].iov_len) {
+          left -= iov[first].iov_len;
+          ++first;
+        } else {
+          iov[first].iov_base = static_cast<std::uint8_t*>(iov[first].iov_base) + left;
+          iov[first].iov_len -= left;
+          left = 0;
+        }
+      }
+    }
+  }
+  // What the direct request did not write, piece by piece.
+  std::uint64_t at = offset;
+  std::size_t skip = done;
+  for (const auto& piece : pieces) {
+    if (skip >= piece.size()) {
+      skip -= piece.size();
+    } else {
+      write(at + skip, piece.subspan(skip));
+      skip = 0;
+    }
+    at += piece.size();
+  }
+}
+
+void ChunkWriter::submit(std::uint64_t offset, std::shared_ptr<const ChunkBytes> bytes, Done done) {
+  {
+    std::lock_guard lock(mutex_);
+    pending_.insert_or_assign(offset, Pending{std::move(bytes), std::move(done)});
+    if (writing_) return;  // the writer takes it with its next run
+    writing_ = true;
+  }
+  std::vector<Pending> run;
+  std::vector<std::span<const std::uint8_t>> pieces;
+  for (;;) {
+    run.clear();
+    pieces.clear();
+    std::uint64_t start = 0;
+    {
+      std::lock_guard lock(mutex_);
+      if (pending_.empty()) {
+        writing_ = false;
+        return;
+      }
+      auto it = pending_.begin();
+      start = it->first;
+      std::uint64_t next = start;
+      std::size_t bytes_in_run = 0;
+      while (it != pending_.end() && it->first == next &&
+             (run.empty() || bytes_in_run + it->second.bytes->size() <= kMaxRunBytes)) {
+        next += it->second.bytes->size();
+        bytes_in_run += it->second.bytes->size();
+        run.push_back(std::move(it->second));
+        it = pending_.erase(it);
+      }
+    }
+    for (const auto& piece : run) pieces.emplace_back(piece.bytes->data(), piece.bytes->size());
+    std::optional<Failure> failure;
+    try {
+      file_->write_run(start, pieces);
+    } catch (const std::exception& e) {
+      failure = failure_from(e, Errc::io);
+    }
+    runs_.fetch_add(1, std::memory_order_relaxed);
+    for (auto& piece : run) piece.done(failure);
+  }
 }
 
 void PartialFile::read(std::uint64_t offset, std::span<std::uint8_t> out) const {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,10 @@ std::vector<std::uint8_t> pattern(std::size_t n, std::uint8_t seed) {
   std::vector<std::uint8_t> v(n);
   for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint8_t>(seed + i * 7 + (i >> 8));
   return v;
+}
+
+std::string as_string(const p2pshare::store::ChunkBytes& v) {
+  return {v.begin(), v.end()};
 }
 
 std::string as_string(const std::vector<std::uint8_t>& v) {
@@ -697,4 +702,72 @@ TEST_CASE("pread_exact on a short file throws", "[store]") {
   std::vector<std::uint8_t> one(1);
   CHECK(thrown_code([&] { pread_exact(fd.get(), one, 10, "short.bin"); }) == Errc::io);
   CHECK(thrown_code([&] { pread_exact(-1, one, 0, "bad fd"); }) == Errc::io);
+}
+
+TEST_CASE("ChunkWriter gathers neighbours handed in during a write into one run", "[store]") {
+  TempDir dir;
+  constexpr std::size_t kChunk = 64 * 1024;
+  constexpr std::size_t kChunks = 12;
+  const std::uint64_t size = kChunks * kChunk - 500;  // a short last chunk: the run ends buffered
+  auto part = std::make_shared<PartialFile>(dir.path(), make_id(21), size);
+  auto writer = std::make_shared<p2pshare::store::ChunkWriter>(part);
+
+  std::vector<std::shared_ptr<const p2pshare::store::ChunkBytes>> chunks;
+  for (std::size_t i = 0; i < kChunks; ++i) {
+    const auto bytes = pattern(i + 1 == kChunks ? kChunk - 500 : kChunk, static_cast<std::uint8_t>(i + 1));
+    chunks.push_back(std::make_shared<const p2pshare::store::ChunkBytes>(bytes.begin(), bytes.end()));
+  }
+  std::vector<int> written(kChunks, 0);
+  // Chunk 0 is written alone; while its write is under way (its `done`
+  // runs inside the writer's loop) chunks 11..1 arrive out of order, and
+  // leave as one run.
+  writer->submit(0, chunks[0], [&](std::optional<p2pshare::Failure> error) {
+    CHECK(!error);
+    ++written[0];
+    for (std::size_t i = kChunks - 1; i >= 1; --i) {
+      writer->submit(i * kChunk, chunks[i], [&written, i](std::optional<p2pshare::Failure> e) {
+        CHECK(!e);
+        ++written[i];
+      });
+    }
+  });
+  CHECK(std::all_of(written.begin(), written.end(), [](int n) { return n == 1; }));
+  CHECK(writer->runs_written() == 2);
+
+  const std::string on_disk = read_file(part->finish(dir / "gathered.bin", false));
+  REQUIRE(on_disk.size() == size);
+  for (std::size_t i = 0; i < kChunks; ++i)
+    CHECK(on_disk.substr(i * kChunk, chunks[i]->size()) == as_string(*chunks[i]));
+}
+
+TEST_CASE("ChunkWriter splits runs at gaps and at the run limit", "[store]") {
+  TempDir dir;
+  constexpr std::size_t kChunk = 1024 * 1024;
+  constexpr std::size_t kChunks = 10;
+  auto part = std::make_shared<PartialFile>(dir.path(), make_id(22), kChunks * kChunk);
+  auto writer = std::make_shared<p2pshare::store::ChunkWriter>(part);
+  std::vector<std::shared_ptr<const p2pshare::store::ChunkBytes>> chunks;
+  for (std::size_t i = 0; i < kChunks; ++i) {
+    const auto bytes = pattern(kChunk, static_cast<std::uint8_t>(i + 40));
+    chunks.push_back(std::make_shared<const p2pshare::store::ChunkBytes>(bytes.begin(), bytes.end()));
+  }
+  int done = 0;
+  // While chunk 9 is written: 0..5 (6 MiB: one run of 4 and one of 2 at the
+  // 4 MiB limit) and 7 (after the gap at 6: a run of its own).
+  writer->submit(9 * kChunk, chunks[9], [&](const std::optional<p2pshare::Failure>&) {
+    ++done;
+    for (std::size_t i : {0U, 1U, 2U, 3U, 4U, 5U, 7U}) {
+      writer->submit(i * kChunk, chunks[i], [&done](std::optional<p2pshare::Failure> e) {
+        CHECK(!e);
+        ++done;
+      });
+    }
+  });
+  CHECK(done == 8);
+  CHECK(writer->runs_written() == 4);
+  std::vector<std::uint8_t> back(kChunk);
+  for (std::size_t i : {0U, 1U, 2U, 3U, 4U, 5U, 7U, 9U}) {
+    part->read(i * kChunk, back);
+    CHECK(as_string(back) == as_string(*chunks[i]));
+  }
 }

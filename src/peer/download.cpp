@@ -44,6 +44,7 @@ void Swarm::discard_partial() {
   if (!download_) return;
   if (download_->partial) download_->partial->remove();
   download_->partial.reset();
+  download_->writer.reset();
 }
 
 void Swarm::start_download(bool wait_for_holders) {
@@ -55,6 +56,7 @@ void Swarm::start_download(bool wait_for_holders) {
   try {
     std::filesystem::create_directories(record.directory);
     download.partial = std::make_shared<store::PartialFile>(record.directory, id_, manifest_->size);
+    download.writer = std::make_shared<store::ChunkWriter>(download.partial);
   } catch (const std::filesystem::filesystem_error& e) {
     return fail(Failure{Errc::io, fmt::format("cannot create {}: {}", record.directory.string(), e.code().message())});
   } catch (const std::exception& e) {
@@ -227,22 +229,22 @@ void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buff
   if (!download_ || !download_->partial) return;
   const auto from = link.key();
   auto manifest = manifest_;
-  auto partial = download_->partial;
+  auto writer = download_->writer;
   auto self = shared_from_this();
   ++download_->disk_jobs;
-  asio::post(services_.disk, [self, manifest, partial, buffer, chunk, from] {
+  // Any disk thread hashes; the writer gathers verified neighbours into one
+  // write (store::ChunkWriter), so hashing never waits on the disk.
+  asio::post(services_.disk, [self, manifest, writer, buffer, chunk, from] {
     const auto digest = Sha256::digest(std::span<const std::uint8_t>(buffer->data(), buffer->size()));
-    const bool ok = digest == manifest->chunk_hashes[chunk.value];
-    std::optional<Failure> write_error;
-    if (ok) {
-      try {
-        partial->write(manifest->chunk_offset(chunk), std::span<const std::uint8_t>(buffer->data(), buffer->size()));
-      } catch (const std::exception& e) {
-        write_error = failure_from(e, Errc::io);
-      }
+    if (digest != manifest->chunk_hashes[chunk.value]) {
+      asio::post(self->services_.io, [self, from, chunk] { self->on_chunk_checked(from, chunk, false, std::nullopt); });
+      return;
     }
-    asio::post(self->services_.io,
-               [self, from, chunk, ok, write_error] { self->on_chunk_checked(from, chunk, ok, write_error); });
+    writer->submit(manifest->chunk_offset(chunk), buffer, [self, from, chunk](std::optional<Failure> write_error) {
+      asio::post(self->services_.io, [self, from, chunk, write_error = std::move(write_error)] {
+        self->on_chunk_checked(from, chunk, true, write_error);
+      });
+    });
   });
 }
 

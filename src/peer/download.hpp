@@ -43,6 +43,7 @@ struct Download {
 
   DownloadRecord record;                        // its manifest moved to the swarm: one copy of the hash list
   std::shared_ptr<store::PartialFile> partial;  // from start_download on
+  std::shared_ptr<store::ChunkWriter> writer;   // writes partial's verified chunks
   std::optional<sched::Scheduler> scheduler;    // while chunks are being fetched
   std::vector<Observer> observers;
   asio::steady_timer timer;  // tick(): stalls, progress, resume saves, holder refresh
