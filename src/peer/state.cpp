@@ -22,23 +22,15 @@ FileId id_from_blob(std::span<const std::uint8_t> blob) {
   return id;
 }
 
+// A hash list that does not fit the size and chunk size stored beside it is
+// corrupt state: an error, never a guess.
+std::vector<Sha256Digest> stored_hashes(std::span<const std::uint8_t> blob, const Manifest& manifest) {
+  auto hashes = decode_chunk_hashes(blob, chunk_count_for(manifest.size, manifest.chunk_size));
+  if (!hashes) throw Error(Errc::io, "peer state: corrupt chunk hash list");
+  return std::move(*hashes);
+}
+
 }  // namespace
-
-std::string encode_hashes(const Manifest& manifest) {
-  std::string out;
-  out.reserve(manifest.chunk_hashes.size() * Sha256Digest::kSize);
-  for (const auto& h : manifest.chunk_hashes) out.append(reinterpret_cast<const char*>(h.bytes.data()), h.bytes.size());
-  return out;
-}
-
-void decode_hashes(std::span<const std::uint8_t> blob, Manifest& manifest) {
-  const std::uint64_t count = chunk_count_for(manifest.size, manifest.chunk_size);
-  if (blob.size() != count * Sha256Digest::kSize) throw Error(Errc::io, "peer state: corrupt chunk hash list");
-  manifest.chunk_hashes.resize(count);
-  for (std::uint64_t i = 0; i < count; ++i) {
-    std::memcpy(manifest.chunk_hashes[i].bytes.data(), blob.data() + i * Sha256Digest::kSize, Sha256Digest::kSize);
-  }
-}
 
 std::string load_or_create_secret(const std::filesystem::path& path, std::size_t size) {
   store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
@@ -116,7 +108,7 @@ std::vector<SharedRecord> PeerState::shared_files() {
     r.path = std::string(query.column_text(2));
     r.manifest.size = static_cast<std::uint64_t>(query.column_int(3));
     r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(4));
-    decode_hashes(query.column_blob(5), r.manifest);
+    r.manifest.chunk_hashes = stored_hashes(query.column_blob(5), r.manifest);
     r.uploaded = static_cast<std::uint64_t>(query.column_int(6));
     out.push_back(std::move(r));
   }
@@ -130,7 +122,7 @@ void PeerState::put_shared(const SharedRecord& r) {
       .bind_text(3, r.path.string())
       .bind_int(4, static_cast<std::int64_t>(r.manifest.size))
       .bind_int(5, r.manifest.chunk_size)
-      .bind_blob(6, encode_hashes(r.manifest))
+      .bind_blob(6, encode_chunk_hashes(r.manifest.chunk_hashes))
       .bind_int(7, static_cast<std::int64_t>(r.uploaded));
   put_shared_.run();
 }
@@ -159,7 +151,7 @@ std::vector<DownloadRecord> PeerState::downloads() {
     r.replace = query.column_int(3) != 0;
     r.manifest.size = static_cast<std::uint64_t>(query.column_int(4));
     r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(5));
-    decode_hashes(query.column_blob(6), r.manifest);
+    r.manifest.chunk_hashes = stored_hashes(query.column_blob(6), r.manifest);
     const auto have = query.column_blob(7);
     auto bits = Bitfield::from_wire(std::string_view(reinterpret_cast<const char*>(have.data()), have.size()),
                                     r.manifest.chunk_count());
@@ -181,7 +173,7 @@ void PeerState::put_download(const DownloadRecord& r, const Manifest& manifest) 
       .bind_int(5, r.replace ? 1 : 0)
       .bind_int(6, static_cast<std::int64_t>(manifest.size))
       .bind_int(7, manifest.chunk_size)
-      .bind_blob(8, encode_hashes(manifest))
+      .bind_blob(8, encode_chunk_hashes(manifest.chunk_hashes))
       .bind_blob(9, r.have.to_wire())
       .bind_int(10, r.clean ? 1 : 0)
       .bind_int(11, static_cast<std::int64_t>(r.stamp.size))

@@ -59,7 +59,4 @@ class PeerState {
   sqlite::Statement put_shared_, remove_shared_, add_uploaded_, put_download_, update_resume_, remove_download_;
 };
 
-std::string encode_hashes(const Manifest& manifest);
-void decode_hashes(std::span<const std::uint8_t> blob, Manifest& manifest);
-
 }  // namespace p2pshare::peer
