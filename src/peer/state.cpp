@@ -96,6 +96,49 @@ PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "pe
       db_.prepare("UPDATE downloads SET have = ?2, clean = ?3, part_size = ?4, part_mtime_ns = ?5 WHERE file_id = ?1",
                   "save resume state");
   remove_download_ = db_.prepare("DELETE FROM downloads WHERE file_id = ?1", "remove download");
+  open_identity_table();
+}
+
+// Kept apart from the versioned schema above: a table of its own, created if
+// missing, so an older peer.db gains it without a migration and a row that is
+// missing only means "not known yet" (the file is then hashed again once).
+void PeerState::open_identity_table() {
+  db_.exec(R"sql(
+    CREATE TABLE IF NOT EXISTS shared_identity (
+      file_id BLOB PRIMARY KEY, device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
+      mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL);
+  )sql",
+           "create the shared file identity table");
+  put_identity_ = db_.prepare(
+      "INSERT OR REPLACE INTO shared_identity (file_id, device, inode, size, mtime_ns, ctime_ns) "
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+      "save shared file identity");
+  remove_identity_ = db_.prepare("DELETE FROM shared_identity WHERE file_id = ?1", "remove shared file identity");
+}
+
+std::map<FileId, store::FileIdentity> PeerState::shared_identities() {
+  auto query = db_.prepare("SELECT file_id, device, inode, size, mtime_ns, ctime_ns FROM shared_identity",
+                           "load shared file identities");
+  std::map<FileId, store::FileIdentity> out;
+  while (query.step()) {
+    const auto blob = query.column_blob(0);
+    FileId id;
+    if (blob.size() != id.bytes.size()) throw Error(Errc::io, "peer state: corrupt file id in shared_identity");
+    std::memcpy(id.bytes.data(), blob.data(), blob.size());
+    out[id] = {static_cast<std::uint64_t>(query.column_int(1)), static_cast<std::uint64_t>(query.column_int(2)),
+               static_cast<std::uint64_t>(query.column_int(3)), query.column_int(4), query.column_int(5)};
+  }
+  return out;
+}
+
+void PeerState::put_shared_identity(const FileId& id, const store::FileIdentity& identity) {
+  put_identity_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
+      .bind_int(2, static_cast<std::int64_t>(identity.device))
+      .bind_int(3, static_cast<std::int64_t>(identity.inode))
+      .bind_int(4, static_cast<std::int64_t>(identity.size))
+      .bind_int(5, identity.mtime_ns)
+      .bind_int(6, identity.ctime_ns);
+  put_identity_.run();
 }
 
 std::vector<SharedRecord> PeerState::shared_files() {
@@ -130,6 +173,8 @@ void PeerState::put_shared(const SharedRecord& r) {
 void PeerState::remove_shared(const FileId& id) {
   remove_shared_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
   remove_shared_.run();
+  remove_identity_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
+  remove_identity_.run();
 }
 
 void PeerState::add_uploaded(const FileId& id, std::uint64_t bytes) {
