@@ -111,29 +111,27 @@ void Swarm::read_chunk(ChunkIndex chunk, std::function<void(BufferPool::Buffer, 
   auto partial = partial_;
   auto reader = reader_;
   const auto path = path_;
-  const auto size = manifest_->size;
   const auto expected = partial || reader || !services_.shared_identity ? std::nullopt : services_.shared_identity(id_);
   auto self = shared_from_this();
-  asio::post(
-      services_.disk, [self, partial, reader, path, size, expected, offset, buffer, done = std::move(done)]() mutable {
-        std::string error;
-        std::shared_ptr<store::ChunkReader> opened;
-        try {
-          if (partial) {
-            partial->read(offset, std::span(buffer->data(), buffer->size()));
-          } else {
-            if (!reader) opened = reader = std::make_shared<store::ChunkReader>(path, size, expected);
-            reader->read(offset, std::span(buffer->data(), buffer->size()));
-          }
-        } catch (const std::exception& e) {
-          error = e.what();
-        }
-        asio::post(self->services_.io, [self, opened, buffer, error, seeding = !partial, done = std::move(done)] {
-          if (opened && !self->reader_ && !self->partial_) self->reader_ = opened;
-          if (!error.empty() && seeding && self->services_.on_unreadable) self->services_.on_unreadable(self->id_);
-          done(buffer, error);
-        });
-      });
+  asio::post(services_.disk, [self, partial, reader, path, expected, offset, buffer, done = std::move(done)]() mutable {
+    std::string error;
+    std::shared_ptr<store::ChunkReader> opened;
+    try {
+      if (partial) {
+        partial->read(offset, std::span(buffer->data(), buffer->size()));
+      } else {
+        if (!reader) opened = reader = std::make_shared<store::ChunkReader>(path, self->manifest_->size, expected);
+        reader->read(offset, std::span(buffer->data(), buffer->size()));
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    asio::post(self->services_.io, [self, opened, buffer, error, seeding = !partial, done = std::move(done)] {
+      if (opened && !self->reader_ && !self->partial_) self->reader_ = opened;
+      if (!error.empty() && seeding && self->services_.on_unreadable) self->services_.on_unreadable(self->id_);
+      done(buffer, error);
+    });
+  });
 }
 
 // --- links ---------------------------------------------------------------
