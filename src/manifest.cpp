@@ -171,6 +171,23 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
   return manifest;
 }
 
+std::string encode_chunk_hashes(const std::vector<Sha256Digest>& chunk_hashes) {
+  std::string out;
+  out.reserve(chunk_hashes.size() * Sha256Digest::kSize);
+  for (const auto& h : chunk_hashes) out.append(reinterpret_cast<const char*>(h.bytes.data()), h.bytes.size());
+  return out;
+}
+
+std::optional<std::vector<Sha256Digest>> decode_chunk_hashes(std::span<const std::uint8_t> bytes, std::uint64_t count) {
+  // Checked before anything is allocated: `count` may come from a hostile size field.
+  if (count > bytes.size() / Sha256Digest::kSize || bytes.size() != count * Sha256Digest::kSize) return std::nullopt;
+  std::vector<Sha256Digest> out(count);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    std::memcpy(out[i].bytes.data(), bytes.data() + i * Sha256Digest::kSize, Sha256Digest::kSize);
+  }
+  return out;
+}
+
 Manifest manifest_from_wire(const pb::Manifest& wire) {
   Manifest manifest;
   manifest.size = wire.size();
@@ -182,18 +199,16 @@ Manifest manifest_from_wire(const pb::Manifest& wire) {
   if (count > kMaxChunkCount) {
     throw Error(Errc::bad_request, fmt::format("manifest: {} chunks is over the limit of {}", count, kMaxChunkCount));
   }
-  if (wire.chunk_hashes().size() != count * Sha256Digest::kSize) {
+  auto hashes = decode_chunk_hashes(
+      std::span(reinterpret_cast<const std::uint8_t*>(wire.chunk_hashes().data()), wire.chunk_hashes().size()), count);
+  if (!hashes) {
     throw Error(Errc::bad_request,
                 fmt::format("manifest: {} bytes of hashes for {} chunks", wire.chunk_hashes().size(), count));
   }
   if (wire.name().size() > kMaxNameLength * 4) {
     throw Error(Errc::bad_request, "manifest: name too long");
   }
-  manifest.chunk_hashes.resize(count);
-  const auto* raw = reinterpret_cast<const std::uint8_t*>(wire.chunk_hashes().data());
-  for (std::uint64_t i = 0; i < count; ++i) {
-    std::memcpy(manifest.chunk_hashes[i].bytes.data(), raw + i * Sha256Digest::kSize, Sha256Digest::kSize);
-  }
+  manifest.chunk_hashes = std::move(*hashes);
   manifest.name = wire.name();
   return manifest;
 }
@@ -201,12 +216,7 @@ Manifest manifest_from_wire(const pb::Manifest& wire) {
 void manifest_to_wire(const Manifest& manifest, pb::Manifest* wire) {
   wire->set_size(manifest.size);
   wire->set_chunk_size(manifest.chunk_size);
-  std::string hashes;
-  hashes.reserve(manifest.chunk_hashes.size() * Sha256Digest::kSize);
-  for (const auto& h : manifest.chunk_hashes) {
-    hashes.append(reinterpret_cast<const char*>(h.bytes.data()), h.bytes.size());
-  }
-  wire->set_chunk_hashes(std::move(hashes));
+  wire->set_chunk_hashes(encode_chunk_hashes(manifest.chunk_hashes));
   wire->set_name(manifest.name);
 }
 

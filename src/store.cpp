@@ -131,18 +131,76 @@ FileStamp stamp_of(int fd) {
           static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
-ChunkReader::ChunkReader(std::filesystem::path path, std::uint64_t expected_size) : path_(std::move(path)) {
+namespace {
+
+FileIdentity identity_from(const struct stat& st) {
+  return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+          static_cast<std::uint64_t>(st.st_size),
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+          static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec};
+}
+
+}  // namespace
+
+std::optional<FileIdentity> identity_of(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return std::nullopt;
+  return identity_from(st);
+}
+
+std::optional<FileIdentity> identity_of(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return identity_from(st);
+}
+
+ChunkReader::ChunkReader(std::filesystem::path path, std::uint64_t expected_size, std::optional<FileIdentity> expected)
+    : path_(std::move(path)) {
   file_ = FileHandle(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
   if (!file_) throw io_error("cannot open " + path_.string(), errno);
-  const auto stamp = stamp_of(file_.get());
-  if (stamp.size != expected_size) {
+  const auto opened = identity_of(file_.get());
+  if (!opened) throw io_error("cannot stat " + path_.string(), errno);
+  if (opened->size != expected_size) {
     throw Error(Errc::io, fmt::format("{} changed size since it was registered ({} bytes, was {})", path_.string(),
-                                      stamp.size, expected_size));
+                                      opened->size, expected_size));
+  }
+  identity_ = expected.value_or(*opened);
+  if (*opened != identity_) {
+    throw Error(Errc::io, fmt::format("{} changed on disk since it was shared (written or replaced)", path_.string()));
+  }
+}
+
+void ChunkReader::check_unchanged(bool with_path) const {
+  struct stat st {};
+  if (::fstat(file_.get(), &st) != 0) throw io_error("cannot stat " + path_.string(), errno);
+  const char* change = nullptr;
+  if (st.st_nlink == 0) {
+    change = "deleted";
+  } else if (static_cast<std::uint64_t>(st.st_size) != identity_.size) {
+    change = "resized";
+  } else if (identity_from(st) != identity_) {
+    change = "written";
+  } else if (with_path) {
+    // The open file may be intact while the path now names another one
+    // (replaced by rename): the owner meant the path.
+    const auto now = identity_of(path_);
+    if (!now) {
+      change = "deleted";
+    } else if (now->device != identity_.device || now->inode != identity_.inode) {
+      change = "replaced";
+    }
+  }
+  if (change != nullptr) {
+    throw Error(Errc::io, fmt::format("{} changed on disk since it was shared ({})", path_.string(), change));
   }
 }
 
 void ChunkReader::read(std::uint64_t offset, std::span<std::uint8_t> out) const {
+  check_unchanged(true);
   pread_exact(file_.get(), out, offset, path_.string());
+  // A write that raced the pread moved mtime/ctime before it copied its bytes:
+  // checking again after the read catches it.
+  check_unchanged(false);
 }
 
 // --- PartialFile: who holds which partial file ----------------------------

@@ -114,3 +114,21 @@ TEST_CASE("build_manifest reports missing paths and non-regular files") {
     CHECK(e.code() == Errc::bad_request);
   }
 }
+
+TEST_CASE("one hash-list codec: round trip, and a wrong length is refused, not guessed") {
+  std::vector<Sha256Digest> hashes(3);
+  for (std::size_t i = 0; i < hashes.size(); ++i) hashes[i].bytes.fill(static_cast<std::uint8_t>(i + 1));
+  const std::string encoded = encode_chunk_hashes(hashes);
+  REQUIRE(encoded.size() == 3 * Sha256Digest::kSize);
+  const auto bytes = std::span(reinterpret_cast<const std::uint8_t*>(encoded.data()), encoded.size());
+  auto decoded = decode_chunk_hashes(bytes, 3);
+  REQUIRE(decoded);
+  CHECK(*decoded == hashes);
+
+  CHECK_FALSE(decode_chunk_hashes(bytes, 2));
+  CHECK_FALSE(decode_chunk_hashes(bytes, 4));
+  CHECK_FALSE(decode_chunk_hashes(bytes.first(bytes.size() - 1), 3));
+  // A count whose byte length would wrap around is refused before any allocation.
+  CHECK_FALSE(decode_chunk_hashes(bytes, ~0ull / Sha256Digest::kSize + 2));
+  CHECK(decode_chunk_hashes({}, 0)->empty());
+}

@@ -671,13 +671,61 @@ TEST_CASE("ChunkReader refuses a file whose size changed since registration", "[
   CHECK(thrown_code([&] { ChunkReader(file, 4999); }) == Errc::io);
   CHECK(thrown_code([&] { ChunkReader(dir / "gone.bin", 10); }) == Errc::not_found);
 
-  // Shrunk after opening: reading the lost tail throws instead of returning short.
+  // Shrunk after opening: no read is served any more, not even of the bytes
+  // that are still there (the file is no longer the one that was hashed).
   ChunkReader reader(file, 5000);
   fs::resize_file(file, 2500);
   std::vector<std::uint8_t> out(1000);
-  reader.read(0, out);  // still there
-  CHECK(thrown_code([&] { reader.read(2000, out); }) == Errc::io);
+  CHECK(thrown_code([&] { reader.read(0, out); }) == Errc::io);
   CHECK(thrown_code([&] { reader.read(4000, out); }) == Errc::io);
+}
+
+TEST_CASE("ChunkReader refuses a file deleted, written or replaced since it was stamped", "[store]") {
+  TempDir dir;
+  const fs::path file = dir / "shared.bin";
+  std::vector<std::uint8_t> out(1000);
+  auto stamped = [&] {
+    write_random_file(file, 5000, 2);
+    const auto identity = p2pshare::store::identity_of(file);
+    REQUIRE(identity);
+    return *identity;
+  };
+
+  // Written in place, same size: the mtime/ctime moved.
+  auto identity = stamped();
+  {
+    ChunkReader reader(file, 5000, identity);
+    reader.read(0, out);
+    // Set mtime apart explicitly: two writes in one clock tick share a stamp.
+    std::error_code ec;
+    fs::last_write_time(file, fs::last_write_time(file) - std::chrono::seconds(5), ec);
+    REQUIRE_FALSE(ec);
+    CHECK(thrown_code([&] { reader.read(0, out); }) == Errc::io);
+  }
+  // Opened after the change: refused at once.
+  CHECK(thrown_code([&] { ChunkReader(file, 5000, identity); }) == Errc::io);
+
+  // Deleted: the open file still has the bytes, but nobody shares it any more.
+  identity = stamped();
+  {
+    ChunkReader reader(file, 5000, identity);
+    fs::remove(file);
+    CHECK(thrown_code([&] { reader.read(0, out); }) == Errc::io);
+  }
+
+  // Replaced by rename: the path names another file now.
+  identity = stamped();
+  {
+    ChunkReader reader(file, 5000, identity);
+    write_random_file(dir / "other.bin", 5000, 2);
+    fs::rename(dir / "other.bin", file);
+    CHECK(thrown_code([&] { reader.read(0, out); }) == Errc::io);
+  }
+
+  // Untouched: served.
+  identity = stamped();
+  ChunkReader reader(file, 5000, identity);
+  reader.read(4000, out);
 }
 
 TEST_CASE("pread_exact on a short file throws", "[store]") {

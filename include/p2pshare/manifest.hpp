@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -56,6 +58,14 @@ std::string valid_utf8(std::string_view text);
 
 // The number of chunks a file of `size` bytes has at `chunk_size` (0 for 0).
 std::uint64_t chunk_count_for(std::uint64_t size, std::uint32_t chunk_size) noexcept;
+
+// The hash list as it travels in a manifest and as peer.db stores it: each
+// chunk's 32-byte SHA-256, in chunk order, nothing else (docs/protocol.md).
+std::string encode_chunk_hashes(const std::vector<Sha256Digest>& chunk_hashes);
+// The inverse for a file of `count` chunks. nullopt unless `bytes` is exactly
+// 32 * count long: each caller says what a bad list means where it found it
+// (a peer's malformed manifest, a corrupt database), never a silent default.
+std::optional<std::vector<Sha256Digest>> decode_chunk_hashes(std::span<const std::uint8_t> bytes, std::uint64_t count);
 
 // SHA-256 over the canonical encoding (docs/protocol.md).
 FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size, const std::vector<Sha256Digest>& chunk_hashes);

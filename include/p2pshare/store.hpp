@@ -85,18 +85,44 @@ class FileHandle {
 void pread_exact(int fd, std::span<std::uint8_t> out, std::uint64_t offset, const std::string& what);
 void pwrite_exact(int fd, std::span<const std::uint8_t> data, std::uint64_t offset, const std::string& what);
 
-// A registered file, served read-only.
+// Which file a path names and whether its bytes may have changed: device and
+// inode say which file, size, mtime and ctime say which version (ctime too,
+// because a writer can put mtime back, never ctime).
+struct FileIdentity {
+  std::uint64_t device = 0;
+  std::uint64_t inode = 0;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  std::int64_t ctime_ns = 0;
+  bool operator==(const FileIdentity&) const = default;
+};
+// nullopt when the file cannot be stat'ed (gone, no permission).
+std::optional<FileIdentity> identity_of(int fd);
+std::optional<FileIdentity> identity_of(const std::filesystem::path& path);
+
+// A shared file, served read-only, and only while it is the file that was
+// hashed: every read checks (fstat of the open file, stat of its path) that
+// it was not deleted, replaced, resized or written since `expected`, before
+// and after the pread, so bytes from a changed file are never returned.
+// The cost is two stat calls per chunk.
 class ChunkReader {
  public:
-  // Throws Error(not_found/io) if the file is gone or its size changed.
-  ChunkReader(std::filesystem::path path, std::uint64_t expected_size);
+  // `expected`: the identity the file had when it was hashed (registered or
+  // finished downloading); nullopt takes it from the file as opened. Throws
+  // Error(not_found/io) if the file is gone or is not that file any more.
+  ChunkReader(std::filesystem::path path, std::uint64_t expected_size,
+              std::optional<FileIdentity> expected = std::nullopt);
+  // Throws Error(io) "... changed on disk ..." when the file changed.
   void read(std::uint64_t offset, std::span<std::uint8_t> out) const;
   const std::filesystem::path& path() const { return path_; }
   int fd() const { return file_.get(); }
 
  private:
+  void check_unchanged(bool with_path) const;
+
   std::filesystem::path path_;
   FileHandle file_;
+  FileIdentity identity_;
 };
 
 struct FileStamp {

@@ -21,6 +21,41 @@ namespace p2pshare::peer {
 namespace {
 
 constexpr std::size_t kSecretSize = 32;
+// How often every shared file is stat'ed for a change made under the peer
+// (deleted, resized, written, replaced). Serving a chunk checks it too.
+constexpr auto kFileCheckInterval = std::chrono::seconds(2);
+
+// What a check of one shared file decided.
+struct FileVerdict {
+  enum Kind { keep, reverified, withdraw } kind = keep;
+  std::optional<store::FileIdentity> identity;  // keep/reverified: the file as it is now
+  std::string reason;                           // withdraw: why
+};
+
+// Runs on a disk thread: is the file at `path` still the one with id `id`?
+// Deleted or resized: withdraw. Same size but written, replaced or never
+// stamped: hashed again chunk by chunk (one thread), kept only if every chunk
+// still matches.
+FileVerdict check_shared_file(const FileId& id, const std::filesystem::path& path, const Manifest& manifest,
+                              const std::optional<store::FileIdentity>& expected) {
+  const auto now = store::identity_of(path);
+  if (!now) return {FileVerdict::withdraw, std::nullopt, "deleted or unreadable"};
+  if (now->size != manifest.size) {
+    return {FileVerdict::withdraw, std::nullopt, fmt::format("resized to {} bytes", now->size)};
+  }
+  if (expected && *now == *expected) return {FileVerdict::keep, now, ""};
+  // Written, replaced, or never stamped (a peer.db from before identities, a
+  // download that finished with nobody watching): hashed once to know.
+  try {
+    const Manifest again = build_manifest(path, 1, manifest.chunk_size);
+    if (again.file_id() != id) return {FileVerdict::withdraw, std::nullopt, "its bytes changed"};
+    // Hashes that match a file that moved meanwhile prove nothing.
+    if (store::identity_of(path) != now) return {FileVerdict::withdraw, std::nullopt, "it is being written"};
+    return {FileVerdict::reverified, now, ""};
+  } catch (const std::exception& e) {
+    return {FileVerdict::withdraw, std::nullopt, e.what()};
+  }
+}
 
 std::string encode(const pb::ControlResponse& response) {
   return response.SerializeAsString();
@@ -60,6 +95,109 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   // Withdrawals the central server has not confirmed: sent again at the next
   // registration, so a file stopped while it was unreachable is not listed forever.
   std::set<FileId> pending_withdrawals;
+  // Shared files as they were when hashed (registered or downloaded), and
+  // the checks under way with whoever waits on each.
+  std::map<FileId, store::FileIdentity> identities;
+  std::map<FileId, std::vector<std::function<void()>>> file_checks;
+  std::unique_ptr<asio::steady_timer> file_timer;
+  bool sweeping = false;
+
+  static bool seeding(const Swarm& swarm) { return swarm.complete() && !swarm.downloading(); }
+
+  void remember_identity(const FileId& id, const store::FileIdentity& identity) {
+    identities[id] = identity;
+    try {
+      state->put_shared_identity(id, identity);
+    } catch (const Error& e) {
+      // Kept in memory: only a restart loses it (the file is hashed again then).
+      log::error("cannot save the identity of {}: {}", to_hex(id), e.what());
+    }
+  }
+
+  // Checks one shared file off the network thread; `then` runs on the
+  // network thread once it is kept, re-verified or withdrawn.
+  void check_file(const FileId& id, std::function<void()> then) {
+    auto swarm = lookup(id);
+    if (!swarm || !seeding(*swarm)) {
+      if (then) then();
+      return;
+    }
+    auto [it, fresh] = file_checks.try_emplace(id);
+    if (then) it->second.push_back(std::move(then));
+    if (!fresh) return;
+    std::optional<store::FileIdentity> expected;
+    if (auto known = identities.find(id); known != identities.end()) expected = known->second;
+    asio::post(disk, [self = shared_from_this(), swarm, id, expected, path = swarm->path()] {
+      auto verdict = check_shared_file(id, path, swarm->manifest(), expected);
+      asio::post(self->io, [self, swarm, id, verdict = std::move(verdict)] { self->apply(swarm, id, verdict); });
+    });
+  }
+
+  void apply(const std::shared_ptr<Swarm>& checked, const FileId& id, const FileVerdict& verdict) {
+    auto waiting = std::move(file_checks[id]);
+    file_checks.erase(id);
+    // Stopped or replaced while we hashed: the check is moot.
+    if (lookup(id) == checked && !stopping) {
+      if (verdict.kind == FileVerdict::withdraw) {
+        log::warn("{} changed on disk ({}): no longer shared as {}", checked->path().string(), verdict.reason,
+                  to_hex(id));
+        checked->shutdown(false);
+        swarms.erase(id);
+        identities.erase(id);
+        try {
+          state->remove_shared(id);
+        } catch (const Error& e) {
+          log::error("cannot forget {}: {}", to_hex(id), e.what());
+        }
+        withdraw(id);
+      } else {
+        remember_identity(id, *verdict.identity);
+        if (verdict.kind == FileVerdict::reverified) {
+          // Same bytes under a new stamp: a fresh seed opens a fresh reader
+          // held to the new identity (the old one refuses every read).
+          log::info("{} was written but still matches {}: still shared", checked->path().string(), to_hex(id));
+          checked->save_uploaded();
+          checked->shutdown(false);
+          swarms[id] = Swarm::seed(*services, checked->manifest(), checked->path(), checked->uploaded());
+        }
+      }
+    }
+    for (auto& then : waiting) then();
+  }
+
+  void check_files_periodically() {
+    file_timer->expires_after(kFileCheckInterval);
+    file_timer->async_wait([weak = weak_from_this()](const std::error_code& ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->stopping) return;
+      self->sweep_files();
+      self->check_files_periodically();
+    });
+  }
+
+  // One stat per shared file on a disk thread; only files whose identity
+  // moved are checked further (hashing is for those alone).
+  void sweep_files() {
+    if (sweeping) return;
+    std::vector<std::tuple<FileId, std::filesystem::path, std::optional<store::FileIdentity>>> files;
+    for (const auto& [id, swarm] : swarms) {
+      if (!seeding(*swarm) || file_checks.count(id)) continue;
+      auto known = identities.find(id);
+      files.emplace_back(id, swarm->path(), known == identities.end() ? std::nullopt : std::optional(known->second));
+    }
+    if (files.empty()) return;
+    sweeping = true;
+    asio::post(disk, [self = shared_from_this(), files = std::move(files)] {
+      std::vector<FileId> moved;
+      for (const auto& [id, path, expected] : files) {
+        if (!expected || store::identity_of(path) != expected) moved.push_back(id);
+      }
+      asio::post(self->io, [self, moved = std::move(moved)] {
+        self->sweeping = false;
+        for (const auto& id : moved) self->check_file(id, nullptr);
+      });
+    });
+  }
 
   void save_uploads_periodically() {
     upload_timer->expires_after(std::chrono::seconds(5));
@@ -105,6 +243,15 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
                      std::make_shared<TokenBucket>(io, config.download_limit), std::make_shared<BufferPool>(),
                      central->peer_id(), config.sched});
     services->holder_refresh = config.holder_refresh;
+    services->shared_identity = [weak = weak_from_this()](const FileId& id) -> std::optional<store::FileIdentity> {
+      auto self = weak.lock();
+      if (!self) return std::nullopt;
+      auto it = self->identities.find(id);
+      return it == self->identities.end() ? std::nullopt : std::optional(it->second);
+    };
+    services->on_unreadable = [weak = weak_from_this()](const FileId& id) {
+      if (auto self = weak.lock()) self->check_file(id, nullptr);
+    };
   }
 
   void announce_all() {
@@ -238,24 +385,33 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     auto self = shared_from_this();
     asio::post(disk, [self, c, path] {
       std::optional<Manifest> manifest;
+      std::optional<store::FileIdentity> identity;
       std::string error;
       Errc code = Errc::io;
       try {
+        identity = store::identity_of(path);
         manifest = build_manifest(path, 0);
+        // The stamp every later read is held to: it must be the one the
+        // hashes describe, so the file may not move while it is hashed.
+        if (!identity || store::identity_of(path) != identity) {
+          manifest.reset();
+          error = fmt::format("{} changed while it was hashed: register it again once it is complete", path.string());
+        }
       } catch (const Error& e) {
         error = e.what();
         code = e.code();
       } catch (const std::exception& e) {
         error = e.what();
       }
-      asio::post(self->io, [self, c, path, manifest = std::move(manifest), error, code]() mutable {
+      asio::post(self->io, [self, c, path, manifest = std::move(manifest), identity, error, code]() mutable {
         if (!manifest) return c->send(encode(error_response(code, error)));
-        self->add_shared(c, path, std::move(*manifest));
+        self->add_shared(c, path, std::move(*manifest), *identity);
       });
     });
   }
 
-  void add_shared(const std::shared_ptr<wire::Connection>& c, const std::filesystem::path& path, Manifest manifest) {
+  void add_shared(const std::shared_ptr<wire::Connection>& c, const std::filesystem::path& path, Manifest manifest,
+                  const store::FileIdentity& identity) {
     const FileId id = manifest.file_id();
     auto existing = lookup(id);
     if (existing && existing->downloading()) {
@@ -277,6 +433,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
     auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
     swarms[id] = swarm;
+    remember_identity(id, identity);
     swarm->announce();
     log::info("sharing {} as {}", path.string(), to_hex(id));
     pb::ControlResponse response;
@@ -289,7 +446,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     c->send(encode(response));
   }
 
-  void request_file(const std::shared_ptr<wire::Connection>& c, const pb::RequestFile& request) {
+  // `checked`: the file this peer shares was just checked against the disk
+  // (a file deleted or changed under us is withdrawn and fetched again, never
+  // answered with its stale path).
+  void request_file(const std::shared_ptr<wire::Connection>& c, const pb::RequestFile& request, bool checked = false) {
     auto id = file_id_from_bytes(request.file_id());
     if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
     std::filesystem::path out(request.out_path());
@@ -297,7 +457,17 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       throw Error(Errc::bad_request, "--out must name a file");
     }
     auto swarm = lookup(*id);
-    if (swarm && swarm->complete() && !swarm->downloading()) {
+    if (swarm && seeding(*swarm) && !checked) {
+      check_file(*id, [self = shared_from_this(), c, request] {
+        try {
+          self->request_file(c, request, true);
+        } catch (const Error& e) {
+          c->send(encode(error_response(e.code(), e.what())));
+        }
+      });
+      return;
+    }
+    if (swarm && seeding(*swarm)) {
       if (!out.empty() && out != swarm->path()) {
         throw Error(Errc::bad_request, fmt::format("this peer already has the file at {}", swarm->path().string()));
       }
@@ -367,6 +537,22 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
 
   void watch(const std::shared_ptr<wire::Connection>& c, const std::shared_ptr<Swarm>& swarm) {
     std::weak_ptr<wire::Connection> weak = c;
+    // The identity a finished download is held to, taken as it finishes. One
+    // that finishes with nobody watching (resumed at start) has none: the
+    // next sweep hashes it once and records it.
+    Observer stamp;
+    stamp.progress = [](const pb::Progress&) {};
+    stamp.finished = [weak_self = weak_from_this()](const DownloadOutcome& outcome) {
+      auto self = weak_self.lock();
+      const auto* done = std::get_if<pb::Downloaded>(&outcome);
+      if (!self || done == nullptr) return;
+      auto id = file_id_from_bytes(done->file_id());
+      if (!id) return;
+      if (auto identity = store::identity_of(std::filesystem::path(done->path()))) {
+        self->remember_identity(*id, *identity);
+      }
+    };
+    swarm->add_observer(std::move(stamp));
     Observer observer;
     observer.progress = [weak](const pb::Progress& progress) {
       auto conn = weak.lock();
@@ -400,6 +586,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     const bool was_download = swarm->downloading() || !swarm->complete();
     swarm->shutdown(true);
     swarms.erase(*id);
+    identities.erase(*id);
     if (was_download) {
       // Not resumed at the next start; the partial file stays, and a later
       // request-file verifies and reuses what it holds.
@@ -422,7 +609,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     out->set_listen_addr(bound.to_string());
     out->set_central_connected(services->central->registered());
     for (const auto& [id, swarm] : swarms) {
-      if (swarm->complete() && !swarm->downloading()) {
+      if (seeding(*swarm)) {
         auto* shared = out->add_shared();
         shared->set_file_id(to_bytes(id));
         shared->set_name(swarm->manifest().name);
@@ -458,6 +645,7 @@ cli::Address PeerServer::start() {
   impl.bound = listen_on(impl.acceptor, impl.config.listen);
 
   impl.make_services(impl.bound.port);
+  impl.identities = impl.state->shared_identities();
   for (auto& record : impl.state->shared_files()) {
     const FileId id = record.manifest.file_id();
     impl.swarms[id] = Swarm::seed(*impl.services, std::move(record.manifest), record.path, record.uploaded);
@@ -474,6 +662,8 @@ cli::Address PeerServer::start() {
   impl.services->central->start();
   impl.upload_timer = std::make_unique<asio::steady_timer>(impl.io);
   impl.save_uploads_periodically();
+  impl.file_timer = std::make_unique<asio::steady_timer>(impl.io);
+  impl.check_files_periodically();
   // Unfinished downloads go on by themselves.
   for (const auto& swarm : resumed) swarm->start_download(false);
   return impl.bound;
@@ -486,6 +676,7 @@ void PeerServer::stop() {
     std::error_code ignored;
     impl->acceptor.close(ignored);
     if (impl->upload_timer) impl->upload_timer->cancel();
+    if (impl->file_timer) impl->file_timer->cancel();
     for (const auto& [id, swarm] : impl->swarms) swarm->shutdown(true);
     auto connections = impl->connections;
     for (const auto& c : connections) c->close("server shutting down");

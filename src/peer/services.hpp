@@ -6,8 +6,10 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include <asio.hpp>
@@ -48,6 +50,11 @@ struct Services {
   std::size_t max_links_per_file = 50;
   std::chrono::milliseconds tick{250};
   std::chrono::milliseconds holder_refresh{2000};
+  // Seeding (set by the server): the identity a shared file had when it was
+  // hashed, for the reader to hold it to; and a chunk that could not be read
+  // (file changed or gone) makes the server check the file at once.
+  std::function<std::optional<store::FileIdentity>(const FileId&)> shared_identity;
+  std::function<void(const FileId&)> on_unreadable;
 };
 
 }  // namespace p2pshare::peer

@@ -39,23 +39,15 @@ FileId id_from_blob(std::span<const std::uint8_t> blob) {
   return id;
 }
 
+// A hash list that does not fit the size and chunk size stored beside it is
+// corrupt state: an error, never a guess.
+std::vector<Sha256Digest> stored_hashes(std::span<const std::uint8_t> blob, const Manifest& manifest) {
+  auto hashes = decode_chunk_hashes(blob, chunk_count_for(manifest.size, manifest.chunk_size));
+  if (!hashes) throw Error(Errc::io, "peer state: corrupt chunk hash list");
+  return std::move(*hashes);
+}
+
 }  // namespace
-
-std::string encode_hashes(const Manifest& manifest) {
-  std::string out;
-  out.reserve(manifest.chunk_hashes.size() * Sha256Digest::kSize);
-  for (const auto& h : manifest.chunk_hashes) out.append(reinterpret_cast<const char*>(h.bytes.data()), h.bytes.size());
-  return out;
-}
-
-void decode_hashes(std::span<const std::uint8_t> blob, Manifest& manifest) {
-  const std::uint64_t count = chunk_count_for(manifest.size, manifest.chunk_size);
-  if (blob.size() != count * Sha256Digest::kSize) throw Error(Errc::io, "peer state: corrupt chunk hash list");
-  manifest.chunk_hashes.resize(count);
-  for (std::uint64_t i = 0; i < count; ++i) {
-    std::memcpy(manifest.chunk_hashes[i].bytes.data(), blob.data() + i * Sha256Digest::kSize, Sha256Digest::kSize);
-  }
-}
 
 std::string load_or_create_secret(const std::filesystem::path& path, std::size_t size) {
   store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
@@ -102,6 +94,49 @@ PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "pe
       db_.prepare("UPDATE downloads SET have = ?2, clean = ?3, part_size = ?4, part_mtime_ns = ?5 WHERE file_id = ?1",
                   "save resume state");
   remove_download_ = db_.prepare("DELETE FROM downloads WHERE file_id = ?1", "remove download");
+  open_identity_table();
+}
+
+// Kept apart from the versioned schema above: a table of its own, created if
+// missing, so an older peer.db gains it without a migration and a row that is
+// missing only means "not known yet" (the file is then hashed again once).
+void PeerState::open_identity_table() {
+  db_.exec(R"sql(
+    CREATE TABLE IF NOT EXISTS shared_identity (
+      file_id BLOB PRIMARY KEY, device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
+      mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL);
+  )sql",
+           "create the shared file identity table");
+  put_identity_ = db_.prepare(
+      "INSERT OR REPLACE INTO shared_identity (file_id, device, inode, size, mtime_ns, ctime_ns) "
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+      "save shared file identity");
+  remove_identity_ = db_.prepare("DELETE FROM shared_identity WHERE file_id = ?1", "remove shared file identity");
+}
+
+std::map<FileId, store::FileIdentity> PeerState::shared_identities() {
+  auto query = db_.prepare("SELECT file_id, device, inode, size, mtime_ns, ctime_ns FROM shared_identity",
+                           "load shared file identities");
+  std::map<FileId, store::FileIdentity> out;
+  while (query.step()) {
+    const auto blob = query.column_blob(0);
+    FileId id;
+    if (blob.size() != id.bytes.size()) throw Error(Errc::io, "peer state: corrupt file id in shared_identity");
+    std::memcpy(id.bytes.data(), blob.data(), blob.size());
+    out[id] = {static_cast<std::uint64_t>(query.column_int(1)), static_cast<std::uint64_t>(query.column_int(2)),
+               static_cast<std::uint64_t>(query.column_int(3)), query.column_int(4), query.column_int(5)};
+  }
+  return out;
+}
+
+void PeerState::put_shared_identity(const FileId& id, const store::FileIdentity& identity) {
+  put_identity_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
+      .bind_int(2, static_cast<std::int64_t>(identity.device))
+      .bind_int(3, static_cast<std::int64_t>(identity.inode))
+      .bind_int(4, static_cast<std::int64_t>(identity.size))
+      .bind_int(5, identity.mtime_ns)
+      .bind_int(6, identity.ctime_ns);
+  put_identity_.run();
 }
 
 std::vector<SharedRecord> PeerState::shared_files() {
@@ -114,7 +149,7 @@ std::vector<SharedRecord> PeerState::shared_files() {
     r.path = std::string(query.column_text(2));
     r.manifest.size = static_cast<std::uint64_t>(query.column_int(3));
     r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(4));
-    decode_hashes(query.column_blob(5), r.manifest);
+    r.manifest.chunk_hashes = stored_hashes(query.column_blob(5), r.manifest);
     r.uploaded = static_cast<std::uint64_t>(query.column_int(6));
     out.push_back(std::move(r));
   }
@@ -128,7 +163,7 @@ void PeerState::put_shared(const SharedRecord& r) {
       .bind_text(3, r.path.string())
       .bind_int(4, static_cast<std::int64_t>(r.manifest.size))
       .bind_int(5, r.manifest.chunk_size)
-      .bind_blob(6, encode_hashes(r.manifest))
+      .bind_blob(6, encode_chunk_hashes(r.manifest.chunk_hashes))
       .bind_int(7, static_cast<std::int64_t>(r.uploaded));
   put_shared_.run();
 }
@@ -136,6 +171,8 @@ void PeerState::put_shared(const SharedRecord& r) {
 void PeerState::remove_shared(const FileId& id) {
   remove_shared_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
   remove_shared_.run();
+  remove_identity_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
+  remove_identity_.run();
 }
 
 void PeerState::add_uploaded(const FileId& id, std::uint64_t bytes) {
@@ -157,7 +194,7 @@ std::vector<DownloadRecord> PeerState::downloads() {
     r.replace = query.column_int(3) != 0;
     r.manifest.size = static_cast<std::uint64_t>(query.column_int(4));
     r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(5));
-    decode_hashes(query.column_blob(6), r.manifest);
+    r.manifest.chunk_hashes = stored_hashes(query.column_blob(6), r.manifest);
     const auto have = query.column_blob(7);
     auto bits = Bitfield::from_wire(std::string_view(reinterpret_cast<const char*>(have.data()), have.size()),
                                     r.manifest.chunk_count());
@@ -179,7 +216,7 @@ void PeerState::put_download(const DownloadRecord& r, const Manifest& manifest) 
       .bind_int(5, r.replace ? 1 : 0)
       .bind_int(6, static_cast<std::int64_t>(manifest.size))
       .bind_int(7, manifest.chunk_size)
-      .bind_blob(8, encode_hashes(manifest))
+      .bind_blob(8, encode_chunk_hashes(manifest.chunk_hashes))
       .bind_blob(9, r.have.to_wire())
       .bind_int(10, r.clean ? 1 : 0)
       .bind_int(11, static_cast<std::int64_t>(r.stamp.size))

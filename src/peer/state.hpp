@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,6 +48,11 @@ class PeerState {
   void remove_shared(const FileId& id);
   void add_uploaded(const FileId& id, std::uint64_t bytes);
 
+  // Each shared file's identity as it was hashed (registered, or finished
+  // downloading): the reference a file that changes under us is caught by.
+  std::map<FileId, store::FileIdentity> shared_identities();
+  void put_shared_identity(const FileId& id, const store::FileIdentity& identity);
+
   std::vector<DownloadRecord> downloads();
   // `manifest` is the download's own (record.manifest may be empty: the
   // swarm keeps the one copy of a hash list that can be megabytes).
@@ -56,10 +62,10 @@ class PeerState {
 
  private:
   sqlite::Database db_;
-  sqlite::Statement put_shared_, remove_shared_, add_uploaded_, put_download_, update_resume_, remove_download_;
-};
+  void open_identity_table();
 
-std::string encode_hashes(const Manifest& manifest);
-void decode_hashes(std::span<const std::uint8_t> blob, Manifest& manifest);
+  sqlite::Statement put_shared_, remove_shared_, add_uploaded_, put_download_, update_resume_, remove_download_;
+  sqlite::Statement put_identity_, remove_identity_;
+};
 
 }  // namespace p2pshare::peer

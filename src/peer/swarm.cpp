@@ -250,23 +250,24 @@ void Swarm::read_chunk(ChunkIndex chunk, ReadDone done) {
   auto partial = download_ ? download_->partial : nullptr;
   auto reader = serving_.reader;
   const auto path = path_;
-  const auto size = manifest_->size;
+  const auto expected = partial || reader || !services_.shared_identity ? std::nullopt : services_.shared_identity(id_);
   auto self = shared_from_this();
-  asio::post(services_.disk, [self, partial, reader, path, size, offset, buffer, done = std::move(done)]() mutable {
+  asio::post(services_.disk, [self, partial, reader, path, expected, offset, buffer, done = std::move(done)]() mutable {
     std::optional<Failure> failure;
     std::shared_ptr<store::ChunkReader> opened;
     try {
       if (partial) {
         partial->read(offset, std::span(buffer->data(), buffer->size()));
       } else {
-        if (!reader) opened = reader = std::make_shared<store::ChunkReader>(path, size);
+        if (!reader) opened = reader = std::make_shared<store::ChunkReader>(path, self->manifest_->size, expected);
         reader->read(offset, std::span(buffer->data(), buffer->size()));
       }
     } catch (const std::exception& e) {
       failure = failure_from(e, Errc::io);
     }
-    asio::post(self->services_.io, [self, opened, buffer, failure, done = std::move(done)] {
+    asio::post(self->services_.io, [self, opened, buffer, failure, seeding = !partial, done = std::move(done)] {
       if (opened && !self->serving_.reader && !self->downloading()) self->serving_.reader = opened;
+      if (failure && seeding && self->services_.on_unreadable) self->services_.on_unreadable(self->id_);
       done(buffer, failure);
     });
   });
