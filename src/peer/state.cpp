@@ -33,12 +33,6 @@ CREATE TABLE IF NOT EXISTS downloads (
 )sql",
 };
 
-FileId id_from_blob(std::span<const std::uint8_t> blob) {
-  FileId id;
-  if (blob.size() == id.bytes.size()) std::memcpy(id.bytes.data(), blob.data(), blob.size());
-  return id;
-}
-
 // A hash list that does not fit the size and chunk size stored beside it is
 // corrupt state: an error, never a guess.
 std::vector<Sha256Digest> stored_hashes(std::span<const std::uint8_t> blob, const Manifest& manifest) {
