@@ -30,7 +30,8 @@ cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, con
   }
   if (result.count("help")) {
     std::cout << options.help() << std::flush;
-    std::exit(0);
+    // Parsing runs before the command starts any thread.
+    std::exit(0);  // NOLINT(concurrency-mt-unsafe)
   }
   if (!result.unmatched().empty()) {
     throw Error(Errc::usage, fmt::format("unexpected argument '{}'", result.unmatched().front()));

@@ -124,12 +124,10 @@ void Connection::arm_read_deadline(std::chrono::milliseconds timeout) {
 void Connection::read_header() {
   if (closed_ || closing_) return;
   if (!first_frame_) arm_read_deadline(options_.timeouts.idle);
-  reading_ = true;
   // The first bytes are read on their own: the frame deadline runs from the
   // frame's first byte, so a peer trickling the header is cut off in time.
   socket_.async_read_some(
       asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
-        self->reading_ = false;
         if (self->closed_ || self->closing_) return;
         if (ec) {
           self->close(ec == asio::error::eof ? "closed by peer" : ec.message());
@@ -140,14 +138,12 @@ void Connection::read_header() {
           self->on_header({});
           return;
         }
-        self->reading_ = true;
         asio::async_read(self->socket_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
                          [self](const std::error_code& e, std::size_t) { self->on_header(e); });
       });
 }
 
 void Connection::on_header(const std::error_code& ec) {
-  reading_ = false;
   if (closed_ || closing_) return;
   if (ec) {
     close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
@@ -171,11 +167,9 @@ void Connection::read_message_part() {
   const std::size_t have = message_.size();
   const std::size_t step = std::min<std::size_t>(kStep, header_.message_length - have);
   message_.resize(have + step);
-  reading_ = true;
   asio::async_read(socket_, asio::buffer(message_.data() + have, step),
                    [self = shared_from_this()](const std::error_code& e, std::size_t) {
                      if (!e && !self->closed_ && self->message_.size() < self->header_.message_length) {
-                       self->reading_ = false;
                        self->read_message_part();
                        return;
                      }
@@ -184,7 +178,6 @@ void Connection::read_message_part() {
 }
 
 void Connection::on_message(const std::error_code& ec) {
-  reading_ = false;
   if (closed_ || closing_) return;
   if (ec) {
     close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
@@ -223,10 +216,8 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
     // The frame's deadline still runs, unless a rate limit paused it: then
     // the payload gets a fresh one of its own.
     if (throttled) self->arm_read_deadline(self->options_.timeouts.frame);
-    self->reading_ = true;
     asio::async_read(self->socket_, asio::buffer(destination.data(), destination.size()),
                      [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {
-                       self->reading_ = false;
                        if (self->closed_ || self->closing_) return;
                        if (ec) {
                          self->close(ec == asio::error::eof ? "closed by peer mid-payload" : ec.message());

@@ -9,9 +9,11 @@
 #include <asio.hpp>
 
 #include "p2pshare/rate.hpp"
+#include "support/build_kind.hpp"
 
 using namespace std::chrono_literals;
 using p2pshare::TokenBucket;
+using p2pshare::test::kTimingAsserted;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -41,7 +43,7 @@ TEST_CASE("TokenBucket at rate 0 lets everything through at once", "[rate]") {
   const auto start = Clock::now();
   for (int i = 0; i < 1000; ++i) bucket->acquire(1 << 30, [&] { ++passed; });
   CHECK(passed == 1000);  // synchronously, without running the io_context
-  CHECK(seconds_between(start, Clock::now()) < 0.5);
+  if (kTimingAsserted) CHECK(seconds_between(start, Clock::now()) < 0.5);
 }
 
 TEST_CASE("TokenBucket holds 1 MiB/s within 10% over a second of 64 KiB blocks", "[rate]") {
@@ -69,22 +71,26 @@ TEST_CASE("TokenBucket holds 1 MiB/s within 10% over a second of 64 KiB blocks",
   const double expected = (static_cast<double>(kBlocks - 1) * kBlock - burst_bytes) / kRate;  // 0.9 s
   const double took = seconds_between(start, passed_at.back());
   INFO("took " << took << " s, expected " << expected << " s");
-  CHECK(took >= expected * 0.9);
-  CHECK(took <= expected * 1.1);
+  if (kTimingAsserted) {
+    CHECK(took >= expected * 0.9);
+    CHECK(took <= expected * 1.1);
+  }
 
   // Steady state, once the burst is spent (block 2 on): exactly the rate.
   const double window = seconds_between(passed_at[2], passed_at.back());
   const double steady_rate = static_cast<double>(kBlocks - 1 - 2) * kBlock / window;
   INFO("steady rate " << steady_rate << " B/s");
-  CHECK(steady_rate >= kRate * 0.9);
-  CHECK(steady_rate <= kRate * 1.1);
+  if (kTimingAsserted) {
+    CHECK(steady_rate >= kRate * 0.9);
+    CHECK(steady_rate <= kRate * 1.1);
+  }
 
   // Never ahead of the rate plus the burst: block k (0-based) may pass only
   // once (k * block - burst) bytes' worth of time has gone by.
   for (std::size_t k = 2; k < passed_at.size(); ++k) {
     const double earliest = (static_cast<double>(k) * kBlock - burst_bytes) / kRate;
     INFO("block " << k);
-    CHECK(seconds_between(start, passed_at[k]) >= earliest * 0.95);
+    if (kTimingAsserted) CHECK(seconds_between(start, passed_at[k]) >= earliest * 0.95);
   }
 }
 
@@ -105,8 +111,10 @@ TEST_CASE("TokenBucket lets a block bigger than the bucket through and makes the
   // Debt: 300 KiB - 0.1 MiB of burst = ~0.193 s at 1 MiB/s.
   const double expected = (300.0 * 1024 - kRate / 10.0) / kRate;
   INFO("waited " << waited << " s, expected " << expected << " s");
-  CHECK(waited >= expected * 0.9);
-  CHECK(waited <= expected * 1.1 + 0.02);
+  if (kTimingAsserted) {
+    CHECK(waited >= expected * 0.9);
+    CHECK(waited <= expected * 1.1 + 0.02);
+  }
 }
 
 TEST_CASE("TokenBucket runs waiting callbacks in FIFO order", "[rate]") {

@@ -15,12 +15,14 @@
 
 #include "p2pshare/error.hpp"
 #include "p2pshare/wire.hpp"
+#include "support/build_kind.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace std::chrono_literals;
 using asio::ip::tcp;
 using p2pshare::Errc;
 using p2pshare::Error;
+using p2pshare::test::kTimingAsserted;
 using p2pshare::test::wait_for;
 namespace wire = p2pshare::wire;
 using Clock = std::chrono::steady_clock;
@@ -468,8 +470,10 @@ TEST_CASE("Connection closes a connection that sends nothing by the first-frame 
   REQUIRE(pump(
       net.io, [&] { return rec.closed.has_value(); }, 3s));
   const double elapsed = std::chrono::duration<double, std::milli>(rec.closed_at - start).count();
-  CHECK(elapsed >= 190);
-  CHECK(elapsed < 1000);
+  if (kTimingAsserted) {
+    CHECK(elapsed >= 190);
+    CHECK(elapsed < 1000);
+  }
   CHECK(rec.closed->find("deadline") != std::string::npos);
 }
 
@@ -485,8 +489,10 @@ TEST_CASE("Connection's first-frame deadline covers the whole first frame", "[wi
   REQUIRE(pump(
       net.io, [&] { return rec.closed.has_value(); }, 3s));
   const double elapsed = std::chrono::duration<double, std::milli>(rec.closed_at - start).count();
-  CHECK(elapsed >= 190);
-  CHECK(elapsed < 1000);
+  if (kTimingAsserted) {
+    CHECK(elapsed >= 190);
+    CHECK(elapsed < 1000);
+  }
   CHECK(rec.frames.empty());
 }
 
@@ -502,8 +508,10 @@ TEST_CASE("Connection closes an idle connection after the idle deadline", "[wire
   REQUIRE(pump(
       net.io, [&] { return rec.closed.has_value(); }, 3s));
   const double idle = std::chrono::duration<double, std::milli>(rec.closed_at - rec.last_frame_at).count();
-  CHECK(idle >= 190);
-  CHECK(idle < 1000);
+  if (kTimingAsserted) {
+    CHECK(idle >= 190);
+    CHECK(idle < 1000);
+  }
   CHECK(rec.closed->find("deadline") != std::string::npos);
 }
 
@@ -558,7 +566,7 @@ TEST_CASE("Connection cuts off a peer trickling a frame", "[wire]") {
   CHECK(rec.closed->find("deadline") != std::string::npos);
   CHECK(rec.frames.size() == 1);  // the trickled frame never got through
   CHECK(sent < frame.size());
-  CHECK(ms_since(start) < 1500);
+  if (kTimingAsserted) CHECK(ms_since(start) < 1500);
 }
 
 // Timeouts::frame runs from a frame's first byte to its last: with idle=5 s
@@ -591,7 +599,7 @@ TEST_CASE("Connection's frame deadline counts from the frame's first byte", "[wi
   REQUIRE(rec.closed);
   const double cut_after = std::chrono::duration<double, std::milli>(rec.closed_at - start).count();
   INFO("cut " << cut_after << " ms after the frame's first byte (frame timeout 300 ms)");
-  CHECK(cut_after < 450);
+  if (kTimingAsserted) CHECK(cut_after < 450);
 }
 
 TEST_CASE("Connection cuts a peer that does not read once max_queued_bytes is passed", "[wire]") {
@@ -716,8 +724,10 @@ TEST_CASE("Connection::send_and_close gives a peer that does not read a short gr
   REQUIRE(pump(
       net.io, [&] { return rec.closed.has_value(); }, 10s));
   CHECK(*rec.closed == "finished");
-  CHECK(rec.closed_at - start >= 400ms);
-  CHECK(rec.closed_at - start < 5s);  // the write deadline would be 60 s
+  if (kTimingAsserted) {
+    CHECK(rec.closed_at - start >= 400ms);
+    CHECK(rec.closed_at - start < 5s);  // the write deadline would be 60 s
+  }
 }
 
 TEST_CASE("Connection closes when the frame handler leaves a payload unread", "[wire]") {
@@ -773,7 +783,7 @@ TEST_CASE("SyncClient fails fast with an Error naming the address when the port 
     CHECK(e.code() == Errc::unavailable);
     CHECK(std::string(e.what()).find("127.0.0.1:" + std::to_string(port)) != std::string::npos);
   }
-  CHECK(ms_since(start) < 1000);
+  if (kTimingAsserted) CHECK(ms_since(start) < 1000);
 }
 
 TEST_CASE("SyncClient::receive times out with an Error when the server is silent", "[wire]") {
@@ -789,8 +799,10 @@ TEST_CASE("SyncClient::receive times out with an Error when the server is silent
     CHECK(std::string(e.what()).find("127.0.0.1:" + std::to_string(net.port())) != std::string::npos);
   }
   const double elapsed = ms_since(start);
-  CHECK(elapsed >= 190);
-  CHECK(elapsed < 1500);
+  if (kTimingAsserted) {
+    CHECK(elapsed >= 190);
+    CHECK(elapsed < 1500);
+  }
 }
 
 TEST_CASE("SyncClient sends and receives whole frames", "[wire]") {
@@ -838,5 +850,5 @@ TEST_CASE("SyncClient::receive reports a closed connection as unavailable", "[wi
   } catch (const Error& e) {
     CHECK(e.code() == Errc::unavailable);
   }
-  CHECK(ms_since(start) < 1000);
+  if (kTimingAsserted) CHECK(ms_since(start) < 1000);
 }

@@ -168,7 +168,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool in_frame_handler_ = false;
   FrameHandler next_on_frame_;
   bool first_frame_ = true;
-  bool reading_ = false;
   bool closed_ = false;
   bool closing_ = false;  // send_and_close: the last frame is queued
   std::deque<Outgoing> queue_;

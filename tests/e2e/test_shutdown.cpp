@@ -7,16 +7,18 @@ using namespace p2pshare::test;
 
 namespace {
 
-// Exit status 0, and well before the servers' 5 s hard stop.
+// Exit status 0 (the servers' 10 s shutdown watchdog would exit 1), within
+// 3 s. The wait outlasts the watchdog, so that a hung shutdown shows as its
+// exit 1 rather than as a timeout of the test.
 void check_stops(Node& node, int sig) {
   INFO(node.name << " on signal " << sig);
   const auto start = std::chrono::steady_clock::now();
-  const auto code = Cluster::stop(node, sig, std::chrono::seconds(10));
+  const auto code = Cluster::stop(node, sig, std::chrono::seconds(15));
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
   INFO("took " << took.count() << " ms");
   REQUIRE(code.has_value());
   CHECK(*code == 0);
-  CHECK(took < std::chrono::seconds(3));
+  if (kTimingAsserted) CHECK(took < std::chrono::seconds(3));
 }
 
 void graceful(int sig, bool central_first) {

@@ -484,7 +484,7 @@ TEST_CASE("transfer: four downloaders at once share among themselves instead of 
   for (double t : done_at) figures << " " << t;
   figures << " s; the seed uploaded " << copies << " copies; partial holders listed: " << saw_partial;
   WARN(figures.str());
-  CHECK(elapsed < 0.75 * 4 * single);
+  if (kTimingAsserted) CHECK(elapsed < 0.75 * 4 * single);
   // The seed answers "busy" for chunks another downloader has or asked it
   // for, so each chunk leaves it once: 1.00 copies here in release, against
   // 1.7-2.0 before it did (each downloader then took a share of duplicates).
@@ -509,8 +509,10 @@ TEST_CASE("transfer: --upload-limit on the seed paces a download", "[e2e][transf
   REQUIRE(r.exit_code == 0);
   const double seconds = parse_json(r)["seconds"].get<double>();
   WARN("8 MiB at --upload-limit 2M: " << seconds << " s (ideal 4 s)");
-  CHECK(seconds > 4.0 * 0.85);
-  CHECK(seconds < 4.0 * 1.15);
+  if (kTimingAsserted) {
+    CHECK(seconds > 4.0 * 0.85);
+    CHECK(seconds < 4.0 * 1.15);
+  }
   CHECK(files_equal(src, out));
 }
 
@@ -527,7 +529,9 @@ TEST_CASE("transfer: --download-limit on the downloader paces a download from an
   REQUIRE(r.exit_code == 0);
   const double seconds = parse_json(r)["seconds"].get<double>();
   WARN("8 MiB at --download-limit 2M: " << seconds << " s (ideal 4 s)");
-  CHECK(seconds > 4.0 * 0.85);
-  CHECK(seconds < 4.0 * 1.15);
+  if (kTimingAsserted) {
+    CHECK(seconds > 4.0 * 0.85);
+    CHECK(seconds < 4.0 * 1.15);
+  }
   CHECK(files_equal(src, out));
 }

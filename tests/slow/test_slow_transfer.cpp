@@ -206,8 +206,10 @@ TEST_CASE("rate limits hold within 10% over five seconds for --upload-limit and 
     REQUIRE(c.wait_holders(id, 1));
     const double seconds = timed_download(c, 1, id, src, c.path("got") / "up.bin");
     WARN("20 MiB at --upload-limit 4M: " << seconds << " s (ideal " << ideal << " s)");
-    CHECK(seconds > ideal * 0.9);
-    CHECK(seconds < ideal * 1.1);
+    if (kTimingAsserted) {
+      CHECK(seconds > ideal * 0.9);
+      CHECK(seconds < ideal * 1.1);
+    }
   }
   SECTION("--download-limit 4M on the downloader") {
     SlowCluster c(2);
@@ -217,8 +219,10 @@ TEST_CASE("rate limits hold within 10% over five seconds for --upload-limit and 
     c.start_peer_with(1, {"--download-limit", "4M"});
     const double seconds = timed_download(c, 1, id, src, c.path("got") / "down.bin");
     WARN("20 MiB at --download-limit 4M: " << seconds << " s (ideal " << ideal << " s)");
-    CHECK(seconds > ideal * 0.9);
-    CHECK(seconds < ideal * 1.1);
+    if (kTimingAsserted) {
+      CHECK(seconds > ideal * 0.9);
+      CHECK(seconds < ideal * 1.1);
+    }
   }
 }
 
@@ -275,6 +279,8 @@ TEST_CASE("one seed at 4 MiB/s and four downloaders of 32 MiB: near the one-copy
   for (double t : reported) figures << " " << t;
   figures << "; the seed uploaded " << copies << " copies";
   WARN(figures.str());
-  CHECK(elapsed < 1.6 * ideal);
-  CHECK(copies < 1.6);
+  if (kTimingAsserted) CHECK(elapsed < 1.6 * ideal);
+  // docs/benchmarks.md: each chunk leaves the seed about once (1.00-1.01
+  // copies measured here); 1.1 leaves room for an endgame duplicate or two.
+  CHECK(copies < 1.1);
 }

@@ -30,6 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "support/build_kind.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/build_kind.hpp"
 #include "support/temp_dir.hpp"
 
 namespace p2pshare::test {
@@ -168,17 +169,7 @@ class HostileClients {
 // a release build is scaled by this factor in sanitizer builds. The bound
 // still catches growth with the load (a million requests), which is what the
 // tests look for.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-inline constexpr std::uint64_t kMemoryBoundFactor = 8;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-inline constexpr std::uint64_t kMemoryBoundFactor = 8;
-#else
-inline constexpr std::uint64_t kMemoryBoundFactor = 1;
-#endif
-#else
-inline constexpr std::uint64_t kMemoryBoundFactor = 1;
-#endif
+inline constexpr std::uint64_t kMemoryBoundFactor = kSanitizerBuild ? 8 : 1;
 
 // Peak resident memory of a process (VmHWM), in KiB; 0 if unreadable.
 inline std::uint64_t peak_rss_kib(int pid) {
