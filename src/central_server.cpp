@@ -107,7 +107,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     // A registered peer heartbeats; anyone else asks and goes.
     options.timeouts.idle =
         std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(30));
-    options.max_queued_bytes = 32 * 1024 * 1024;
+    options.max_queued_bytes = std::size_t{32} * 1024 * 1024;
     auto session = std::make_shared<Session>();
     session->connection = wire::Connection::create(std::move(socket), options);
     sessions.insert(session);
@@ -394,7 +394,7 @@ CentralServer::CentralServer(asio::io_context& io, ServerConfig config)
 CentralServer::~CentralServer() = default;
 
 cli::Address CentralServer::start() {
-  const auto bound = listen_on(impl_->acceptor, impl_->config.listen);
+  auto bound = listen_on(impl_->acceptor, impl_->config.listen);
   impl_->accept();
   impl_->schedule_flush();
   return bound;
@@ -413,10 +413,6 @@ void CentralServer::stop() {
     auto sessions = impl->sessions;
     for (const auto& s : sessions) s->connection->close("server shutting down");
   });
-}
-
-std::size_t CentralServer::connection_count() const {
-  return impl_->sessions.size();
 }
 
 }  // namespace p2pshare::central

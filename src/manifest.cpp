@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -100,7 +101,7 @@ FileId Manifest::file_id() const {
 
 FileId compute_file_id(std::uint64_t size, std::uint32_t chunk_size, const std::vector<Sha256Digest>& chunk_hashes) {
   std::uint8_t header[16 + 8 + 4 + 4];
-  std::memcpy(header, kIdDomain, 16);
+  std::copy_n(reinterpret_cast<const std::uint8_t*>(kIdDomain), 16, header);
   put_be(header + 16, size, 8);
   put_be(header + 24, chunk_size, 4);
   put_be(header + 28, chunk_hashes.size(), 4);
@@ -115,11 +116,11 @@ Manifest build_manifest(const std::filesystem::path& path, unsigned threads, std
   if (!file) {
     const int err = errno;
     throw Error(err == ENOENT ? Errc::not_found : Errc::io,
-                fmt::format("cannot open {}: {}", path.string(), std::strerror(err)));
+                fmt::format("cannot open {}: {}", path.string(), errno_text(err)));
   }
   struct stat st {};
   if (::fstat(file.get(), &st) != 0) {
-    throw Error(Errc::io, fmt::format("cannot stat {}: {}", path.string(), std::strerror(errno)));
+    throw Error(Errc::io, fmt::format("cannot stat {}: {}", path.string(), errno_text(errno)));
   }
   if (!S_ISREG(st.st_mode)) {
     throw Error(Errc::bad_request, fmt::format("{} is not a regular file", path.string()));

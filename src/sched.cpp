@@ -58,7 +58,7 @@ constexpr std::uint32_t kExtentChunks = 16;
 
 namespace detail {
 
-Core::Core(std::uint32_t chunk_count, Bitfield have, Config config)
+Core::Core(std::uint32_t chunk_count, const Bitfield& have, Config config)
     : chunk_count_(chunk_count), have_(chunk_count), config_(sanitized(config)), chunks_(chunk_count) {
   // Ties among equally rare chunks go in a random order of extents of
   // consecutive chunks: downloaders of one file spread over different parts
@@ -512,8 +512,8 @@ std::optional<std::string> Core::check_invariants() const {
 
 // --- the public face: forwards, and checks after each event in invariant builds
 
-Scheduler::Scheduler(std::uint32_t chunk_count, Bitfield have, Config config)
-    : core_(std::make_unique<detail::Core>(chunk_count, std::move(have), config)) {
+Scheduler::Scheduler(std::uint32_t chunk_count, const Bitfield& have, Config config)
+    : core_(std::make_unique<detail::Core>(chunk_count, have, config)) {
   checked();
 }
 Scheduler::~Scheduler() = default;

@@ -28,7 +28,7 @@ namespace {
 
 Error io_error(const std::string& what, int err) {
   if (err == ENOSPC) return Error(Errc::io, fmt::format("{}: the disk is full", what));
-  return Error(err == ENOENT ? Errc::not_found : Errc::io, fmt::format("{}: {}", what, std::strerror(err)));
+  return Error(err == ENOENT ? Errc::not_found : Errc::io, fmt::format("{}: {}", what, errno_text(err)));
 }
 
 // Characters that change how a terminal shows the rest of a name, or what it

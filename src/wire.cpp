@@ -163,7 +163,7 @@ void Connection::on_header(const std::error_code& ec) {
 void Connection::read_message_part() {
   // The buffer grows only as bytes arrive: a header that promises megabytes
   // costs nothing until the peer really sends them (within the frame deadline).
-  constexpr std::size_t kStep = 64 * 1024;
+  constexpr std::size_t kStep = std::size_t{64} * 1024;
   const std::size_t have = message_.size();
   const std::size_t step = std::min<std::size_t>(kStep, header_.message_length - have);
   message_.resize(have + step);
@@ -194,7 +194,7 @@ void Connection::on_message(const std::error_code& ec) {
     next_on_frame_ = nullptr;
   }
   // One large frame does not pin its buffer for the connection's life.
-  if (message_.capacity() > 256 * 1024) std::vector<std::uint8_t>().swap(message_);
+  if (message_.capacity() > std::size_t{256} * 1024) std::vector<std::uint8_t>().swap(message_);
   if (closed_ || closing_) return;
   if (payload_length > 0) {
     if (!payload_claimed_) close("protocol error: unexpected payload");
@@ -383,7 +383,7 @@ void SyncClient::send(const std::string& message, std::chrono::milliseconds time
 
 std::string SyncClient::receive(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::array<std::uint8_t, 64 * 1024> chunk{};
+  std::array<std::uint8_t, std::size_t{64} * 1024> chunk{};
   while (true) {
     if (auto frame = decoder_.next()) return std::move(frame->message);
     if (!decoder_.error().empty()) {

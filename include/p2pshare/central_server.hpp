@@ -38,7 +38,6 @@ class CentralServer {
   cli::Address start();
   // Closes the listener and every connection, flushes the registry.
   void stop();
-  std::size_t connection_count() const;
 
  private:
   struct Impl;

@@ -8,6 +8,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 namespace p2pshare {
 
@@ -31,6 +32,11 @@ class Error : public std::runtime_error {
  private:
   Errc code_;
 };
+
+// errno as text, thread-safe (std::strerror shares one buffer between threads).
+inline std::string errno_text(int err) {
+  return std::generic_category().message(err);
+}
 
 // An error as a value: a failed disk job's or download's outcome, carried to
 // whoever reports it (a control answer, and so a client's exit status).

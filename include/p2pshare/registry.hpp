@@ -71,7 +71,7 @@ struct Limits {
   std::size_t max_files_per_peer = 10000;
   // Chunks, summed over the files one peer holds: the registry keeps 32
   // bytes of hash per chunk, so this bounds what one peer's manifests cost.
-  std::uint64_t max_chunks_per_peer = 4 * 1024 * 1024;
+  std::uint64_t max_chunks_per_peer = std::uint64_t{4} * 1024 * 1024;
   // New peer identities one address may register: a token bucket of this
   // many a minute, full (so a burst of this many) when the address is new.
   // Re-registering an identity the registry knows costs nothing, so peers

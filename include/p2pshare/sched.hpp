@@ -74,7 +74,7 @@ class Core;
 class Scheduler {
  public:
   // `have`: chunks already verified on disk (resume). chunk_count == have.size().
-  Scheduler(std::uint32_t chunk_count, Bitfield have, Config config);
+  Scheduler(std::uint32_t chunk_count, const Bitfield& have, Config config);
   ~Scheduler();
   Scheduler(Scheduler&&) noexcept;
   Scheduler& operator=(Scheduler&&) noexcept;

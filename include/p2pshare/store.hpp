@@ -229,7 +229,7 @@ class PartialFile {
 class ChunkWriter {
  public:
   using Done = std::function<void(std::optional<Failure> failure)>;
-  static constexpr std::size_t kMaxRunBytes = 4 * 1024 * 1024;
+  static constexpr std::size_t kMaxRunBytes = std::size_t{4} * 1024 * 1024;
 
   explicit ChunkWriter(std::shared_ptr<const PartialFile> file) : file_(std::move(file)) {}
   void submit(std::uint64_t offset, std::shared_ptr<const ChunkBytes> bytes, Done done);

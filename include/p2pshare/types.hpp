@@ -16,7 +16,8 @@ namespace p2pshare {
 struct Sha256Digest {
   static constexpr std::size_t kSize = 32;
   std::array<std::uint8_t, kSize> bytes{};
-  auto operator<=>(const Sha256Digest&) const = default;
+  // clang-tidy 14 takes the defaulted <=>'s comparison with 0 for a null pointer.
+  auto operator<=>(const Sha256Digest&) const = default;  // NOLINT(modernize-use-nullptr)
 };
 using FileId = Sha256Digest;
 
@@ -24,13 +25,13 @@ using FileId = Sha256Digest;
 struct PeerId {
   static constexpr std::size_t kSize = 16;
   std::array<std::uint8_t, kSize> bytes{};
-  auto operator<=>(const PeerId&) const = default;
+  auto operator<=>(const PeerId&) const = default;  // NOLINT(modernize-use-nullptr): as above
 };
 
 // The index of a chunk within one file.
 struct ChunkIndex {
   std::uint32_t value = 0;
-  auto operator<=>(const ChunkIndex&) const = default;
+  auto operator<=>(const ChunkIndex&) const = default;  // NOLINT(modernize-use-nullptr): as above
 };
 
 std::string to_hex(std::span<const std::uint8_t> bytes);

@@ -79,7 +79,7 @@ struct Timeouts {
 struct ConnectionOptions {
   Limits limits;
   Timeouts timeouts;
-  std::size_t max_queued_bytes = 64 * 1024 * 1024;  // unsent bytes: past this the peer is cut off
+  std::size_t max_queued_bytes = std::size_t{64} * 1024 * 1024;  // unsent bytes: past this the peer is cut off
 };
 
 // Something that gates bytes: a rate limiter. acquire() calls `go` once

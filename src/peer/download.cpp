@@ -155,7 +155,7 @@ std::size_t Swarm::chunk_budget() const {
   // Every chunk asked for ends up in a buffer until it is written: this many
   // at once, whatever the number of peers, bounds the download's memory and
   // slows the requests down to what the disk takes.
-  constexpr std::uint64_t kBudgetBytes = 8 * 1024 * 1024;
+  constexpr std::uint64_t kBudgetBytes = std::uint64_t{8} * 1024 * 1024;
   return static_cast<std::size_t>(std::clamp<std::uint64_t>(kBudgetBytes / manifest_->chunk_size, 4, 64));
 }
 

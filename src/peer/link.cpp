@@ -284,7 +284,7 @@ void PeerLink::serve_more() {
     serve_queue_.pop_front();
     ++reads_in_flight_;
     std::weak_ptr<PeerLink> weak = shared_from_this();
-    owner->read_chunk(chunk, [weak, chunk](BufferPool::Buffer buffer, std::optional<Failure> failure) {
+    owner->read_chunk(chunk, [weak, chunk](const BufferPool::Buffer& buffer, std::optional<Failure> failure) {
       auto link = weak.lock();
       if (!link) return;
       --link->reads_in_flight_;

@@ -557,7 +557,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     observer.progress = [weak](const pb::Progress& progress) {
       auto conn = weak.lock();
       // A client that does not read its progress does not get more of it.
-      if (!conn || conn->closed() || conn->queued_bytes() > 64 * 1024) return;
+      if (!conn || conn->closed() || conn->queued_bytes() > std::size_t{64} * 1024) return;
       pb::ControlResponse response;
       *response.mutable_progress() = progress;
       conn->send(encode(response));

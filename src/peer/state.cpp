@@ -54,17 +54,17 @@ std::string load_or_create_secret(const std::filesystem::path& path, std::size_t
   }
   if (errno != ENOENT) {
     // Never replace an identity we cannot read: that would silently make a new peer.
-    throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
+    throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(), errno_text(errno)));
   }
   std::string secret(size, '\0');
   random_bytes(std::span(reinterpret_cast<std::uint8_t*>(secret.data()), size));
   // Written under a temporary name and renamed: a crash never leaves half a key.
   const auto temp = path.string() + ".tmp";
   store::FileHandle out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, std::strerror(errno)));
+  if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, errno_text(errno)));
   if (::write(out.get(), secret.data(), size) != static_cast<ssize_t>(size) || ::fsync(out.get()) != 0 ||
       ::rename(temp.c_str(), path.c_str()) != 0) {
-    throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), std::strerror(errno)));
+    throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
   }
   store::FileHandle dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir) ::fsync(dir.get());

@@ -21,7 +21,7 @@ namespace p2pshare::sched::detail {
 
 class Core {
  public:
-  Core(std::uint32_t chunk_count, Bitfield have, Config config);
+  Core(std::uint32_t chunk_count, const Bitfield& have, Config config);
 
   // The operations of sched::Scheduler, one for one (documented there).
   bool add_peer(PeerKey peer, const Bitfield& has);
@@ -62,6 +62,7 @@ class Core {
     std::uint32_t primary;
     std::uint32_t tiebreak;
     std::uint32_t index;
+    // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy 14 misreads the defaulted <=>
     auto operator<=>(const PoolKey&) const = default;
   };
   struct PeerState {
