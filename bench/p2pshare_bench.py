@@ -724,7 +724,9 @@ class Bench:
         # A long heartbeat interval on the server keeps the idle peers' and
         # clients' connections open through the announce phase; the load
         # phase's heartbeats come every second regardless.
-        central = self.central("--heartbeat-interval", "60000")
+        # Every simulated peer registers from 127.0.0.1: the per-address limit
+        # on new identities (60 a minute by default) would refuse them.
+        central = self.central("--heartbeat-interval", "60000", "--max-new-peers-per-minute", "0")
         res = self.central_load(central, *shape, "--heartbeat-interval-ms", "1000", timeout=600)
         rss = btlib.vm_hwm_kib(central.pid)
         self.stop(central)
