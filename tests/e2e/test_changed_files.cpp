@@ -165,5 +165,7 @@ TEST_CASE("a file kept across a restart is not hashed again and one rewritten wh
   c.start_peer(0);
   REQUIRE(c.wait_live(0));
   CHECK(wait_for([&] { return !lists_as_seeding(c, 0, id); }, 15s));
-  CHECK(wait_for([&] { return c.holders(id) == 0; }, 15s));
+  // 0 holders, or not listed at all: the central server forgets a file
+  // nobody holds at its next sweep.
+  CHECK(wait_for([&] { return c.holders(id) <= 0; }, 15s));
 }

@@ -74,7 +74,12 @@ int raw_connect(const std::string& addr) {
 
 TEST_CASE("central: a connection acts only as the peer whose secret it proved, at the address observed",
           "[e2e][hostile]") {
-  Cluster c(1);
+  // The stranger below never heartbeats: at the default 200 ms it would stop
+  // being live (3 intervals) before the CLI calls that follow it return in a
+  // sanitizer build. 2 s keeps it listed for the whole test.
+  ClusterOptions options;
+  options.heartbeat_ms = 2000;
+  Cluster c(1, options);
   const auto file = c.make_file("held.bin", 3 * kChunkSize, 9);
   const std::string id = c.register_file(0, file);
   REQUIRE(c.wait_holders(id, 1));

@@ -488,8 +488,11 @@ TEST_CASE("transfer: four downloaders at once share among themselves instead of 
   // The seed answers "busy" for chunks another downloader has or asked it
   // for, so each chunk leaves it once: 1.00 copies here in release, against
   // 1.7-2.0 before it did (each downloader then took a share of duplicates).
-  // The margin is for sanitizer builds and busy machines.
-  CHECK(copies < 1.25);
+  // The margin is for busy machines. Who gets which chunk first is timing:
+  // under a sanitizer's several-fold slowdown 1.29 was seen, so there only
+  // the loose bound (no downloader took a whole extra copy) is asserted.
+  if (kTimingAsserted) CHECK(copies < 1.25);
+  CHECK(copies < 2.0);
   CHECK(saw_partial);
 }
 
