@@ -392,19 +392,14 @@ class Bench:
             lt = self.lt_run(size, 1, 0)
             if lt:
                 lt_t.append(lt[0])
-            dst = os.path.join(self.wd.path, "socat.out")
-            os.sync()
-            socat_t.append(self.socat_copy(src, dst))
-            if r == 0:
-                self.verify(src, dst)
-            os.sync()
-            os.unlink(dst)
-            os.sync()
-            dd_t.append(self.dd_copy(src, dst))
-            if r == 0:
-                self.verify(src, dst)
-            os.sync()
-            os.unlink(dst)
+            dst = os.path.join(self.wd.path, "baseline.out")
+            for copy, times in ((self.socat_copy, socat_t), (self.dd_copy, dd_t)):
+                os.sync()
+                times.append(copy(src, dst))
+                if r == 0:
+                    self.verify(src, dst)
+                os.sync()
+                os.unlink(dst)
             log("goal1 run %d: socat %.3f s, dd oflag=direct %.3f s" % (r + 1, socat_t[-1], dd_t[-1]))
             w, s, h, _ = self.download_runs(central, fid, src, [seed], 1, "goal1", first_run=r + 1)
             walls += w
