@@ -18,15 +18,7 @@ TEST_CASE("three peer-servers download the same file into one folder at once", "
   // 40 chunks; the seed's upload limit stretches the downloads over a second
   // or more, so the three overlap for certain.
   const auto file = c.make_file("shared.bin", 40 * kChunkSize, 83);
-  const fs::path seed_data = c.path("seed");
-  Process seed({binary(), "peer-server", "--central-server-addr", c.central_addr(), "--addr", "127.0.0.1:0",
-                "--data-dir", seed_data.string(), "--upload-limit", "6M"},
-               c.logs());
-  const std::string seed_addr = seed.wait_listening();
-  const auto reg =
-      c.run({"register-file", "--path", file.string(), "--peer-addr", seed_addr, "--data-dir", seed_data.string()});
-  REQUIRE(reg.exit_code == 0);
-  const std::string id = reg.out.substr(0, 64);
+  const std::string id = c.add_seed(file, "6M");  // peer3
   REQUIRE(c.wait_holders(id, 1));
 
   const fs::path folder = c.path("shared-downloads");

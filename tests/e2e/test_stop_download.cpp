@@ -9,15 +9,7 @@ using namespace p2pshare::test;
 TEST_CASE("a stopped download keeps its data and a later request fetches only the rest", "[e2e]") {
   Cluster c(1);                                                 // peer0 downloads
   const auto file = c.make_file("f.bin", 32 * kChunkSize, 41);  // 8 MiB
-  const fs::path seed_data = c.path("seed");
-  Process seed({binary(), "peer-server", "--central-server-addr", c.central_addr(), "--addr", "127.0.0.1:0",
-                "--data-dir", seed_data.string(), "--upload-limit", "2M"},
-               c.logs());
-  const std::string seed_addr = seed.wait_listening();
-  const auto reg =
-      c.run({"register-file", "--path", file.string(), "--peer-addr", seed_addr, "--data-dir", seed_data.string()});
-  REQUIRE(reg.exit_code == 0);
-  const std::string id = reg.out.substr(0, 64);
+  const std::string id = c.add_seed(file, "2M");                // peer1
   REQUIRE(c.wait_holders(id, 1));
 
   const auto out = c.path("dl") / "f.bin";

@@ -18,110 +18,13 @@ using namespace p2pshare::test;
 
 namespace {
 
-constexpr std::uint64_t kMiB = 1024 * 1024;
-
-// A Cluster whose peer-servers can be (re)started with extra flags
-// (--upload-limit, --download-limit), which Cluster::start_peer cannot pass.
-// The processes it replaces are kept, and printed if the test fails.
-class TransferCluster : public Cluster {
- public:
-  explicit TransferCluster(std::size_t peers, ClusterOptions options = transfer_options())
-      : Cluster(peers, options), options_(options) {
-    // The flag is sticky across test cases; what counts is this one's failures.
-    e2e_failure_seen() = false;
-  }
-
-  ~TransferCluster() {
-    if (!e2e_failure_seen() && std::uncaught_exceptions() == 0) return;
-    for (const auto& [name, p] : replaced_) {
-      std::cerr << "----- " << name << " (replaced) stdout -----\n"
-                << p->out() << "----- " << name << " (replaced) stderr -----\n"
-                << p->err();
-    }
-    std::cerr << std::flush;
-  }
-
-  // Rate-limited transfers keep requests queued at a source for a while:
-  // a request timeout of seconds would drop a slow but healthy source.
-  static ClusterOptions transfer_options() {
-    ClusterOptions o;
-    o.request_timeout_ms = 10000;
-    return o;
-  }
-
-  // (Re)starts peer i on its data dir with `flags` added; waits until it is live.
-  Node& start_peer_with(std::size_t i, const std::vector<std::string>& flags, const std::string& addr = "127.0.0.1:0") {
-    Node& node = peer(i);
-    if (node.process) {
-      if (node.process->running()) {
-        node.process->signal(SIGKILL);
-        node.process->wait();
-      }
-      replaced_.emplace_back(node.name, std::move(node.process));
-    }
-    std::vector<std::string> args{binary(),
-                                  "peer-server",
-                                  "--central-server-addr",
-                                  central_addr(),
-                                  "--addr",
-                                  addr,
-                                  "--data-dir",
-                                  node.data_dir.string(),
-                                  "--download-dir",
-                                  node.download_dir.string(),
-                                  "--holder-refresh",
-                                  std::to_string(options_.holder_refresh_ms),
-                                  "--request-timeout",
-                                  std::to_string(options_.request_timeout_ms)};
-    args.insert(args.end(), flags.begin(), flags.end());
-    node.process = std::make_unique<Process>(args, logs());
-    node.addr = node.process->wait_listening();
-    if (!wait_live(i)) throw std::runtime_error(node.name + " never became live: " + server_logs());
-    return node;
-  }
-
-  // request-file on peer i as a background process (--json added).
-  std::unique_ptr<Process> request_in_background(std::size_t i, const std::string& id, const fs::path& out,
-                                                 std::vector<std::string> more = {}) {
-    std::vector<std::string> args{
-        binary(), "request-file", "--peer-addr", peer(i).addr, "--data-dir", peer(i).data_dir.string(), "--file-id",
-        id,       "--out",        out.string(),  "--json"};
-    args.insert(args.end(), more.begin(), more.end());
-    return std::make_unique<Process>(args, logs());
-  }
-
-  // The `status --json` entry of the download of `id` on peer i, or null.
-  nlohmann::json download_entry(std::size_t i, const std::string& id) {
-    const auto r = on_peer(i, "status", {"--json"}, 10s);
-    if (r.exit_code != 0) return nullptr;
-    const auto j = nlohmann::json::parse(r.out, nullptr, false);
-    if (!j.is_object() || !j.contains("downloads")) return nullptr;
-    for (const auto& d : j["downloads"]) {
-      if (d.value("file_id", "") == id) return d;
-    }
-    return nullptr;
-  }
-  std::uint64_t have_bytes(std::size_t i, const std::string& id) {
-    const auto d = download_entry(i, id);
-    return d.is_object() ? d.value("have_bytes", std::uint64_t{0}) : 0;
-  }
-
-  // shared[].uploaded of `id` in peer i's status; nullopt if not shared there.
-  std::optional<std::uint64_t> uploaded(std::size_t i, const std::string& id) {
-    const auto r = on_peer(i, "status", {"--json"}, 10s);
-    if (r.exit_code != 0) return std::nullopt;
-    const auto j = nlohmann::json::parse(r.out, nullptr, false);
-    if (!j.is_object()) return std::nullopt;
-    for (const auto& s : j.value("shared", nlohmann::json::array())) {
-      if (s.value("file_id", "") == id) return s.value("uploaded", std::uint64_t{0});
-    }
-    return std::nullopt;
-  }
-
- private:
-  ClusterOptions options_;
-  std::vector<std::pair<std::string, std::unique_ptr<Process>>> replaced_;
-};
+// Rate-limited transfers keep requests queued at a source for a while:
+// a request timeout of seconds would drop a slow but healthy source.
+ClusterOptions transfer_options() {
+  ClusterOptions o;
+  o.request_timeout_ms = 10000;
+  return o;
+}
 
 // The background request's outcome once it exits (exit -1 if it had to be killed).
 RunResult finish(Process& p, std::chrono::milliseconds timeout) {
@@ -163,16 +66,12 @@ std::vector<fs::path> part_files(const fs::path& dir) {
   return found;
 }
 
-double elapsed_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 }  // namespace
 
 // 1 -------------------------------------------------------------------------
 
 TEST_CASE("transfer: a source SIGKILLed mid-download: the download finishes from the other one", "[e2e][transfer]") {
-  TransferCluster c(3);
+  Cluster c(3, transfer_options());
   const std::uint64_t size = 12 * kMiB;
   const auto a = c.make_file("film.bin", size, 11, "a");
   const auto b = c.make_file("film.bin", size, 11, "b");
@@ -210,7 +109,7 @@ TEST_CASE("transfer: a source SIGKILLed mid-download: the download finishes from
 // 2 -------------------------------------------------------------------------
 
 TEST_CASE("transfer: a source whose copy was corrupted on disk cannot spoil the download", "[e2e][transfer]") {
-  TransferCluster c(3);
+  Cluster c(3, transfer_options());
   const std::uint64_t size = 12 * kChunkSize;
   const auto good = c.make_file("data.bin", size, 21, "good");
   const auto bad = c.make_file("data.bin", size, 21, "bad");
@@ -240,7 +139,7 @@ TEST_CASE("transfer: a source whose copy was corrupted on disk cannot spoil the 
 // without a source fail the download.
 TEST_CASE("transfer: a corrupted copy as the only source: the request fails and nothing is put at --out",
           "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 12 * kChunkSize;
   const auto original = c.make_file("data.bin", size, 22, "orig");
   const auto bad = c.make_file("data.bin", size, 22, "bad");
@@ -263,7 +162,7 @@ TEST_CASE("transfer: a corrupted copy as the only source: the request fails and 
 
 TEST_CASE("transfer: a downloader SIGKILLed half-way resumes after a restart and fetches only what it lacked",
           "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 16 * kMiB;
   const auto src = c.make_file("big.bin", size, 31);
   const auto id = c.register_file(0, src);
@@ -318,7 +217,7 @@ TEST_CASE("transfer: a downloader SIGKILLed half-way resumes after a restart and
 
 TEST_CASE("transfer: the only source stops mid-download: the request fails, the partial data stays",
           "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 8 * kMiB;
   const auto src = c.make_file("lonely.bin", size, 41);
   c.start_peer_with(0, {"--upload-limit", "2M"});
@@ -345,7 +244,7 @@ TEST_CASE("transfer: the only source stops mid-download: the request fails, the 
 
 TEST_CASE("transfer: request-file --wait started while no holder is live completes once the source is back",
           "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 8 * kMiB;
   const auto src = c.make_file("patient.bin", size, 42);
   c.start_peer_with(0, {"--upload-limit", "2M"});
@@ -392,7 +291,7 @@ TEST_CASE("transfer: request-file --wait started while no holder is live complet
 // it has now, not from the record's state when it first started.
 TEST_CASE("transfer: a failed download retried in the same peer-server fetches only what it lacked",
           "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 8 * kMiB;
   const auto src = c.make_file("again.bin", size, 43);
   c.start_peer_with(0, {"--upload-limit", "2M"});
@@ -423,7 +322,7 @@ TEST_CASE("transfer: a failed download retried in the same peer-server fetches o
 
 TEST_CASE("transfer: four downloaders at once share among themselves instead of each taking a copy from the seed",
           "[e2e][transfer]") {
-  TransferCluster c(5);
+  Cluster c(5, transfer_options());
   const std::uint64_t size = 6 * kMiB;
   const double rate = 2.0 * kMiB;
   const auto src = c.make_file("shared.bin", size, 51);
@@ -500,7 +399,7 @@ TEST_CASE("transfer: four downloaders at once share among themselves instead of 
 
 // Within ±15% here: the [slow] tier checks 10% over a longer transfer.
 TEST_CASE("transfer: --upload-limit on the seed paces a download", "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 8 * kMiB;
   const auto src = c.make_file("paced.bin", size, 61);
   c.start_peer_with(0, {"--upload-limit", "2M"});
@@ -520,7 +419,7 @@ TEST_CASE("transfer: --upload-limit on the seed paces a download", "[e2e][transf
 }
 
 TEST_CASE("transfer: --download-limit on the downloader paces a download from an unlimited seed", "[e2e][transfer]") {
-  TransferCluster c(2);
+  Cluster c(2, transfer_options());
   const std::uint64_t size = 8 * kMiB;
   const auto src = c.make_file("paced.bin", size, 62);
   const auto id = c.register_file(0, src);

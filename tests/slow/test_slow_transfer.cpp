@@ -1,14 +1,12 @@
 // Slow transfers (release stage only): a sparse file over 4 GiB with bounded
 // memory, rate-limit accuracy over seconds, and a swarm of four downloaders
 // fed by one rate-limited seed.
-#define CATCH_CONFIG_EXTERNAL_INTERFACES
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 #include <random>
 #include <sstream>
 
@@ -18,110 +16,16 @@ using namespace p2pshare::test;
 
 namespace {
 
-// This executable has no e2e listener: this one tells the Cluster helper
-// when an assertion failed, so that it prints the servers' logs.
-struct SlowTransferFailureListener : Catch::TestEventListenerBase {
-  using TestEventListenerBase::TestEventListenerBase;
-  bool assertionEnded(const Catch::AssertionStats& stats) override {
-    if (!stats.assertionResult.succeeded()) e2e_failure_seen() = true;
-    return true;
-  }
-};
-
-constexpr std::uint64_t kMiB = 1024 * 1024;
 constexpr std::uint64_t kGiB = 1024 * kMiB;
 
-// Cluster with peer-servers (re)startable with extra flags (rate limits).
-class SlowCluster : public Cluster {
- public:
-  explicit SlowCluster(std::size_t peers) : Cluster(peers, options()) {
-    // The flag is sticky across test cases; what counts is this one's failures.
-    e2e_failure_seen() = false;
-  }
-  ~SlowCluster() {
-    if (!e2e_failure_seen() && std::uncaught_exceptions() == 0) return;
-    for (const auto& [name, p] : replaced_) {
-      std::cerr << "----- " << name << " (replaced) stdout -----\n"
-                << p->out() << "----- " << name << " (replaced) stderr -----\n"
-                << p->err();
-    }
-    std::cerr << std::flush;
-  }
-  static ClusterOptions options() {
-    ClusterOptions o;
-    o.request_timeout_ms = 15000;  // the peer-server's default
-    return o;
-  }
-
-  Node& start_peer_with(std::size_t i, const std::vector<std::string>& flags) {
-    Node& node = peer(i);
-    if (node.process) {
-      if (node.process->running()) {
-        node.process->signal(SIGKILL);
-        node.process->wait();
-      }
-      replaced_.emplace_back(node.name, std::move(node.process));
-    }
-    const auto o = options();
-    std::vector<std::string> args{binary(),
-                                  "peer-server",
-                                  "--central-server-addr",
-                                  central_addr(),
-                                  "--addr",
-                                  "127.0.0.1:0",
-                                  "--data-dir",
-                                  node.data_dir.string(),
-                                  "--download-dir",
-                                  node.download_dir.string(),
-                                  "--holder-refresh",
-                                  std::to_string(o.holder_refresh_ms),
-                                  "--request-timeout",
-                                  std::to_string(o.request_timeout_ms)};
-    args.insert(args.end(), flags.begin(), flags.end());
-    node.process = std::make_unique<Process>(args, logs());
-    node.addr = node.process->wait_listening();
-    if (!wait_live(i)) throw std::runtime_error(node.name + " never became live: " + server_logs());
-    return node;
-  }
-
-  std::unique_ptr<Process> request_in_background(std::size_t i, const std::string& id, const fs::path& out) {
-    return std::make_unique<Process>(
-        std::vector<std::string>{binary(), "request-file", "--peer-addr", peer(i).addr, "--data-dir",
-                                 peer(i).data_dir.string(), "--file-id", id, "--out", out.string(), "--json"},
-        logs());
-  }
-
-  std::optional<std::uint64_t> uploaded(std::size_t i, const std::string& id) {
-    const auto r = on_peer(i, "status", {"--json"}, 10s);
-    if (r.exit_code != 0) return std::nullopt;
-    const auto j = nlohmann::json::parse(r.out, nullptr, false);
-    if (!j.is_object()) return std::nullopt;
-    for (const auto& s : j.value("shared", nlohmann::json::array())) {
-      if (s.value("file_id", "") == id) return s.value("uploaded", std::uint64_t{0});
-    }
-    return std::nullopt;
-  }
-
- private:
-  std::vector<std::pair<std::string, std::unique_ptr<Process>>> replaced_;
-};
-
-// Peak resident set of a live process, in KiB (VmHWM); 0 if unreadable.
-std::uint64_t vm_hwm_kib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
-  }
-  return 0;
-}
-
-double elapsed_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+ClusterOptions slow_options() {
+  ClusterOptions o;
+  o.request_timeout_ms = 15000;  // the peer-server's default
+  return o;
 }
 
 // request-file --json on peer i; the JSON "seconds".
-double timed_download(SlowCluster& c, std::size_t i, const std::string& id, const fs::path& src, const fs::path& out) {
+double timed_download(Cluster& c, std::size_t i, const std::string& id, const fs::path& src, const fs::path& out) {
   const auto r = c.on_peer(i, "request-file", {"--file-id", id, "--out", out.string(), "--json"}, 60s);
   INFO(describe(r));
   REQUIRE(r.exit_code == 0);
@@ -131,12 +35,10 @@ double timed_download(SlowCluster& c, std::size_t i, const std::string& id, cons
 
 }  // namespace
 
-CATCH_REGISTER_LISTENER(SlowTransferFailureListener)
-
 // 7 -------------------------------------------------------------------------
 
 TEST_CASE("a sparse file over 4 GiB transfers intact with bounded memory", "[slow]") {
-  SlowCluster c(2);
+  Cluster c(2, slow_options());
   const std::uint64_t size = 4 * kGiB + 300 * kMiB + 1;
   const auto src = c.files() / "huge.img";
   {
@@ -175,8 +77,8 @@ TEST_CASE("a sparse file over 4 GiB transfers intact with bounded memory", "[slo
   const auto j = parse_json(r);
   CHECK(j["size"] == size);
   CHECK(j["bytes_received"] == size);
-  const std::uint64_t seed_peak = vm_hwm_kib(c.peer(0).process->pid());
-  const std::uint64_t downloader_peak = vm_hwm_kib(c.peer(1).process->pid());
+  const std::uint64_t seed_peak = peak_rss_kib(c.peer(0).process->pid());
+  const std::uint64_t downloader_peak = peak_rss_kib(c.peer(1).process->pid());
   REQUIRE(fs::file_size(out) == size);
   started = std::chrono::steady_clock::now();
   CHECK(files_equal(src, out));
@@ -199,7 +101,7 @@ TEST_CASE("rate limits hold within 10% over five seconds for --upload-limit and 
   const std::uint64_t size = 20 * kMiB;
   const double ideal = 5.0;  // 20 MiB at 4 MiB/s
   SECTION("--upload-limit 4M on the seed") {
-    SlowCluster c(2);
+    Cluster c(2, slow_options());
     const auto src = c.make_file("up.bin", size, 81);
     c.start_peer_with(0, {"--upload-limit", "4M"});
     const auto id = c.register_file(0, src);
@@ -212,7 +114,7 @@ TEST_CASE("rate limits hold within 10% over five seconds for --upload-limit and 
     }
   }
   SECTION("--download-limit 4M on the downloader") {
-    SlowCluster c(2);
+    Cluster c(2, slow_options());
     const auto src = c.make_file("down.bin", size, 82);
     const auto id = c.register_file(0, src);
     REQUIRE(c.wait_holders(id, 1));
@@ -229,7 +131,7 @@ TEST_CASE("rate limits hold within 10% over five seconds for --upload-limit and 
 // 9 -------------------------------------------------------------------------
 
 TEST_CASE("one seed at 4 MiB/s and four downloaders of 32 MiB: near the one-copy time", "[slow]") {
-  SlowCluster c(5);
+  Cluster c(5, slow_options());
   const std::uint64_t size = 32 * kMiB;
   const double ideal = static_cast<double>(size) / (4.0 * kMiB);  // 8 s
   const auto src = c.make_file("swarm.bin", size, 91);

@@ -5,8 +5,9 @@
 //
 // Needs P2PSHARE_BINARY (the e2e target defines it). When a test fails (see
 // e2e_failure_seen(), set by the e2e listener) or on an exception, the
-// destructor prints every server's stdout/stderr to stderr, so that
-// `ctest --output-on-failure` shows what the servers said.
+// destructor prints every server's stdout/stderr to stderr, including those
+// of processes a restart replaced, so that `ctest --output-on-failure` shows
+// what the servers said.
 #pragma once
 
 #include <arpa/inet.h>
@@ -40,8 +41,10 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 inline constexpr std::uint64_t kChunkSize = 262144;
+inline constexpr std::uint64_t kMiB = 1024 * 1024;
 
-// Set by a Catch listener when any assertion of the running test fails.
+// Set by a Catch listener (e2e/listener.cpp) when any assertion of the running
+// test case fails; cleared when a test case starts.
 inline bool& e2e_failure_seen() {
   static bool failed = false;
   return failed;
@@ -101,6 +104,19 @@ inline bool contains_ci(const std::string& haystack, const std::string& needle) 
 
 inline std::uint64_t chunks_for(std::uint64_t size) {
   return (size + kChunkSize - 1) / kChunkSize;
+}
+
+// Seconds since `start`, for the figures timed tests report.
+inline double elapsed_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Peak resident memory of a process (VmHWM), in KiB; 0 if unreadable.
+inline std::uint64_t peak_rss_kib(int pid) {
+  const std::string text = read_file("/proc/" + std::to_string(pid) + "/status");
+  const auto at = text.find("VmHWM:");
+  if (at == std::string::npos) return 0;
+  return std::stoull(text.substr(at + 6));
 }
 
 // Parses a command's stdout as one JSON value; throws with the output on failure.
@@ -179,33 +195,61 @@ class Cluster {
     return central_;
   }
 
-  // A new peer-server with its own data and download dirs; its index is peer_count() - 1.
-  Node& add_peer(bool wait = true) {
+  // A new peer-server with its own data and download dirs, started with
+  // `flags` added; its index is peer_count() - 1.
+  Node& add_peer(bool wait = true, const std::vector<std::string>& flags = {}) {
     auto node = std::make_unique<Node>();
     const std::size_t index = peers_.size();
     node->name = "peer" + std::to_string(index);
     node->data_dir = root() / node->name / "data";
     node->download_dir = root() / node->name / "downloads";
     peers_.push_back(std::move(node));
-    start_peer(index);
+    start_peer(index, "127.0.0.1:0", flags);
     if (wait && options_.wait_live && !wait_live(index)) {
       throw std::runtime_error(peer(index).name + " never became live: " + server_logs());
     }
     return peer(index);
   }
 
-  // (Re)starts peer i on its data dir; by default on a new free port.
-  Node& start_peer(std::size_t i, const std::string& addr = "127.0.0.1:0") {
+  // (Re)starts peer i on its data dir with `flags` added (--upload-limit,
+  // --download-limit, ...); by default on a new free port. The process it
+  // replaces is kept for the failure dump (server_logs).
+  Node& start_peer(std::size_t i, const std::string& addr = "127.0.0.1:0", const std::vector<std::string>& flags = {}) {
     Node& node = peer(i);
     retire(node);
-    node.process = std::make_unique<Process>(
-        std::vector<std::string>{binary(), "peer-server", "--central-server-addr", central_.addr, "--addr", addr,
-                                 "--data-dir", node.data_dir.string(), "--download-dir", node.download_dir.string(),
-                                 "--holder-refresh", std::to_string(options_.holder_refresh_ms), "--request-timeout",
-                                 std::to_string(options_.request_timeout_ms)},
-        logs());
+    std::vector<std::string> args{binary(),
+                                  "peer-server",
+                                  "--central-server-addr",
+                                  central_.addr,
+                                  "--addr",
+                                  addr,
+                                  "--data-dir",
+                                  node.data_dir.string(),
+                                  "--download-dir",
+                                  node.download_dir.string(),
+                                  "--holder-refresh",
+                                  std::to_string(options_.holder_refresh_ms),
+                                  "--request-timeout",
+                                  std::to_string(options_.request_timeout_ms)};
+    args.insert(args.end(), flags.begin(), flags.end());
+    node.process = std::make_unique<Process>(args, logs());
     node.addr = node.process->wait_listening();
     return node;
+  }
+
+  // start_peer with `flags`, then waits until peer i is live (throws if it never is).
+  Node& start_peer_with(std::size_t i, const std::vector<std::string>& flags, const std::string& addr = "127.0.0.1:0") {
+    Node& node = start_peer(i, addr, flags);
+    if (!wait_live(i)) throw std::runtime_error(node.name + " never became live: " + server_logs());
+    return node;
+  }
+
+  // A new peer-server, peer(peer_count() - 1), that seeds `file` at
+  // --upload-limit `upload_limit` (e.g. "2M"), so that downloads from it last
+  // long enough to act while they run; the file id.
+  std::string add_seed(const fs::path& file, const std::string& upload_limit) {
+    add_peer(true, {"--upload-limit", upload_limit});
+    return register_file(peer_count() - 1, file);
   }
 
   // Sends `sig` and waits for the exit; the exit code (-1: died of a signal),
@@ -244,6 +288,16 @@ class Cluster {
     std::vector<std::string> full{command, "--central-server-addr", central_.addr};
     full.insert(full.end(), args.begin(), args.end());
     return run(full);
+  }
+
+  // request-file on peer i as a background process (--json added, then `more`).
+  std::unique_ptr<Process> request_in_background(std::size_t i, const std::string& id, const fs::path& out,
+                                                 const std::vector<std::string>& more = {}) {
+    std::vector<std::string> args{
+        binary(), "request-file", "--peer-addr", peer(i).addr, "--data-dir", peer(i).data_dir.string(), "--file-id",
+        id,       "--out",        out.string(),  "--json"};
+    args.insert(args.end(), more.begin(), more.end());
+    return std::make_unique<Process>(args, logs());
   }
 
   // register-file on peer i; the file id, or throws with the command's output.
@@ -306,6 +360,37 @@ class Cluster {
   }
   bool wait_holders(const std::string& file_id, int n, std::chrono::milliseconds timeout = 10s) const {
     return wait_for([&] { return holders(file_id) == n; }, timeout);
+  }
+
+  // Peer i's `status --json`, or null when the command fails or prints no object.
+  nlohmann::json status_json(std::size_t i) {
+    const auto r = on_peer(i, "status", {"--json"}, 10s);
+    if (r.exit_code != 0) return nullptr;
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    return j.is_object() ? j : nullptr;
+  }
+  // The status entry of the download of `id` on peer i, or null.
+  nlohmann::json download_entry(std::size_t i, const std::string& id) {
+    const auto j = status_json(i);
+    if (!j.is_object() || !j.contains("downloads")) return nullptr;
+    for (const auto& d : j["downloads"]) {
+      if (d.value("file_id", "") == id) return d;
+    }
+    return nullptr;
+  }
+  // have_bytes of that download; 0 if there is none.
+  std::uint64_t have_bytes(std::size_t i, const std::string& id) {
+    const auto d = download_entry(i, id);
+    return d.is_object() ? d.value("have_bytes", std::uint64_t{0}) : 0;
+  }
+  // shared[].uploaded of `id` in peer i's status; nullopt if not shared there.
+  std::optional<std::uint64_t> uploaded(std::size_t i, const std::string& id) {
+    const auto j = status_json(i);
+    if (!j.is_object()) return std::nullopt;
+    for (const auto& s : j.value("shared", nlohmann::json::array())) {
+      if (s.value("file_id", "") == id) return s.value("uploaded", std::uint64_t{0});
+    }
+    return std::nullopt;
   }
 
   // Everything every server (current and retired) printed.

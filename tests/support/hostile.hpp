@@ -24,7 +24,6 @@
 #include <vector>
 
 #include "support/build_kind.hpp"
-#include "support/temp_dir.hpp"
 
 namespace p2pshare::test {
 
@@ -170,13 +169,5 @@ class HostileClients {
 // still catches growth with the load (a million requests), which is what the
 // tests look for.
 inline constexpr std::uint64_t kMemoryBoundFactor = kSanitizerBuild ? 8 : 1;
-
-// Peak resident memory of a process (VmHWM), in KiB; 0 if unreadable.
-inline std::uint64_t peak_rss_kib(int pid) {
-  const std::string text = read_file("/proc/" + std::to_string(pid) + "/status");
-  const auto at = text.find("VmHWM:");
-  if (at == std::string::npos) return 0;
-  return std::stoull(text.substr(at + 6));
-}
 
 }  // namespace p2pshare::test
