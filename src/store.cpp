@@ -114,6 +114,23 @@ void pread_exact(int fd, std::span<std::uint8_t> out, std::uint64_t offset, cons
   }
 }
 
+// Like pread_exact, from the page cache alone: false (nothing to use) when
+// any of it would have to come from the disk. preadv2's RWF_NOWAIT answers
+// EAGAIN, or a short count, instead of waiting.
+bool pread_cached(int fd, std::span<std::uint8_t> out, std::uint64_t offset, const std::string& what) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    iovec iov{out.data() + done, out.size() - done};
+    const ssize_t n = ::preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return false;
+    if (n < 0) throw io_error("cannot read " + what, errno);
+    if (n == 0) throw Error(Errc::io, fmt::format("cannot read {}: the file is shorter than expected", what));
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
 void pwrite_exact(int fd, std::span<const std::uint8_t> data, std::uint64_t offset, const std::string& what) {
   std::size_t done = 0;
   while (done < data.size()) {
@@ -201,6 +218,13 @@ void ChunkReader::read(std::uint64_t offset, std::span<std::uint8_t> out) const 
   // A write that raced the pread moved mtime/ctime before it copied its bytes:
   // checking again after the read catches it.
   check_unchanged(false);
+}
+
+bool ChunkReader::read_cached(std::uint64_t offset, std::span<std::uint8_t> out) const {
+  check_unchanged(true);
+  if (!pread_cached(file_.get(), out, offset, path_.string())) return false;
+  check_unchanged(false);
+  return true;
 }
 
 // --- PartialFile: who holds which partial file ----------------------------

@@ -663,6 +663,36 @@ TEST_CASE("ChunkReader reads the right bytes", "[store]") {
   CHECK(as_string(all) == whole);
 }
 
+TEST_CASE("ChunkReader::read_cached serves from the page cache alone, with the same checks", "[store]") {
+  TempDir dir;
+  const fs::path file = dir / "shared.bin";
+  write_random_file(file, 300000, 9);
+  const std::string whole = read_file(file);  // now in the page cache
+  ChunkReader reader(file, 300000);
+  std::vector<std::uint8_t> out(65536);
+  REQUIRE(reader.read_cached(65536, out));
+  CHECK(as_string(out) == whole.substr(65536, 65536));
+
+  // Dropped from the cache (clean pages after fsync): it would have to wait
+  // for the disk, so it declines, and read() still serves the bytes.
+  {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(::fsync(fd) == 0);
+    REQUIRE(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0);
+    ::close(fd);
+  }
+  CHECK_FALSE(reader.read_cached(131072, out));
+  reader.read(131072, out);
+  CHECK(as_string(out) == whole.substr(131072, 65536));
+
+  // A file changed since it was stamped is refused here too, cached or not.
+  std::error_code ec;
+  fs::last_write_time(file, fs::last_write_time(file) - std::chrono::seconds(5), ec);
+  REQUIRE_FALSE(ec);
+  CHECK(thrown_code([&] { (void)reader.read_cached(0, out); }) == Errc::io);
+}
+
 TEST_CASE("ChunkReader refuses a file whose size changed since registration", "[store]") {
   TempDir dir;
   const fs::path file = dir / "shared.bin";

@@ -114,6 +114,10 @@ class ChunkReader {
               std::optional<FileIdentity> expected = std::nullopt);
   // Throws Error(io) "... changed on disk ..." when the file changed.
   void read(std::uint64_t offset, std::span<std::uint8_t> out) const;
+  // The same, but only if every byte is in the page cache: false (out's
+  // contents then undefined) where read() would wait for the disk. Cheap
+  // enough for the network thread, which so skips a disk-pool round trip.
+  [[nodiscard]] bool read_cached(std::uint64_t offset, std::span<std::uint8_t> out) const;
   const std::filesystem::path& path() const { return path_; }
   int fd() const { return file_.get(); }
 

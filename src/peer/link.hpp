@@ -70,8 +70,9 @@ class LinkOwner {
   // Answer this request "busy" instead of sending the chunk? Asked at most
   // once per chunk and link: a repeated request is served.
   virtual bool should_defer(const PeerLink& link, ChunkIndex chunk) = 0;
-  // Reads a chunk we have into a pooled buffer on the disk pool; `done` runs
-  // on the network thread with the buffer, or with the failure.
+  // Reads a chunk we have into a pooled buffer; `done` runs on the network
+  // thread with the buffer, or with the failure: at once (inside this call)
+  // when the bytes were in the page cache, else later, from the disk pool.
   virtual void read_chunk(ChunkIndex chunk, ReadDone done) = 0;
   // Chunk bytes handed to the socket for the other side.
   virtual void on_sent(std::uint64_t bytes) = 0;
