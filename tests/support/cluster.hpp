@@ -129,6 +129,8 @@ struct ClusterOptions {
   unsigned request_timeout_ms = 2000;
   // Wait in the constructor until every peer is live at the central server.
   bool wait_live = true;
+  // More options for every peer-server.
+  std::vector<std::string> peer_args;
 };
 
 class Cluster {
@@ -198,12 +200,22 @@ class Cluster {
   Node& start_peer(std::size_t i, const std::string& addr = "127.0.0.1:0") {
     Node& node = peer(i);
     retire(node);
-    node.process = std::make_unique<Process>(
-        std::vector<std::string>{binary(), "peer-server", "--central-server-addr", central_.addr, "--addr", addr,
-                                 "--data-dir", node.data_dir.string(), "--download-dir", node.download_dir.string(),
-                                 "--holder-refresh", std::to_string(options_.holder_refresh_ms), "--request-timeout",
-                                 std::to_string(options_.request_timeout_ms)},
-        logs());
+    std::vector<std::string> args{binary(),
+                                  "peer-server",
+                                  "--central-server-addr",
+                                  central_.addr,
+                                  "--addr",
+                                  addr,
+                                  "--data-dir",
+                                  node.data_dir.string(),
+                                  "--download-dir",
+                                  node.download_dir.string(),
+                                  "--holder-refresh",
+                                  std::to_string(options_.holder_refresh_ms),
+                                  "--request-timeout",
+                                  std::to_string(options_.request_timeout_ms)};
+    args.insert(args.end(), options_.peer_args.begin(), options_.peer_args.end());
+    node.process = std::make_unique<Process>(args, logs());
     node.addr = node.process->wait_listening();
     return node;
   }
