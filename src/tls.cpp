@@ -95,7 +95,7 @@ std::string read_text(const std::filesystem::path& path) {
     if (n < 0) throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(), errno_text(errno)));
     if (n == 0) break;
     text.append(buffer.data(), static_cast<std::size_t>(n));
-    if (text.size() > 64 * 1024) throw Error(Errc::io, fmt::format("{} is too large", path.string()));
+    if (text.size() > std::size_t{64} * 1024) throw Error(Errc::io, fmt::format("{} is too large", path.string()));
   }
   return text;
 }
