@@ -3,8 +3,8 @@
 // the project's own wire and protocol code.
 //
 // Phases, each bounded:
-//   1. connect + register: --peers TCP connections, each with a random 32-byte
-//      secret, Hello then Register; at most --connect-concurrency in progress.
+//   1. connect + register: --peers TCP connections (NOT YET TLS: see FIXME(tls)),
+//      Hello then Register; at most --connect-concurrency in progress.
 //   2. announce: every peer announces --files-per-peer files out of a pool of
 //      --files (peer p holds files p*k .. p*k+k-1 mod F, so each file has
 //      peers*k/F holders). Small valid manifests: one 16 KiB chunk with a fake
@@ -167,7 +167,6 @@ struct Conn {
   bool dirty = false;  // has unsent bytes queued this iteration
   bool polling_out = false;
   std::deque<Pending> pending;
-  std::string secret;
   std::uint32_t gen = 0;  // bumped each time the slot gets a new socket
 };
 
@@ -525,12 +524,12 @@ class Load {
         const std::size_t slot = open_conn(true, i);
         peer_slots_[i] = slot;
         Conn& c = conns_[slot];
-        c.secret.resize(32);
-        random_bytes(std::span(reinterpret_cast<std::uint8_t*>(c.secret.data()), c.secret.size()));
+        // FIXME(tls): the central server now speaks TLS and takes the peer id
+        // from a client certificate; this generator still speaks plaintext
+        // and needs a TLS layer (a key per simulated peer) before it can run.
         queue_frame(c, protocol::hello(pb::PLANE_CENTRAL));
         pb::CentralRequest request;
         auto* reg = request.mutable_register_();
-        reg->set_peer_secret(c.secret);
         reg->set_listen_port(static_cast<std::uint32_t>(10000 + i % 50000));
         send_request(c, request, Op::reg, 0, true);
       }

@@ -86,7 +86,8 @@ int run_central_server(int argc, char** argv) {
   asio::io_context io(1);
   central::CentralServer server(io, config);
   const auto bound = server.start();
-  return serve(io, bound, [&] { server.stop(); });
+  return serve(
+      io, bound, [&] { server.stop(); }, server.fingerprint());
 }
 
 }  // namespace p2pshare::cmd

@@ -70,7 +70,26 @@ ControlClient::ControlClient(const cli::Address& peer, const std::filesystem::pa
         fmt::format("cannot read the control cookie in {}: pass the peer-server's --data-dir", data_dir.string()));
   }
   const std::string cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size()));
-  client_.connect(peer.host, peer.port, std::chrono::seconds(5));
+  // The peer-server must prove the key of the certificate beside the cookie:
+  // the cookie goes to no one else.
+  const auto cert_path = data_dir / tls::kCertFile;
+  tls::KeyHash expected{};
+  try {
+    expected = tls::key_hash_of_cert_file(cert_path);
+  } catch (const Error& e) {
+    throw Error(Errc::unauthorized,
+                fmt::format("not authorized: no peer-server certificate to check against ({}): pass the "
+                            "peer-server's --data-dir",
+                            e.what()));
+  }
+  client_.connect(
+      peer.host, peer.port, std::chrono::seconds(5), [&](const tls::KeyHash& presented) -> std::optional<std::string> {
+        if (presented == expected) return std::nullopt;
+        return fmt::format(
+            "not authorized: the peer-server at {} presented key fingerprint {}, not the "
+            "key of {} ({}): is --data-dir the peer-server's?",
+            peer.to_string(), tls::fingerprint_of(presented), cert_path.string(), tls::fingerprint_of(expected));
+      });
   client_.send(protocol::hello(pb::PLANE_CONTROL, {}, cookie), std::chrono::seconds(5));
   auto ack = receive(std::chrono::seconds(10));
   if (ack.has_error()) throw_remote(ack.error());
@@ -108,18 +127,36 @@ void add_central_options(cxxopts::Options& options) {
   options.add_options()
       ("central-server-addr", "The central server, HOST:PORT",
        cxxopts::value<std::string>()->default_value(kDefaultCentralAddr))
+      ("central-fingerprint", "The central server's key fingerprint (64 hex digits), pinned: nothing is recorded",
+       cxxopts::value<std::string>())
+      ("data-dir", "Where the fingerprints of central servers met before are kept (known_centrals)",
+       cxxopts::value<std::string>()->default_value(cli::default_data_dir("peer").string()))
       ("json", "Print one JSON value on stdout");
   // clang-format on
   add_help(options);
 }
 
-cli::Address central_address(const cxxopts::ParseResult& args) {
-  return cli::parse_address(args["central-server-addr"].as<std::string>());
+std::optional<tls::KeyHash> parse_fingerprint_option(const cxxopts::ParseResult& args) {
+  if (args.count("central-fingerprint") == 0) return std::nullopt;
+  const auto text = args["central-fingerprint"].as<std::string>();
+  auto hash = tls::key_hash_from_fingerprint(text);
+  if (!hash) throw Error(Errc::usage, fmt::format("--central-fingerprint wants 64 hex digits, not '{}'", text));
+  return hash;
 }
 
-pb::CentralResponse ask_central(const cli::Address& central, pb::CentralRequest request) {
+CentralTarget central_address(const cxxopts::ParseResult& args) {
+  return CentralTarget{cli::parse_address(args["central-server-addr"].as<std::string>()),
+                       parse_fingerprint_option(args), std::filesystem::path(args["data-dir"].as<std::string>())};
+}
+
+pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest request) {
+  // Lists and queries need no certificate of ours; the server's key must be
+  // the pinned or remembered one before anything is sent.
   wire::SyncClient client(protocol::kCentralLimits);
-  client.connect(central.host, central.port, std::chrono::seconds(5));
+  client.connect(
+      central.address.host, central.address.port, std::chrono::seconds(5), [&](const tls::KeyHash& presented) {
+        return tls::check_central_key(central.address.to_string(), presented, central.pinned, central.data_dir);
+      });
   client.send(protocol::hello(pb::PLANE_CENTRAL), std::chrono::seconds(5));
   request.set_request_id(1);
   client.send(request.SerializeAsString(), std::chrono::seconds(5));

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "central.pb.h"
 #include "control.pb.h"
 #include "p2pshare/cli.hpp"
+#include "p2pshare/tls.hpp"
 #include "p2pshare/types.hpp"
 #include "p2pshare/wire.hpp"
 
@@ -53,12 +55,22 @@ inline constexpr const char* kDefaultPeerAddr = "127.0.0.1:7071";
 // --peer-addr, --data-dir, --json for the commands that talk to a peer-server.
 void add_control_options(cxxopts::Options& options);
 ControlClient connect_control(const cxxopts::ParseResult& args);
-// --central-server-addr, --json for the commands that talk to the central server.
+// Where the central server is and which key it must prove.
+struct CentralTarget {
+  cli::Address address;
+  std::optional<tls::KeyHash> pinned;  // --central-fingerprint
+  std::filesystem::path data_dir;      // holds known_centrals
+};
+
+// --central-server-addr, --central-fingerprint, --data-dir, --json for the
+// commands that talk to the central server.
 void add_central_options(cxxopts::Options& options);
-cli::Address central_address(const cxxopts::ParseResult& args);
+CentralTarget central_address(const cxxopts::ParseResult& args);
+// --central-fingerprint's value: throws Error(usage) unless 64 hex digits.
+std::optional<tls::KeyHash> parse_fingerprint_option(const cxxopts::ParseResult& args);
 
 // One request, one answer, to the central server.
-pb::CentralResponse ask_central(const cli::Address& central, pb::CentralRequest request);
+pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest request);
 
 // Throws the Error carried by a response, with its code.
 [[noreturn]] void throw_remote(const pb::Error& error);

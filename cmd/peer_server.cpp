@@ -15,6 +15,8 @@ int run_peer_server(int argc, char** argv) {
   // clang-format off
   options.add_options()
       ("central-server-addr", "The central server, HOST:PORT", cxxopts::value<std::string>())
+      ("central-fingerprint", "The central server's key fingerprint (64 hex digits), pinned: nothing is recorded",
+       cxxopts::value<std::string>())
       ("addr", "Address to listen on for peers and your own commands, HOST:PORT (port 0: pick one)",
        cxxopts::value<std::string>())
       ("data-dir", "Identity, control cookie, shared files and resume state",
@@ -48,6 +50,7 @@ int run_peer_server(int argc, char** argv) {
   config.max_connections = args["max-connections"].as<std::size_t>();
   config.sched.request_timeout = std::chrono::milliseconds(args["request-timeout"].as<unsigned>());
   config.holder_refresh = std::chrono::milliseconds(args["holder-refresh"].as<unsigned>());
+  config.central_fingerprint = parse_fingerprint_option(args);
 
   asio::io_context io(1);
   peer::PeerServer server(io, config);

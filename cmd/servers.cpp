@@ -25,7 +25,8 @@ void raise_descriptor_limit() {
 
 }  // namespace
 
-int serve(asio::io_context& io, const cli::Address& bound, const std::function<void()>& stop) {
+int serve(asio::io_context& io, const cli::Address& bound, const std::function<void()>& stop,
+          const std::string& fingerprint) {
   raise_descriptor_limit();
   std::signal(SIGPIPE, SIG_IGN);
   // Past a file-size limit (ulimit -f), a write fails with EFBIG and that one
@@ -53,6 +54,7 @@ int serve(asio::io_context& io, const cli::Address& bound, const std::function<v
     });
   });
   std::cout << "listening on " << bound.to_string() << std::endl;
+  if (!fingerprint.empty()) std::cout << "fingerprint " << fingerprint << std::endl;
   log::info("listening on {}", bound.to_string());
   io.run();
   {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 #include <asio.hpp>
 
@@ -10,6 +11,9 @@
 
 namespace p2pshare::cmd {
 
-int serve(asio::io_context& io, const cli::Address& bound, const std::function<void()>& stop);
+// Prints "listening on HOST:PORT" (and "fingerprint FP" right after, when
+// given), then runs `io` until a signal has `stop` drain it.
+int serve(asio::io_context& io, const cli::Address& bound, const std::function<void()>& stop,
+          const std::string& fingerprint = {});
 
 }  // namespace p2pshare::cmd

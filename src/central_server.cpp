@@ -12,6 +12,7 @@
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "p2pshare/registry.hpp"
+#include "p2pshare/tls.hpp"
 #include "p2pshare/wire.hpp"
 
 namespace p2pshare::central {
@@ -73,13 +74,17 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         config(std::move(cfg)),
         acceptor(io),
         flush_timer(io),
-        registry(config.data_dir, config.heartbeat_interval * 3, config.limits) {}
+        registry(config.data_dir, config.heartbeat_interval * 3, config.limits),
+        identity(tls::load_or_create_identity(config.data_dir, false)),
+        context(tls::make_context(tls::Side::server, &identity)) {}
 
   asio::io_context& io;
   ServerConfig config;
   asio::ip::tcp::acceptor acceptor;
   asio::steady_timer flush_timer;
   Registry registry;
+  tls::Identity identity;
+  std::shared_ptr<asio::ssl::context> context;
   std::set<std::shared_ptr<Session>> sessions;
   std::map<PeerId, std::weak_ptr<Session>> bound;  // who speaks for each peer id now
   // Group commit: answers given while registry writes are uncommitted wait
@@ -109,7 +114,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(30));
     options.max_queued_bytes = std::size_t{32} * 1024 * 1024;
     auto session = std::make_shared<Session>();
-    session->connection = wire::Connection::create(std::move(socket), options);
+    session->connection = wire::Connection::create(std::move(socket), *context, tls::Side::server, options);
     sessions.insert(session);
     std::weak_ptr<Session> weak = session;
     session->connection->start(
@@ -248,13 +253,19 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     switch (request.body_case()) {
       case pb::CentralRequest::kRegister: {
         const auto& reg = request.register_();
-        if (reg.peer_secret().size() != 32) throw Error(Errc::bad_request, "peer secret must be 32 bytes");
+        // The id is the one the client certificate's key proved in the
+        // handshake: nobody can register as another peer.
+        const auto proven = session.connection->peer_id();
+        if (!proven) {
+          throw Error(Errc::unauthorized,
+                      "register needs a TLS client certificate: the peer id is derived from its key");
+        }
         if (reg.listen_port() == 0 || reg.listen_port() > 65535) throw Error(Errc::bad_request, "invalid listen port");
-        const PeerId id = peer_id_of_secret(reg.peer_secret());
+        const PeerId id = *proven;
         const std::string host = observed_host(session.connection->remote());
         registry.upsert_peer(id, host, static_cast<std::uint16_t>(reg.listen_port()), now,
                              registration_source(session.connection->remote()));
-        // The newest connection that proves the secret speaks for the peer.
+        // The newest connection that proves the key speaks for the peer.
         if (auto old = bound[id].lock(); old && old.get() != &session) {
           old->peer.reset();
           old->connection->close("replaced by a newer registration");
@@ -392,6 +403,10 @@ CentralServer::CentralServer(asio::io_context& io, ServerConfig config)
     : impl_(std::make_shared<Impl>(io, std::move(config))) {}
 
 CentralServer::~CentralServer() = default;
+
+std::string CentralServer::fingerprint() const {
+  return impl_->identity.fingerprint();
+}
 
 cli::Address CentralServer::start() {
   auto bound = listen_on(impl_->acceptor, impl_->config.listen);

@@ -60,10 +60,9 @@ std::optional<PeerId> peer_id_from_bytes(std::string_view raw) {
   return id_from_bytes<PeerId>(raw);
 }
 
-PeerId peer_id_of_secret(std::string_view secret) {
-  const auto digest = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret.data()), secret.size()));
+PeerId peer_id_of_key_hash(std::span<const std::uint8_t, 32> key_hash) {
   PeerId id;
-  std::copy_n(digest.bytes.begin(), PeerId::kSize, id.bytes.begin());
+  std::copy_n(key_hash.begin(), PeerId::kSize, id.bytes.begin());
   return id;
 }
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <openssl/err.h>
+
 #include "p2pshare/error.hpp"
 
 namespace p2pshare::wire {
@@ -78,20 +80,67 @@ std::optional<FrameDecoder::Frame> FrameDecoder::next() {
 
 // ---------------------------------------------------------------------------
 
-std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, ConnectionOptions options) {
-  return std::shared_ptr<Connection>(new Connection(std::move(socket), options));
+bool is_eof(const std::error_code& ec) {
+  return ec == asio::error::eof || ec == asio::ssl::error::stream_truncated;
 }
 
-Connection::Connection(asio::ip::tcp::socket socket, ConnectionOptions options)
-    : socket_(std::move(socket)),
+namespace {
+
+std::string io_error(const std::error_code& ec, const char* eof_text) {
+  if (is_eof(ec)) return eof_text;
+  return ec.message();
+}
+
+}  // namespace
+
+std::shared_ptr<Connection> Connection::create(asio::ip::tcp::socket socket, asio::ssl::context& context,
+                                               tls::Side side, ConnectionOptions options) {
+  return std::shared_ptr<Connection>(new Connection(std::move(socket), context, side, options));
+}
+
+Connection::Connection(asio::ip::tcp::socket socket, asio::ssl::context& context, tls::Side side,
+                       ConnectionOptions options)
+    : stream_(std::move(socket), context),
+      side_(side),
       options_(options),
-      read_deadline_(socket_.get_executor()),
-      write_deadline_(socket_.get_executor()) {
+      read_deadline_(stream_.get_executor()),
+      write_deadline_(stream_.get_executor()) {
   std::error_code ec;
-  remote_ = socket_.remote_endpoint(ec);
+  remote_ = stream_.lowest_layer().remote_endpoint(ec);
 }
 
 Connection::~Connection() = default;
+
+std::optional<PeerId> Connection::peer_id() const {
+  if (!peer_key_) return std::nullopt;
+  return peer_id_of_key_hash(*peer_key_);
+}
+
+void Connection::handshake() {
+  // The handshake runs on the first-frame deadline: a peer that never
+  // finishes it is cut like one that never sends a frame.
+  arm_read_deadline(options_.timeouts.first_frame);
+  stream_.async_handshake(side_ == tls::Side::server ? asio::ssl::stream_base::server : asio::ssl::stream_base::client,
+                          [self = shared_from_this()](const std::error_code& ec) {
+                            if (self->closed_) return;
+                            if (ec) {
+                              ERR_clear_error();
+                              self->close("TLS handshake failed: " + io_error(ec, "closed by peer"));
+                              return;
+                            }
+                            self->peer_key_ = tls::peer_key_hash(self->stream_.native_handle());
+                            if (self->verify_) {
+                              std::string refused = self->verify_(*self);
+                              if (!refused.empty()) {
+                                self->close(refused);
+                                return;
+                              }
+                            }
+                            self->secured_ = true;
+                            self->read_header();
+                            if (!self->writing_ && !self->queue_.empty()) self->write_next();
+                          });
+}
 
 void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
   on_close_ = std::move(on_close);
@@ -106,8 +155,7 @@ void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
   }
   started_ = true;
   on_frame_ = std::move(on_frame);
-  arm_read_deadline(options_.timeouts.first_frame);
-  read_header();
+  handshake();
 }
 
 void Connection::arm_read_deadline(std::chrono::milliseconds timeout) {
@@ -126,11 +174,11 @@ void Connection::read_header() {
   if (!first_frame_) arm_read_deadline(options_.timeouts.idle);
   // The first bytes are read on their own: the frame deadline runs from the
   // frame's first byte, so a peer trickling the header is cut off in time.
-  socket_.async_read_some(
+  stream_.async_read_some(
       asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
         if (self->closed_ || self->closing_) return;
         if (ec) {
-          self->close(ec == asio::error::eof ? "closed by peer" : ec.message());
+          self->close(io_error(ec, "closed by peer"));
           return;
         }
         if (!self->first_frame_) self->arm_read_deadline(self->options_.timeouts.frame);
@@ -138,7 +186,7 @@ void Connection::read_header() {
           self->on_header({});
           return;
         }
-        asio::async_read(self->socket_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
+        asio::async_read(self->stream_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
                          [self](const std::error_code& e, std::size_t) { self->on_header(e); });
       });
 }
@@ -146,7 +194,7 @@ void Connection::read_header() {
 void Connection::on_header(const std::error_code& ec) {
   if (closed_ || closing_) return;
   if (ec) {
-    close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
+    close(io_error(ec, "closed by peer mid-frame"));
     return;
   }
   std::string why;
@@ -167,7 +215,7 @@ void Connection::read_message_part() {
   const std::size_t have = message_.size();
   const std::size_t step = std::min<std::size_t>(kStep, header_.message_length - have);
   message_.resize(have + step);
-  asio::async_read(socket_, asio::buffer(message_.data() + have, step),
+  asio::async_read(stream_, asio::buffer(message_.data() + have, step),
                    [self = shared_from_this()](const std::error_code& e, std::size_t) {
                      if (!e && !self->closed_ && self->message_.size() < self->header_.message_length) {
                        self->read_message_part();
@@ -180,7 +228,7 @@ void Connection::read_message_part() {
 void Connection::on_message(const std::error_code& ec) {
   if (closed_ || closing_) return;
   if (ec) {
-    close(ec == asio::error::eof ? "closed by peer mid-frame" : ec.message());
+    close(io_error(ec, "closed by peer mid-frame"));
     return;
   }
   payload_claimed_ = false;
@@ -216,11 +264,11 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
     // The frame's deadline still runs, unless a rate limit paused it: then
     // the payload gets a fresh one of its own.
     if (throttled) self->arm_read_deadline(self->options_.timeouts.frame);
-    asio::async_read(self->socket_, asio::buffer(destination.data(), destination.size()),
+    asio::async_read(self->stream_, asio::buffer(destination.data(), destination.size()),
                      [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {
                        if (self->closed_ || self->closing_) return;
                        if (ec) {
-                         self->close(ec == asio::error::eof ? "closed by peer mid-payload" : ec.message());
+                         self->close(io_error(ec, "closed by peer mid-payload"));
                          return;
                        }
                        self->payload_received_ += n;
@@ -250,7 +298,7 @@ void Connection::send(std::string message, Payload payload) {
     close(fmt::format("peer is not reading: {} bytes unsent", queued_bytes_));
     return;
   }
-  if (!writing_) write_next();
+  if (!writing_ && secured_) write_next();
 }
 
 void Connection::send_and_close(std::string message, const std::string& reason) {
@@ -290,7 +338,7 @@ void Connection::write_next() {
         self->close("write deadline passed");
       }
     });
-    asio::async_write(self->socket_, buffers, [self](const std::error_code& ec, std::size_t n) {
+    asio::async_write(self->stream_, buffers, [self](const std::error_code& ec, std::size_t n) {
       self->write_deadline_.cancel();
       if (self->closed_) return;
       if (ec) {
@@ -323,14 +371,15 @@ void Connection::close(const std::string& reason) {
   std::error_code ignored;
   read_deadline_.cancel();
   write_deadline_.cancel();
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-  socket_.close(ignored);
+  // No close_notify: the frames said what ends the conversation.
+  stream_.lowest_layer().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  stream_.lowest_layer().close(ignored);
   queue_.clear();
   queued_bytes_ = 0;
   if (on_close_) on_close_(reason);
   // Handlers may be running right now (close from inside on_frame): drop
   // them, and the references they capture, only after the stack unwinds.
-  asio::post(socket_.get_executor(), [self] {
+  asio::post(stream_.get_executor(), [self] {
     self->on_frame_ = nullptr;
     self->on_close_ = nullptr;
     self->on_sent_ = nullptr;
@@ -340,43 +389,64 @@ void Connection::close(const std::string& reason) {
 
 // ---------------------------------------------------------------------------
 
-SyncClient::SyncClient(Limits limits) : socket_(io_), decoder_(limits) {}
+SyncClient::SyncClient(Limits limits, const tls::Identity* identity)
+    : context_(tls::make_context(tls::Side::client, identity)), stream_(io_, *context_), decoder_(limits) {}
 
 void SyncClient::run(std::chrono::milliseconds timeout, const char* what) {
   io_.restart();
   io_.run_for(timeout);
   if (!io_.stopped()) {
     std::error_code ignored;
-    socket_.close(ignored);
+    stream_.lowest_layer().close(ignored);
     io_.run();  // let the cancelled operation finish
     throw Error(Errc::unavailable, fmt::format("{} timed out talking to {}", what, peer_));
   }
 }
 
-void SyncClient::connect(const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout) {
+void SyncClient::connect(const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout,
+                         const std::function<std::optional<std::string>(const tls::KeyHash&)>& verify) {
   peer_ = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
   asio::ip::tcp::resolver resolver(io_);
   std::error_code result = asio::error::would_block;
+  bool connected = false;  // TCP is up: a failure now is the handshake's
   resolver.async_resolve(host, std::to_string(port), [&](const std::error_code& ec, auto endpoints) {
     if (ec) {
       result = ec;
       return;
     }
-    asio::async_connect(socket_, endpoints, [&](const std::error_code& e, const auto&) { result = e; });
+    asio::async_connect(stream_.lowest_layer(), endpoints, [&](const std::error_code& e, const auto&) {
+      if (e) {
+        result = e;
+        return;
+      }
+      std::error_code ignored;
+      stream_.lowest_layer().set_option(asio::ip::tcp::no_delay(true), ignored);
+      connected = true;
+      stream_.async_handshake(asio::ssl::stream_base::client, [&](const std::error_code& h) { result = h; });
+    });
   });
   run(timeout, "connecting");
   if (result) {
-    throw Error(Errc::unavailable, fmt::format("cannot reach {}: {}", peer_, result.message()));
+    const std::string why = connected ? "TLS handshake failed: " + result.message() : result.message();
+    ERR_clear_error();
+    throw Error(Errc::unavailable, fmt::format("cannot reach {}: {}", peer_, why));
   }
-  std::error_code ignored;
-  socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+  const auto key = tls::peer_key_hash(stream_.native_handle());
+  if (!key) throw Error(Errc::protocol, fmt::format("{} presented no certificate", peer_));
+  server_key_ = *key;
+  if (verify) {
+    if (auto refused = verify(server_key_)) {
+      close();
+      throw Error(Errc::unauthorized, *refused);
+    }
+  }
 }
 
 void SyncClient::send(const std::string& message, std::chrono::milliseconds timeout) {
   const auto header = encode_header({static_cast<std::uint32_t>(message.size()), 0});
   std::array<asio::const_buffer, 2> buffers{asio::buffer(header), asio::buffer(message)};
   std::error_code result = asio::error::would_block;
-  asio::async_write(socket_, buffers, [&](const std::error_code& ec, std::size_t) { result = ec; });
+  asio::async_write(stream_, buffers, [&](const std::error_code& ec, std::size_t) { result = ec; });
   run(timeout, "sending");
   if (result) throw Error(Errc::unavailable, fmt::format("lost connection to {}: {}", peer_, result.message()));
 }
@@ -394,14 +464,14 @@ std::string SyncClient::receive(std::chrono::milliseconds timeout) {
     if (left.count() <= 0) throw Error(Errc::unavailable, fmt::format("no answer from {} in time", peer_));
     std::error_code result = asio::error::would_block;
     std::size_t got = 0;
-    socket_.async_read_some(asio::buffer(chunk), [&](const std::error_code& ec, std::size_t n) {
+    stream_.async_read_some(asio::buffer(chunk), [&](const std::error_code& ec, std::size_t n) {
       result = ec;
       got = n;
     });
     run(left, "waiting for an answer");
     if (result) {
-      throw Error(Errc::unavailable, fmt::format("{} closed the connection{}", peer_,
-                                                 result == asio::error::eof ? "" : ": " + result.message()));
+      throw Error(Errc::unavailable,
+                  fmt::format("{} closed the connection{}", peer_, is_eof(result) ? "" : ": " + result.message()));
     }
     if (!decoder_.feed(std::span(chunk.data(), got))) {
       throw Error(Errc::protocol, fmt::format("bad frame from {}: {}", peer_, decoder_.error()));
@@ -411,7 +481,7 @@ std::string SyncClient::receive(std::chrono::milliseconds timeout) {
 
 void SyncClient::close() {
   std::error_code ignored;
-  socket_.close(ignored);
+  stream_.lowest_layer().close(ignored);
 }
 
 void tune_socket(asio::ip::tcp::socket& socket) {

@@ -850,8 +850,3 @@ TEST_CASE("sqlite::migrate runs the missing steps and refuses a newer file", "[r
     CHECK(db.user_version() == 2);
   }
 }
-
-TEST_CASE("a peer id is the first 16 bytes of SHA-256 of its secret", "[types]") {
-  // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223 b00361a396177a9cb410ff61f20015ad
-  CHECK(p2pshare::to_hex(p2pshare::peer_id_of_secret("abc")) == "ba7816bf8f01cfea414140de5dae2223");
-}

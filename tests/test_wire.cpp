@@ -8,7 +8,9 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <asio.hpp>
@@ -17,6 +19,7 @@
 #include "p2pshare/wire.hpp"
 #include "support/build_kind.hpp"
 #include "support/temp_dir.hpp"
+#include "support/tls_client.hpp"
 
 using namespace std::chrono_literals;
 using asio::ip::tcp;
@@ -65,6 +68,34 @@ bool pump(asio::io_context& io, const std::function<bool()>& done, std::chrono::
       timeout);
 }
 
+// Every Connection runs over TLS: one key pair for the servers of this file.
+const p2pshare::tls::Identity& test_identity() {
+  static const auto identity = p2pshare::tls::make_identity();
+  return identity;
+}
+asio::ssl::context& server_tls() {
+  static const auto context = p2pshare::tls::make_context(p2pshare::tls::Side::server, &test_identity());
+  return *context;
+}
+asio::ssl::context& client_tls() {
+  static const auto context = p2pshare::tls::make_context(p2pshare::tls::Side::client, nullptr);
+  return *context;
+}
+std::shared_ptr<wire::Connection> make_server(tcp::socket socket, const wire::ConnectionOptions& options) {
+  return wire::Connection::create(std::move(socket), server_tls(), p2pshare::tls::Side::server, options);
+}
+std::shared_ptr<wire::Connection> make_client(tcp::socket socket, const wire::ConnectionOptions& options) {
+  return wire::Connection::create(std::move(socket), client_tls(), p2pshare::tls::Side::client, options);
+}
+
+// A test's hand-driven client: a raw socket and its TLS, handshaken on first
+// use while the test's io_context runs the server side.
+struct RawClient {
+  asio::io_context* io;
+  tcp::socket socket;
+  std::unique_ptr<p2pshare::test::TlsStream> tls;
+};
+
 // A listening socket on 127.0.0.1 and helpers to make connected pairs.
 struct Loopback {
   asio::io_context io;
@@ -72,32 +103,100 @@ struct Loopback {
 
   std::uint16_t port() const { return acceptor.local_endpoint().port(); }
 
-  // A raw (blocking) client socket and the server side of the connection.
-  std::pair<tcp::socket, tcp::socket> pair() {
+  // Two connected sockets: the client's and the server's.
+  std::pair<tcp::socket, tcp::socket> socket_pair() {
     tcp::socket client(io);
     client.connect(acceptor.local_endpoint());
     tcp::socket server = acceptor.accept();
     return {std::move(client), std::move(server)};
   }
+  // A raw (blocking) TLS client and the server side of the connection.
+  std::pair<RawClient, tcp::socket> pair() {
+    auto [client, server] = socket_pair();
+    const int fd = client.native_handle();
+    return {RawClient{&io, std::move(client),
+                      std::make_unique<p2pshare::test::TlsStream>(fd, p2pshare::tls::Side::client, nullptr)},
+            std::move(server)};
+  }
 };
 
-void write_raw(tcp::socket& socket, std::string_view data) {
-  asio::write(socket, asio::buffer(data.data(), data.size()));
+// Completes the client's handshake, running the server side meanwhile.
+void ensure_handshake(RawClient& client) {
+  const bool done = wait_for(
+      [&] {
+        if (client.io->stopped()) client.io->restart();
+        client.io->run_for(2ms);
+        return client.tls->step();
+      },
+      3s);
+  if (!done) throw std::runtime_error("the test client's TLS handshake did not finish");
 }
 
-// Reads whatever the raw socket has without blocking; true once the peer has
-// closed (EOF or reset).
-bool drain_raw(tcp::socket& socket, std::string* into) {
-  socket.non_blocking(true);
+// Sends `data` as plaintext inside TLS.
+void write_raw(RawClient& client, std::string_view data) {
+  if (!client.tls->done()) ensure_handshake(client);
+  const std::string sealed = client.tls->seal(data);
+  asio::write(client.socket, asio::buffer(sealed));
+}
+
+// Reads whatever the raw socket has without blocking (decrypted); true once
+// the peer has closed (EOF or reset).
+bool drain_raw(RawClient& client, std::string* into) {
+  if (!client.tls->done()) {
+    try {
+      if (!client.tls->step()) return false;
+    } catch (const std::runtime_error&) {
+      return true;
+    }
+  }
+  client.socket.non_blocking(true);
   std::array<char, 65536> buf{};
   while (true) {
     std::error_code ec;
-    const std::size_t n = socket.read_some(asio::buffer(buf), ec);
+    const std::size_t n = client.socket.read_some(asio::buffer(buf), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) return false;
     if (ec) return true;
-    if (into) into->append(buf.data(), n);
+    const std::string plain = client.tls->open(std::string_view(buf.data(), n));
+    if (into) into->append(plain);
   }
 }
+
+// The server end of a SyncClient test: accepts one connection and
+// handshakes on its own thread (the SyncClient blocks in connect meanwhile).
+class RawServer {
+ public:
+  explicit RawServer(Loopback& net) {
+    thread_ = std::thread([this, &net] {
+      try {
+        socket_ = std::make_unique<tcp::socket>(net.acceptor.accept());
+        tls_ = std::make_unique<p2pshare::test::TlsStream>(socket_->native_handle(), p2pshare::tls::Side::server,
+                                                           &test_identity());
+        tls_->handshake(3s);
+      } catch (const std::exception& e) {
+        error_ = e.what();
+      }
+    });
+  }
+  ~RawServer() { join(); }
+  RawServer(const RawServer&) = delete;
+  RawServer& operator=(const RawServer&) = delete;
+  // Waits for the accept and the handshake.
+  p2pshare::test::TlsStream& ready() {
+    join();
+    if (!error_.empty()) throw std::runtime_error(error_);
+    return *tls_;
+  }
+  tcp::socket& socket() { return *socket_; }
+
+ private:
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  std::thread thread_;
+  std::unique_ptr<tcp::socket> socket_;
+  std::unique_ptr<p2pshare::test::TlsStream> tls_;
+  std::string error_;
+};
 
 // What a test's server-side Connection saw.
 struct Recorder {
@@ -361,10 +460,10 @@ TEST_CASE("FrameDecoder flags a bad header that follows a good frame", "[wire]")
 
 TEST_CASE("Connection delivers frames in order with their payloads", "[wire]") {
   Loopback net;
-  auto [client_socket, server_socket] = net.pair();
+  auto [client_socket, server_socket] = net.socket_pair();
   const auto options = options_with(5s, 5s, 5s);
-  auto server = wire::Connection::create(std::move(server_socket), options);
-  auto client = wire::Connection::create(std::move(client_socket), options);
+  auto server = make_server(std::move(server_socket), options);
+  auto client = make_client(std::move(client_socket), options);
   CHECK(server->remote().address().to_string() == "127.0.0.1");
   Recorder rec;
   rec.start(server);
@@ -417,7 +516,7 @@ TEST_CASE("Connection delivers frames in order with their payloads", "[wire]") {
 TEST_CASE("Connection cuts a peer that announces an oversized frame, and the server lives on", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
   Recorder rec;
   rec.start(server);
 
@@ -434,7 +533,7 @@ TEST_CASE("Connection cuts a peer that announces an oversized frame, and the ser
 
   // A second connection on the same acceptor works.
   auto [client2, server_socket2] = net.pair();
-  auto server2 = wire::Connection::create(std::move(server_socket2), options_with(5s, 5s, 5s));
+  auto server2 = make_server(std::move(server_socket2), options_with(5s, 5s, 5s));
   Recorder rec2;
   rec2.start(server2);
   write_raw(client2, frame_bytes("hello again", "xyz"));
@@ -450,7 +549,7 @@ TEST_CASE("Connection cuts a peer that announces a payload over the limit", "[wi
   auto [client, server_socket] = net.pair();
   auto options = options_with(5s, 5s, 5s);
   options.limits.max_payload = 1000;
-  auto server = wire::Connection::create(std::move(server_socket), options);
+  auto server = make_server(std::move(server_socket), options);
   Recorder rec;
   rec.start(server);
   write_raw(client, raw_header(5, 1001));
@@ -463,7 +562,7 @@ TEST_CASE("Connection cuts a peer that announces a payload over the limit", "[wi
 TEST_CASE("Connection closes a connection that sends nothing by the first-frame deadline", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(200ms, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(200ms, 5s, 5s));
   Recorder rec;
   const auto start = Clock::now();
   rec.start(server);
@@ -480,7 +579,7 @@ TEST_CASE("Connection closes a connection that sends nothing by the first-frame 
 TEST_CASE("Connection's first-frame deadline covers the whole first frame", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(200ms, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(200ms, 5s, 5s));
   Recorder rec;
   const auto start = Clock::now();
   rec.start(server);
@@ -499,7 +598,7 @@ TEST_CASE("Connection's first-frame deadline covers the whole first frame", "[wi
 TEST_CASE("Connection closes an idle connection after the idle deadline", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 200ms, 5s));
+  auto server = make_server(std::move(server_socket), options_with(5s, 200ms, 5s));
   Recorder rec;
   rec.start(server);
   write_raw(client, frame_bytes("hello"));
@@ -518,7 +617,7 @@ TEST_CASE("Connection closes an idle connection after the idle deadline", "[wire
 TEST_CASE("Connection stays open while frames keep coming within the idle deadline", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(300ms, 300ms, 5s));
+  auto server = make_server(std::move(server_socket), options_with(300ms, 300ms, 5s));
   Recorder rec;
   rec.start(server);
   // A frame every 100 ms for 0.6 s: longer than first_frame and idle, never idle that long.
@@ -540,7 +639,7 @@ TEST_CASE("Connection stays open while frames keep coming within the idle deadli
 TEST_CASE("Connection cuts off a peer trickling a frame", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 300ms));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 300ms));
   Recorder rec;
   rec.start(server);
   write_raw(client, frame_bytes("first"));
@@ -556,8 +655,7 @@ TEST_CASE("Connection cuts off a peer trickling a frame", "[wire]") {
       net.io, [&] { return rec.closed.has_value(); }, 3s,
       [&] {
         if (sent < frame.size() && Clock::now() >= next_send) {
-          std::error_code ignored;
-          client.write_some(asio::buffer(frame.data() + sent, 1), ignored);
+          write_raw(client, std::string_view(frame).substr(sent, 1));
           ++sent;
           next_send += 50ms;
         }
@@ -575,7 +673,7 @@ TEST_CASE("Connection cuts off a peer trickling a frame", "[wire]") {
 TEST_CASE("Connection's frame deadline counts from the frame's first byte", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 300ms));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 300ms));
   Recorder rec;
   rec.start(server);
   write_raw(client, frame_bytes("first"));
@@ -590,8 +688,7 @@ TEST_CASE("Connection's frame deadline counts from the frame's first byte", "[wi
       net.io, [&] { return rec.closed.has_value(); }, 3s,
       [&] {
         if (sent < frame.size() && Clock::now() >= next_send) {
-          std::error_code ignored;
-          client.write_some(asio::buffer(frame.data() + sent, 1), ignored);
+          write_raw(client, std::string_view(frame).substr(sent, 1));
           ++sent;
           next_send += 50ms;
         }
@@ -607,7 +704,7 @@ TEST_CASE("Connection cuts a peer that does not read once max_queued_bytes is pa
   auto [client, server_socket] = net.pair();
   auto options = options_with(5s, 5s, 5s);
   options.max_queued_bytes = 1 << 20;
-  auto server = wire::Connection::create(std::move(server_socket), options);
+  auto server = make_server(std::move(server_socket), options);
   Recorder rec;
   rec.start(server);
 
@@ -619,6 +716,7 @@ TEST_CASE("Connection cuts a peer that does not read once max_queued_bytes is pa
   std::size_t max_queued = 0;
   int handed_to_kernel = 0;
   server->set_on_sent([&] { ++handed_to_kernel; });
+  ensure_handshake(client);
   pump(
       net.io, [&] { return rec.closed.has_value(); }, 5s,
       [&] {
@@ -637,11 +735,11 @@ TEST_CASE("Connection cuts a peer that does not read once max_queued_bytes is pa
 
 TEST_CASE("Connection does not cut a peer that reads as fast as it is sent to", "[wire]") {
   Loopback net;
-  auto [client_socket, server_socket] = net.pair();
+  auto [client_socket, server_socket] = net.socket_pair();
   auto options = options_with(5s, 5s, 5s);
   options.max_queued_bytes = 1 << 20;
-  auto server = wire::Connection::create(std::move(server_socket), options);
-  auto client = wire::Connection::create(std::move(client_socket), options);
+  auto server = make_server(std::move(server_socket), options);
+  auto client = make_client(std::move(client_socket), options);
   Recorder rec;
   rec.start(server);
   Recorder client_rec;
@@ -667,9 +765,10 @@ TEST_CASE("Connection does not cut a peer that reads as fast as it is sent to", 
 TEST_CASE("Connection::send_and_close sends the frame, then closes", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
   Recorder rec;
   rec.start(server);
+  ensure_handshake(client);
   server->send("before");
   server->send_and_close("goodbye", "finished");
   CHECK_FALSE(server->closed());  // not before the bytes are out
@@ -688,7 +787,7 @@ TEST_CASE("Connection::send_and_close sends the frame, then closes", "[wire]") {
 TEST_CASE("Connection::send_and_close stops reading: what the peer sends after it is never handled", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
   Recorder rec;
   rec.start(server);
   // The client never reads: the goodbye stays queued while it goes on sending.
@@ -714,7 +813,7 @@ TEST_CASE("Connection::send_and_close gives a peer that does not read a short gr
   options.timeouts.write = 60s;
   options.timeouts.close_linger = 500ms;
   options.max_queued_bytes = 64 * 1024 * 1024;
-  auto server = wire::Connection::create(std::move(server_socket), options);
+  auto server = make_server(std::move(server_socket), options);
   Recorder rec;
   rec.start(server);
   auto block = std::make_shared<std::vector<std::uint8_t>>(16 * 1024 * 1024, 0x44);
@@ -733,7 +832,7 @@ TEST_CASE("Connection::send_and_close gives a peer that does not read a short gr
 TEST_CASE("Connection closes when the frame handler leaves a payload unread", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
   Recorder rec;
   rec.read_payloads = false;
   rec.start(server);
@@ -753,7 +852,7 @@ TEST_CASE("Connection closes when the frame handler leaves a payload unread", "[
 TEST_CASE("Connection closes when read_payload is given the wrong size", "[wire]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
-  auto server = wire::Connection::create(std::move(server_socket), options_with(5s, 5s, 5s));
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
   std::optional<std::string> closed;
   std::vector<std::uint8_t> buffer(5);
   wire::Connection* raw = server.get();
@@ -787,9 +886,11 @@ TEST_CASE("SyncClient fails fast with an Error naming the address when the port 
 }
 
 TEST_CASE("SyncClient::receive times out with an Error when the server is silent", "[wire]") {
-  Loopback net;  // listens; the kernel completes the handshake, nobody answers
+  Loopback net;  // listens; a server completes the handshakes, then says nothing
+  RawServer server(net);
   wire::SyncClient client(wire::Limits{});
   client.connect("127.0.0.1", net.port(), 2s);
+  server.ready();
   const auto start = Clock::now();
   try {
     client.receive(200ms);
@@ -807,26 +908,26 @@ TEST_CASE("SyncClient::receive times out with an Error when the server is silent
 
 TEST_CASE("SyncClient sends and receives whole frames", "[wire]") {
   Loopback net;
+  RawServer raw(net);
   wire::SyncClient client(wire::Limits{4096, 0});
   client.connect("127.0.0.1", net.port(), 2s);
-  tcp::socket server = net.acceptor.accept();
+  auto& server = raw.ready();
+  CHECK(client.server_key() == test_identity().key_hash);
 
   client.send("request", 2s);
-  std::string got(8 + 7, '\0');
-  asio::read(server, asio::buffer(got));
-  CHECK(got == frame_bytes("request"));
+  CHECK(server.receive(8 + 7, 2s) == frame_bytes("request"));
 
   // Two answers in one write, then one split in two writes.
-  write_raw(server, frame_bytes("answer 1") + frame_bytes("answer 2"));
+  server.send(frame_bytes("answer 1") + frame_bytes("answer 2"));
   CHECK(client.receive(2s) == "answer 1");
   CHECK(client.receive(2s) == "answer 2");
   const std::string third = frame_bytes("answer 3");
-  write_raw(server, std::string_view(third).substr(0, 3));
-  write_raw(server, std::string_view(third).substr(3));
+  server.send(std::string_view(third).substr(0, 3));
+  server.send(std::string_view(third).substr(3));
   CHECK(client.receive(2s) == "answer 3");
 
   // A bad frame is a protocol error; a closed connection is unavailable.
-  write_raw(server, raw_header(0, 0));
+  server.send(raw_header(0, 0));
   try {
     client.receive(2s);
     FAIL("accepted a zero-length message");
@@ -837,12 +938,11 @@ TEST_CASE("SyncClient sends and receives whole frames", "[wire]") {
 
 TEST_CASE("SyncClient::receive reports a closed connection as unavailable", "[wire]") {
   Loopback net;
+  RawServer server(net);
   wire::SyncClient client(wire::Limits{4096, 0});
   client.connect("127.0.0.1", net.port(), 2s);
-  {
-    tcp::socket server = net.acceptor.accept();
-    server.close();
-  }
+  server.ready();
+  server.socket().close();
   const auto start = Clock::now();
   try {
     client.receive(2s);

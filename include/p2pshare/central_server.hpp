@@ -36,6 +36,9 @@ class CentralServer {
   ~CentralServer();
   // Binds and starts accepting; returns the address actually bound.
   cli::Address start();
+  // SHA-256 of its public key's DER SubjectPublicKeyInfo, 64 lowercase hex
+  // digits (its key pair lives in data_dir: identity.key, identity.crt).
+  std::string fingerprint() const;
   // Closes the listener and every connection, flushes the registry.
   void stop();
 

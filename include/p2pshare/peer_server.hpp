@@ -11,11 +11,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include <asio.hpp>
 
 #include "p2pshare/cli.hpp"
 #include "p2pshare/sched.hpp"
+#include "p2pshare/tls.hpp"
 
 namespace p2pshare::peer {
 
@@ -30,6 +32,9 @@ struct PeerConfig {
   std::size_t max_connections = 4096;
   sched::Config sched;
   std::chrono::milliseconds holder_refresh{2000};
+  // --central-fingerprint: the central server's key, pinned (nothing is
+  // recorded in known_centrals then).
+  std::optional<tls::KeyHash> central_fingerprint;
 };
 
 class PeerServer {

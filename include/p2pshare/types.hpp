@@ -45,9 +45,9 @@ std::optional<PeerId> peer_id_from_hex(std::string_view hex);
 // From raw wire bytes: nullopt unless the length is exact.
 std::optional<FileId> file_id_from_bytes(std::string_view raw);
 std::optional<PeerId> peer_id_from_bytes(std::string_view raw);
-// The id a peer's secret proves: the first 16 bytes of SHA-256(secret). The
-// peer and the central server both derive it, so it is computed only here.
-PeerId peer_id_of_secret(std::string_view secret);
+// The id a peer's key proves: the first 16 bytes of SHA-256 of its DER
+// SubjectPublicKeyInfo (`key_hash`). Every side derives it here.
+PeerId peer_id_of_key_hash(std::span<const std::uint8_t, 32> key_hash);
 template <typename Id>
 std::string to_bytes(const Id& id) {
   return std::string(reinterpret_cast<const char*>(id.bytes.data()), id.bytes.size());

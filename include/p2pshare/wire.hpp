@@ -5,6 +5,10 @@
 // the body is read or allocated. Payloads (chunk bytes) travel outside
 // protobuf so they go from socket to chunk buffer with no extra copy.
 //
+// Every connection runs over TLS 1.3 (p2pshare/tls.hpp): the handshake is
+// the first step of start(), on the first-frame deadline; frames travel
+// inside TLS records.
+//
 // Threading: a Connection lives on one io_context run by one thread; every
 // public method must be called from that thread (post to it otherwise).
 // Handlers fire on that thread. A Connection owns itself: it stays alive
@@ -26,6 +30,9 @@
 #include <vector>
 
 #include <asio.hpp>
+#include <asio/ssl.hpp>
+
+#include "p2pshare/tls.hpp"
 
 namespace p2pshare::wire {
 
@@ -105,10 +112,25 @@ class Connection : public std::enable_shared_from_this<Connection> {
   using FrameHandler = std::function<void(std::string_view message, std::uint32_t payload_length)>;
   using CloseHandler = std::function<void(const std::string& reason)>;
 
-  static std::shared_ptr<Connection> create(asio::ip::tcp::socket socket, ConnectionOptions options);
+  // Checks what the handshake proved (peer_key()); a non-empty answer closes
+  // the connection with it as the reason, before a byte of data is sent.
+  using Verify = std::function<std::string(const Connection&)>;
+
+  // `context` must outlive the connection's handshake (servers and links
+  // keep theirs for their whole life).
+  static std::shared_ptr<Connection> create(asio::ip::tcp::socket socket, asio::ssl::context& context, tls::Side side,
+                                            ConnectionOptions options);
   ~Connection();
 
-  // Starts reading. Handlers fire on the socket's io_context thread.
+  // Runs after the handshake, before anything is read or sent.
+  void set_verify(Verify verify) { verify_ = std::move(verify); }
+  // The key the other side proved in the handshake (none: no certificate).
+  const std::optional<tls::KeyHash>& peer_key() const { return peer_key_; }
+  // The peer id that key proves.
+  std::optional<PeerId> peer_id() const;
+
+  // Handshakes, then starts reading (sends queued before wait for the
+  // handshake). Handlers fire on the socket's io_context thread.
   // Called again (e.g. from inside a frame handler, once the first frame has
   // told which plane this is), it hands the connection to new handlers from
   // the next frame on.
@@ -137,7 +159,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::uint64_t payload_bytes_received() const { return payload_received_; }
 
  private:
-  Connection(asio::ip::tcp::socket socket, ConnectionOptions options);
+  Connection(asio::ip::tcp::socket socket, asio::ssl::context& context, tls::Side side, ConnectionOptions options);
+  void handshake();
   void read_header();
   void on_header(const std::error_code& ec);
   void read_message_part();
@@ -153,9 +176,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string close_reason;
   };
 
-  asio::ip::tcp::socket socket_;
+  asio::ssl::stream<asio::ip::tcp::socket> stream_;
+  tls::Side side_;
   asio::ip::tcp::endpoint remote_;
   ConnectionOptions options_;
+  Verify verify_;
+  std::optional<tls::KeyHash> peer_key_;
+  bool secured_ = false;  // handshake done and verified
   asio::steady_timer read_deadline_;
   asio::steady_timer write_deadline_;
   FrameHandler on_frame_;
@@ -184,9 +211,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
 // driven by io_context::run_for).
 class SyncClient {
  public:
-  explicit SyncClient(Limits limits);
-  // Throws Error(unavailable) naming the address when it cannot connect in time.
-  void connect(const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout);
+  // `identity`: the certificate to present (none: the client presents none).
+  explicit SyncClient(Limits limits, const tls::Identity* identity = nullptr);
+  // Connects and handshakes. Throws Error(unavailable) naming the address
+  // when it cannot connect in time. `verify` then checks the server's key
+  // (nullopt: accepted; else the error line, thrown as Error(unauthorized))
+  // before anything is sent.
+  void connect(const std::string& host, std::uint16_t port, std::chrono::milliseconds timeout,
+               const std::function<std::optional<std::string>(const tls::KeyHash&)>& verify = {});
+  // The key the server proved.
+  const tls::KeyHash& server_key() const { return server_key_; }
   void send(const std::string& message, std::chrono::milliseconds timeout);
   // The next frame's message; throws Error(unavailable) on timeout or close.
   std::string receive(std::chrono::milliseconds timeout);
@@ -195,7 +229,9 @@ class SyncClient {
  private:
   void run(std::chrono::milliseconds timeout, const char* what);
   asio::io_context io_;
-  asio::ip::tcp::socket socket_;
+  std::shared_ptr<asio::ssl::context> context_;
+  asio::ssl::stream<asio::ip::tcp::socket> stream_;
+  tls::KeyHash server_key_{};
   FrameDecoder decoder_;
   std::string peer_;
 };
@@ -203,5 +239,8 @@ class SyncClient {
 // Tunes a connected TCP socket: no Nagle (small control messages go out at
 // once). Buffer sizes are left to the kernel's autotuning.
 void tune_socket(asio::ip::tcp::socket& socket);
+
+// A clean end of the other side's stream: EOF, or TLS cut without close_notify.
+bool is_eof(const std::error_code& ec);
 
 }  // namespace p2pshare::wire

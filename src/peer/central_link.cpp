@@ -2,19 +2,20 @@
 
 #include <fmt/format.h>
 
+#include "p2pshare/error.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 
 namespace p2pshare::peer {
 
-CentralLink::CentralLink(asio::io_context& io, cli::Address central, std::string secret, std::uint16_t listen_port,
+CentralLink::CentralLink(asio::io_context& io, cli::Address central, Trust trust, std::uint16_t listen_port,
                          std::function<void()> on_registered)
     : io_(io),
       central_(std::move(central)),
-      secret_(std::move(secret)),
+      trust_(std::move(trust)),
       listen_port_(listen_port),
       on_registered_(std::move(on_registered)),
-      peer_id_(peer_id_of_secret(secret_)),
+      peer_id_(trust_.self),
       timer_(io),
       waiting_timer_(io) {}
 
@@ -81,13 +82,32 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
   options.limits = protocol::kCentralLimits;
   options.timeouts.first_frame = std::chrono::seconds(10);
   options.timeouts.idle = std::chrono::hours(24);  // we heartbeat; silence from the server is fine
-  connection_ = wire::Connection::create(std::move(socket), options);
+  connection_ = wire::Connection::create(std::move(socket), *trust_.context, tls::Side::client, options);
   auto self = shared_from_this();
+  // Nothing is sent to a central server whose key is not the one we trust.
+  connection_->set_verify([self](const wire::Connection& c) -> std::string {
+    std::string refused;
+    if (!c.peer_key()) {
+      refused = fmt::format("central server {} presented no certificate", self->central_.to_string());
+    } else {
+      try {
+        refused = tls::check_central_key(self->central_.to_string(), *c.peer_key(), self->trust_.pinned,
+                                         self->trust_.data_dir)
+                      .value_or("");
+      } catch (const Error& e) {
+        refused = e.what();
+      }
+    }
+    if (!refused.empty()) {
+      self->last_error_ = refused;
+      log::error("{}", refused);
+    }
+    return refused;
+  });
   connection_->start([self](std::string_view message, std::uint32_t) { self->on_frame(message); },
                      [self](const std::string& reason) { self->on_closed(reason); });
   connection_->send(protocol::hello(pb::PLANE_CENTRAL));
   pb::CentralRequest reg;
-  reg.mutable_register_()->set_peer_secret(secret_);
   reg.mutable_register_()->set_listen_port(listen_port_);
   send(std::move(reg), [self](std::optional<pb::CentralResponse> response, const std::string& error) {
     if (!response || !response->has_registered()) {

@@ -1,6 +1,8 @@
-// The peer-server's one connection to the central server. It registers with
-// the peer's secret (so the registration is bound to this connection and to
-// a proof, not a claimed id), heartbeats, and on every (re)connect calls
+// The peer-server's one connection to the central server, over TLS with the
+// peer's certificate: the central server takes the peer id from the key the
+// handshake proved, so the registration is bound to this connection and to a
+// proof, not a claimed id. The central server's own key is checked against
+// the pinned fingerprint or DATA_DIR/known_centrals first. It heartbeats, and on every (re)connect calls
 // on_registered so the server re-announces everything it holds: a restarted
 // central server is refilled without anyone's help.
 //
@@ -9,6 +11,7 @@
 
 #include <chrono>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -16,9 +19,11 @@
 #include <string>
 
 #include <asio.hpp>
+#include <asio/ssl.hpp>
 
 #include "central.pb.h"
 #include "p2pshare/cli.hpp"
+#include "p2pshare/tls.hpp"
 #include "p2pshare/types.hpp"
 #include "p2pshare/wire.hpp"
 
@@ -29,7 +34,13 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   // response is nullopt on failure, with `error` saying why in one line.
   using Callback = std::function<void(std::optional<pb::CentralResponse> response, const std::string& error)>;
 
-  CentralLink(asio::io_context& io, cli::Address central, std::string secret, std::uint16_t listen_port,
+  struct Trust {
+    std::shared_ptr<asio::ssl::context> context;  // presents our certificate
+    PeerId self;                                  // the id our key proves
+    std::optional<tls::KeyHash> pinned;           // --central-fingerprint
+    std::filesystem::path data_dir;               // known_centrals
+  };
+  CentralLink(asio::io_context& io, cli::Address central, Trust trust, std::uint16_t listen_port,
               std::function<void()> on_registered);
   void start();
   void stop();
@@ -50,7 +61,7 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
 
   asio::io_context& io_;
   cli::Address central_;
-  std::string secret_;
+  Trust trust_;
   std::uint16_t listen_port_;
   std::function<void()> on_registered_;
   PeerId peer_id_;

@@ -375,7 +375,8 @@ void Swarm::connect_to(const PeerId& peer, const std::string& host, std::uint16_
         wire::tune_socket(*socket);
         wire::ConnectionOptions options;
         options.limits = protocol::kPeerLimits;
-        auto connection = wire::Connection::create(std::move(*socket), options);
+        auto connection =
+            wire::Connection::create(std::move(*socket), *self->services_.client_tls, tls::Side::client, options);
         auto link = PeerLink::open(self->services_, connection, self, peer);
         if (link->closed()) {  // gone before it could be counted as pending: never detached from there
           self->download_->connecting.erase(peer);

@@ -52,6 +52,21 @@ std::shared_ptr<PeerLink> PeerLink::open(Services& services, std::shared_ptr<wir
   link->remote_id_ = expected;
   link->key_ = key_of(expected);
   link->stage_ = Stage::await_welcome;
+  // The key the answering side proves must be the one of the id the
+  // registry listed, before we say anything.
+  link->connection_->set_verify([expected](const wire::Connection& c) -> std::string {
+    const auto proven = c.peer_id();
+    std::string refused;
+    if (!proven) {
+      refused = "presented no certificate";
+    } else if (*proven != expected) {
+      refused = fmt::format("its key proves id {}, not {} as the registry lists", to_hex(*proven), to_hex(expected));
+    }
+    if (refused.empty()) return refused;
+    refused = fmt::format("refused peer {}: {}", c.remote().address().to_string(), refused);
+    log::warn("{}", refused);
+    return refused;
+  });
   link->start();
   link->connection_->send(protocol::hello(pb::PLANE_PEER, to_bytes(services.self)));
   pb::PeerMessage interested;
@@ -112,7 +127,12 @@ void PeerLink::on_frame(std::string_view message, std::uint32_t payload_length) 
       const auto hello = protocol::parse_hello(message);
       auto id = peer_id_from_bytes(hello.peer_id());
       if (hello.plane() != pb::PLANE_PEER || !id) throw Error(Errc::protocol, "expected a peer hello");
-      remote_id_ = *id;
+      // Mutual TLS: the id claimed must be the one the client certificate's
+      // key proves; bans and every other decision use that proven id.
+      const auto proven = connection_->peer_id();
+      if (!proven) throw Error(Errc::unauthorized, "the peer plane needs a client certificate");
+      if (*proven != *id) throw Error(Errc::unauthorized, "peer id does not match the key of its certificate");
+      remote_id_ = *proven;
       key_ = key_of(remote_id_);
       pb::Welcome welcome;
       welcome.set_version(protocol::kVersion);

@@ -20,7 +20,7 @@
 namespace p2pshare::peer {
 namespace {
 
-constexpr std::size_t kSecretSize = 32;
+constexpr std::size_t kCookieSize = 32;
 // How often every shared file is stat'ed for a change made under the peer
 // (deleted, resized, written, replaced). Serving a chunk checks it too.
 constexpr auto kFileCheckInterval = std::chrono::seconds(2);
@@ -222,20 +222,34 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         std::chrono::seconds(0));
   }
 
-  std::string secret;
+  // Our key pair (identity.key, identity.crt): the peer id is its hash.
+  std::optional<tls::Identity> identity;
+  std::shared_ptr<asio::ssl::context> server_tls;  // accepted connections, both planes
+  std::shared_ptr<asio::ssl::context> client_tls;  // links we open, the central link
 
   void load() {
     std::filesystem::create_directories(config.data_dir);
     ::chmod(config.data_dir.c_str(), 0700);
-    secret = load_or_create_secret(config.data_dir / "peer.key", kSecretSize);
-    const std::string raw_cookie = load_or_create_secret(cookie_path(config.data_dir), kSecretSize);
+    // A first-wave data dir's peer.key becomes the key's seed (the peer id
+    // changes; the shared files stay and are announced under the new one).
+    const bool legacy = !std::filesystem::exists(config.data_dir / tls::kKeyFile) &&
+                        std::filesystem::exists(config.data_dir / tls::kLegacySecretFile);
+    identity = tls::load_or_create_identity(config.data_dir, true);
+    if (legacy) {
+      log::info("moved the first-wave secret peer.key to a key pair: the peer id is now {}",
+                to_hex(identity->peer_id()));
+    }
+    server_tls = tls::make_context(tls::Side::server, &*identity);
+    client_tls = tls::make_context(tls::Side::client, &*identity);
+    const std::string raw_cookie = load_or_create_secret(cookie_path(config.data_dir), kCookieSize);
     cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw_cookie.data()), raw_cookie.size()));
     state = std::make_unique<PeerState>(config.data_dir);
   }
 
   // After bind: the central server must be told the port we really listen on.
   void make_services(std::uint16_t port) {
-    auto central = std::make_shared<CentralLink>(io, config.central, secret, port, [weak = weak_from_this()] {
+    CentralLink::Trust trust{client_tls, identity->peer_id(), config.central_fingerprint, config.data_dir};
+    auto central = std::make_shared<CentralLink>(io, config.central, std::move(trust), port, [weak = weak_from_this()] {
       if (auto self = weak.lock()) self->announce_all();
     });
     services = std::unique_ptr<Services>(
@@ -243,6 +257,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
                      std::make_shared<TokenBucket>(io, config.download_limit), std::make_shared<BufferPool>(),
                      central->peer_id(), config.sched});
     services->holder_refresh = config.holder_refresh;
+    services->client_tls = client_tls;
     services->shared_identity = [weak = weak_from_this()](const FileId& id) -> std::optional<store::FileIdentity> {
       auto self = weak.lock();
       if (!self) return std::nullopt;
@@ -288,7 +303,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     wire::ConnectionOptions options;
     options.limits = protocol::kHelloLimits;
     options.timeouts.first_frame = std::chrono::seconds(10);
-    auto connection = wire::Connection::create(std::move(socket), options);
+    auto connection = wire::Connection::create(std::move(socket), *server_tls, tls::Side::server, options);
     connections.insert(connection);
     std::weak_ptr<wire::Connection> weak = connection;
     auto forget = [self = shared_from_this(), weak](const std::string&) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <asio.hpp>
+#include <asio/ssl.hpp>
 
 #include "p2pshare/rate.hpp"
 #include "p2pshare/sched.hpp"
@@ -55,6 +56,8 @@ struct Services {
   // (file changed or gone) makes the server check the file at once.
   std::function<std::optional<store::FileIdentity>(const FileId&)> shared_identity;
   std::function<void(const FileId&)> on_unreadable;
+  // TLS for the links we open: presents our certificate (peer plane).
+  std::shared_ptr<asio::ssl::context> client_tls;
 };
 
 }  // namespace p2pshare::peer

@@ -5,8 +5,10 @@
 
 #include "e2e.hpp"
 #include "p2pshare/protocol.hpp"
+#include "p2pshare/tls.hpp"
 #include "peer.pb.h"
 #include "support/hostile.hpp"
+#include "support/tls_client.hpp"
 
 using namespace p2pshare;
 using namespace p2pshare::test;
@@ -22,13 +24,15 @@ TEST_CASE("closed peer connections free their place under --max-connections", "[
   // (unknown file) and closed by the server.
   pb::PeerMessage interested;
   interested.mutable_interested()->set_file_id(std::string(32, '\x01'));
+  const auto key = tls::make_identity();
   const std::string opening =
-      frame(protocol::hello(pb::PLANE_PEER, std::string(16, '\x02'))) + frame(interested.SerializeAsString());
+      frame(protocol::hello(pb::PLANE_PEER, to_bytes(key.peer_id()))) + frame(interested.SerializeAsString());
   for (int i = 0; i < 8; ++i) {
     const sockaddr_in sa = loopback_address(addr);
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) == 0);
-    REQUIRE(::send(fd, opening.data(), opening.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(opening.size()));
+    TlsClient tls(fd, &key);
+    tls.send(opening);
     char buffer[4096];
     CHECK(wait_for([&] { return ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT) == 0; }, 5s));
     ::close(fd);

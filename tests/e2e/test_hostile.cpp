@@ -8,9 +8,11 @@
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
 #include "p2pshare/protocol.hpp"
+#include "p2pshare/tls.hpp"
 #include "p2pshare/wire.hpp"
 #include "peer.pb.h"
 #include "support/hostile.hpp"
+#include "support/tls_client.hpp"
 
 using namespace p2pshare;
 using namespace p2pshare::test;
@@ -22,9 +24,11 @@ std::pair<std::string, std::uint16_t> split(const std::string& addr) {
   return {addr.substr(0, colon), static_cast<std::uint16_t>(std::stoi(addr.substr(colon + 1)))};
 }
 
-// A raw central-plane client speaking the protocol by hand.
+// A raw central-plane client speaking the protocol by hand, presenting
+// `identity`'s certificate if given.
 struct RawCentral {
-  explicit RawCentral(const std::string& addr) : client(protocol::kCentralLimits) {
+  explicit RawCentral(const std::string& addr, const tls::Identity* identity = nullptr)
+      : client(protocol::kCentralLimits, identity) {
     auto [host, port] = split(addr);
     client.connect(host, port, 5s);
     client.send(protocol::hello(pb::PLANE_CENTRAL), 5s);
@@ -72,7 +76,7 @@ int raw_connect(const std::string& addr) {
 
 }  // namespace
 
-TEST_CASE("central: a connection acts only as the peer whose secret it proved, at the address observed",
+TEST_CASE("central: a connection acts only as the peer whose key it proved, at the address observed",
           "[e2e][hostile]") {
   // The stranger below never heartbeats: at the default 200 ms it would stop
   // being live (3 intervals) before the CLI calls that follow it return in a
@@ -84,7 +88,8 @@ TEST_CASE("central: a connection acts only as the peer whose secret it proved, a
   const std::string id = c.register_file(0, file);
   REQUIRE(c.wait_holders(id, 1));
 
-  RawCentral stranger(c.central_addr());
+  const auto key = tls::make_identity();
+  RawCentral stranger(c.central_addr(), &key);
   // Nothing but listing before a registration.
   pb::CentralRequest beat;
   beat.mutable_heartbeat();
@@ -94,15 +99,13 @@ TEST_CASE("central: a connection acts only as the peer whose secret it proved, a
   withdraw.mutable_withdraw()->set_file_id(to_bytes(*file_id_from_hex(id)));
   CHECK(stranger.ask(withdraw).error().code() == pb::ERROR_UNAUTHORIZED);
 
-  // Registered as itself, it cannot withdraw the real holder's file.
-  std::string secret(32, '\x5a');
+  // Registered as itself (the id its certificate's key proves), it cannot
+  // withdraw the real holder's file.
   pb::CentralRequest reg;
-  reg.mutable_register_()->set_peer_secret(secret);
   reg.mutable_register_()->set_listen_port(5555);
   const auto registered = stranger.ask(reg);
   REQUIRE(registered.has_registered());
-  const auto digest = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(secret.data()), secret.size()));
-  CHECK(registered.registered().peer_id() == std::string(reinterpret_cast<const char*>(digest.bytes.data()), 16));
+  CHECK(registered.registered().peer_id() == to_bytes(key.peer_id()));
   CHECK(registered.registered().observed_host() == "127.0.0.1");
   CHECK(stranger.ask(withdraw).has_ok());
   CHECK(c.holders(id) == 1);  // still held by the peer that announced it
@@ -111,11 +114,11 @@ TEST_CASE("central: a connection acts only as the peer whose secret it proved, a
   bool found = false;
   for (const auto& p : peers) found = found || p.value("addr", "") == "127.0.0.1:5555";
   CHECK(found);
-  // A secret of the wrong size is refused.
-  pb::CentralRequest bad;
-  bad.mutable_register_()->set_peer_secret("short");
-  bad.mutable_register_()->set_listen_port(1);
-  CHECK(stranger.ask(bad).error().code() == pb::ERROR_BAD_REQUEST);
+  // A connection without a certificate cannot register at all.
+  RawCentral anonymous(c.central_addr());
+  const auto refused = anonymous.ask(reg);
+  CHECK(refused.error().code() == pb::ERROR_UNAUTHORIZED);
+  CHECK_THAT(refused.error().message(), Catch::Contains("certificate"));
 }
 
 TEST_CASE("absurd length prefixes close that one connection at once, and the servers go on", "[e2e][hostile]") {
@@ -144,12 +147,13 @@ TEST_CASE("a peer that pipelines requests and never reads is cut off while memor
   const auto file = c.make_file("f.bin", 64 * kChunkSize, 4);
   const std::string id = c.register_file(0, file);
   const int fd = raw_connect(c.peer(0).addr);
-  std::string peer_id(16, '\x42');
-  std::string opening = frame(protocol::hello(pb::PLANE_PEER, peer_id));
+  const auto key = tls::make_identity();
+  TlsClient tls(fd, &key);
+  std::string opening = frame(protocol::hello(pb::PLANE_PEER, to_bytes(key.peer_id())));
   pb::PeerMessage interested;
   interested.mutable_interested()->set_file_id(to_bytes(*file_id_from_hex(id)));
   opening += frame(interested.SerializeAsString());
-  REQUIRE(::send(fd, opening.data(), opening.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(opening.size()));
+  tls.send(opening);
   // A million requests for chunk 0, never reading an answer; bounded in time.
   pb::PeerMessage request;
   request.mutable_request()->set_index(0);
@@ -158,16 +162,24 @@ TEST_CASE("a peer that pipelines requests and never reads is cut off while memor
   ::fcntl(fd, F_SETFL, O_NONBLOCK);
   bool cut_off = false;
   const auto deadline = std::chrono::steady_clock::now() + 15s;
-  for (int sent = 0; sent < 1000 && !cut_off && std::chrono::steady_clock::now() < deadline;) {
-    const ssize_t n = ::send(fd, burst.data(), burst.size(), MSG_NOSIGNAL);
+  std::string pending;  // sealed bytes not yet taken by the kernel
+  for (int sent = 0; (sent < 1000 || !pending.empty()) && !cut_off && std::chrono::steady_clock::now() < deadline;) {
+    if (pending.empty()) {
+      pending = tls.seal(burst);
+      ++sent;
+    }
+    const ssize_t n = ::send(fd, pending.data(), pending.size(), MSG_NOSIGNAL);
     if (n < 0 && errno == EAGAIN) {
       pollfd p{fd, POLLOUT, 0};
       ::poll(&p, 1, 100);
       if (p.revents & (POLLERR | POLLHUP)) cut_off = true;
       continue;
     }
-    if (n < 0) cut_off = true;
-    ++sent;
+    if (n < 0) {
+      cut_off = true;
+      continue;
+    }
+    pending.erase(0, static_cast<std::size_t>(n));
   }
   if (!cut_off) {
     // The server stops reading a peer it has cut off; the socket reports it.

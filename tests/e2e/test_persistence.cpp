@@ -69,8 +69,14 @@ TEST_CASE("a peer re-announces its files to a central server restarted empty", "
   REQUIRE(c.wait_holders(id, 1));
 
   const std::string addr = c.central_addr();
+  const fs::path old_dir = c.central().data_dir;
   Cluster::kill(c.central());
-  c.start_central(addr, c.path("fresh-central"));
+  // The registry is lost, the key pair restored (the peers trust that key).
+  const fs::path fresh = c.path("fresh-central");
+  fs::create_directories(fresh);
+  fs::copy_file(old_dir / "identity.key", fresh / "identity.key");
+  fs::copy_file(old_dir / "identity.crt", fresh / "identity.crt");
+  c.start_central(addr, fresh);
   // Fresh store: nothing is known until the peers come back by themselves.
   REQUIRE(c.wait_holders(id, 1));
   CHECK(c.wait_live(1));

@@ -17,7 +17,9 @@
 #include "central.pb.h"
 #include "e2e.hpp"
 #include "p2pshare/protocol.hpp"
+#include "p2pshare/tls.hpp"
 #include "support/hostile.hpp"
+#include "support/tls_client.hpp"
 
 using namespace p2pshare;
 using namespace p2pshare::test;
@@ -26,10 +28,11 @@ namespace {
 
 // A blocking central-plane client whose connection comes from `source`
 // (another loopback address: the registry limits new identities per
-// address, and the honest peers of the cluster use 127.0.0.1).
+// address, and the honest peers of the cluster use 127.0.0.1). It presents
+// `identity`'s certificate: the peer id it registers as.
 class SourcedClient {
  public:
-  SourcedClient(const std::string& source, const std::string& server) {
+  SourcedClient(const std::string& source, const std::string& server, const tls::Identity& identity) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd_ < 0) throw std::runtime_error("socket() failed");
     sockaddr_in local{};
@@ -40,20 +43,14 @@ class SourcedClient {
         ::connect(fd_, reinterpret_cast<const sockaddr*>(&remote), sizeof(remote)) != 0) {
       throw std::runtime_error("cannot connect from " + source + ": " + std::strerror(errno));
     }
+    tls_ = std::make_unique<TlsClient>(fd_, &identity);
     send_frame(protocol::hello(pb::PLANE_CENTRAL));
   }
   ~SourcedClient() { ::close(fd_); }
   SourcedClient(const SourcedClient&) = delete;
   SourcedClient& operator=(const SourcedClient&) = delete;
 
-  void send_frame(const std::string& message) {
-    const std::string bytes = frame(message);
-    for (std::size_t sent = 0; sent < bytes.size();) {
-      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) throw std::runtime_error("send failed: " + std::string(std::strerror(errno)));
-      sent += static_cast<std::size_t>(n);
-    }
-  }
+  void send_frame(const std::string& message) { tls_->send(frame(message)); }
   void send(pb::CentralRequest request) {
     request.set_request_id(++next_id_);
     send_frame(request.SerializeAsString());
@@ -74,28 +71,29 @@ class SourcedClient {
 
  private:
   void read_exactly(char* out, std::size_t size, std::chrono::steady_clock::time_point deadline) {
-    for (std::size_t got = 0; got < size;) {
+    while (plain_.size() < size) {
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      pollfd p{fd_, POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
-        throw std::runtime_error("no answer in time");
+      if (left.count() <= 0) throw std::runtime_error("no answer in time");
+      const std::size_t before = plain_.size();
+      plain_ += tls_->receive(1, left);
+      if (plain_.size() == before) {
+        throw std::runtime_error(tls_->closed() ? "the server closed the connection" : "no answer in time");
       }
-      const ssize_t n = ::recv(fd_, out + got, size - got, 0);
-      if (n <= 0) throw std::runtime_error("the server closed the connection");
-      got += static_cast<std::size_t>(n);
     }
+    std::memcpy(out, plain_.data(), size);
+    plain_.erase(0, size);
   }
 
   int fd_ = -1;
+  std::unique_ptr<TlsClient> tls_;
+  std::string plain_;  // received, not yet read
   std::uint64_t next_id_ = 0;
 };
 
-pb::CentralRequest register_request(std::uint32_t n) {
+// The identity is the connection's certificate: the request names only the port.
+pb::CentralRequest register_request() {
   pb::CentralRequest request;
-  std::string secret(32, 'f');
-  std::memcpy(secret.data(), &n, sizeof(n));
-  request.mutable_register_()->set_peer_secret(secret);
   request.mutable_register_()->set_listen_port(4000);
   return request;
 }
@@ -159,18 +157,28 @@ TEST_CASE("central: floods of identities and announces are refused while honest 
   const auto started = std::chrono::steady_clock::now();
   std::thread identity_flood([&] {
     try {
-      SourcedClient client("127.0.0.2", c.central_addr());
-      flood(
-          client, 2000, register_request, [](const pb::CentralResponse& r) { return r.has_registered(); },
-          registrations);
+      // Each new identity is a new key: one connection (and handshake) each.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+      for (int i = 0; i < 2000; ++i) {
+        SourcedClient client("127.0.0.2", c.central_addr(), tls::make_identity());
+        client.send(register_request());
+        const auto response = client.receive(deadline);
+        if (response.has_registered()) {
+          ++registrations.accepted;
+        } else if (response.has_error() && response.error().code() == pb::ERROR_UNAVAILABLE) {
+          if (registrations.refused++ == 0) registrations.first_refusal = response.error().message();
+        } else {
+          ++registrations.other;
+        }
+      }
     } catch (const std::exception& e) {
       identity_failure = e.what();
     }
   });
   std::thread announce_flood([&] {
     try {
-      SourcedClient client("127.0.0.3", c.central_addr());
-      client.send(register_request(1'000'000));
+      SourcedClient client("127.0.0.3", c.central_addr(), tls::make_identity());
+      client.send(register_request());
       if (!client.receive(std::chrono::steady_clock::now() + std::chrono::seconds(10)).has_registered()) {
         throw std::runtime_error("the announcing flooder could not register");
       }
@@ -224,9 +232,9 @@ TEST_CASE("central: --forget-after forgets a peer gone silent and the files only
 
   // A peer that announces and vanishes (its connection closes, it never returns).
   {
-    SourcedClient gone("127.0.0.1", addr);
+    SourcedClient gone("127.0.0.1", addr, tls::make_identity());
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    gone.send(register_request(7));
+    gone.send(register_request());
     REQUIRE(gone.receive(deadline).has_registered());
     gone.send(announce_request(7));
     REQUIRE(gone.receive(deadline).has_ok());

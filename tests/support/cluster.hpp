@@ -145,6 +145,8 @@ struct ClusterOptions {
   unsigned request_timeout_ms = 2000;
   // Wait in the constructor until every peer is live at the central server.
   bool wait_live = true;
+  // More options for every peer-server.
+  std::vector<std::string> peer_args;
 };
 
 class Cluster {
@@ -231,6 +233,7 @@ class Cluster {
                                   std::to_string(options_.holder_refresh_ms),
                                   "--request-timeout",
                                   std::to_string(options_.request_timeout_ms)};
+    args.insert(args.end(), options_.peer_args.begin(), options_.peer_args.end());
     args.insert(args.end(), flags.begin(), flags.end());
     node.process = std::make_unique<Process>(args, logs());
     node.addr = node.process->wait_listening();

@@ -2,7 +2,9 @@
 // TCP connections to one server, each with a way of being a nuisance (random
 // bytes, absurd length prefixes, silence, trickling, pipelining without
 // reading), driven by one thread with poll(2), bounded in count and time.
-// Loopback only.
+// Loopback only. Every server speaks TLS first: the raw nuisances are bytes
+// where a ClientHello belongs; hello_then_garbage handshakes first (with a
+// key of its own), then sends a valid Hello and garbage inside TLS.
 #pragma once
 
 #include <arpa/inet.h>
@@ -23,7 +25,10 @@
 #include <thread>
 #include <vector>
 
+#include "p2pshare/tls.hpp"
 #include "support/build_kind.hpp"
+#include "support/temp_dir.hpp"
+#include "support/tls_client.hpp"
 
 namespace p2pshare::test {
 
@@ -70,11 +75,26 @@ class HostileClients {
       : hello_(std::move(hello)) {
     raise_descriptor_limit();
     const sockaddr_in addr = loopback_address(address);
+    const tls::Identity identity = tls::make_identity();
     for (std::size_t i = 0; i < count; ++i) {
+      const Nuisance kind = kinds[i % kinds.size()];
+      if (kind == Nuisance::hello_then_garbage) {
+        // Handshaken here (blocking); what it sends later is sealed now.
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) throw std::runtime_error("socket() failed: " + std::string(std::strerror(errno)));
+        if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+          throw std::runtime_error("connect() failed: " + std::string(std::strerror(errno)));
+        }
+        TlsClient tls(fd, &identity);
+        std::string sealed = tls.seal(frame(hello_) + frame(std::string(40, '\xee')));
+        ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+        conns_.push_back({fd, kind, 0, false, std::move(sealed)});
+        continue;
+      }
       const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       if (fd < 0) throw std::runtime_error("socket() failed: " + std::string(std::strerror(errno)));
       ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));  // completes in the loop
-      conns_.push_back({fd, kinds[i % kinds.size()], 0, false});
+      conns_.push_back({fd, kind, 0, false, {}});
     }
     thread_ = std::thread([this] { loop(); });
   }
@@ -100,6 +120,7 @@ class HostileClients {
     Nuisance kind;
     std::size_t step;
     bool closed;
+    std::string sealed;  // hello_then_garbage: its bytes, inside TLS
   };
 
   void send_some(Conn& c, const std::string& bytes) {
@@ -147,7 +168,7 @@ class HostileClients {
             if (c.step < 24) send_some(c, std::string(1, c.step++ < 3 ? '\0' : '\x10'));
             break;
           case Nuisance::hello_then_garbage:
-            if (c.step++ == 0) send_some(c, frame(hello_) + frame(std::string(40, '\xee')));
+            if (c.step++ == 0) send_some(c, c.sealed);
             break;
         }
       }

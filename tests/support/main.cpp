@@ -1,2 +1,23 @@
-#define CATCH_CONFIG_MAIN
+#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+// Every command a test runs without --data-dir uses the default data dir,
+// which holds known_centrals (the fingerprints of central servers met
+// before): each test process gets its own, so a port reused by another
+// test's central server (a new key) is not taken for a changed key.
+int main(int argc, char* argv[]) {
+  const char* base = std::getenv("TMPDIR");  // NOLINT(concurrency-mt-unsafe): before any thread
+  std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/p2pshare-xdg-XXXXXX";
+  const bool isolated = ::mkdtemp(pattern.data()) != nullptr;
+  if (isolated) ::setenv("XDG_DATA_HOME", pattern.c_str(), 1);  // NOLINT(concurrency-mt-unsafe): as above
+  const int result = Catch::Session().run(argc, argv);
+  if (isolated) {
+    std::error_code ignored;
+    std::filesystem::remove_all(pattern, ignored);
+  }
+  return result;
+}
