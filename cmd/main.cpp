@@ -9,6 +9,10 @@
 #include "command.hpp"
 #include "p2pshare/error.hpp"
 
+#ifndef P2PSHARE_COMMIT
+#define P2PSHARE_COMMIT "unknown"  // CMakeLists.txt sets it at configure time
+#endif
+
 namespace p2pshare::cmd {
 int run_central_server(int, char**);
 int run_peer_server(int, char**);
@@ -60,7 +64,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (name == "--version") {
-    std::cout << "p2pshare " << P2PSHARE_VERSION << "\n";
+    std::cout << "p2pshare " << P2PSHARE_VERSION << " (commit " << P2PSHARE_COMMIT << ")\n";
     return 0;
   }
   for (const auto& command : p2pshare::cmd::commands()) {

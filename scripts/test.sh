@@ -2,7 +2,9 @@
 # Builds and runs every test: the style check, clang-tidy on src/ and cmd/,
 # the unit and end-to-end suites in release, under ASan+UBSan and under TSan,
 # each fuzzer for a bounded time, and a small run of the benchmarks so they
-# never rot. Installs what is missing first. Exits non-zero on the first
+# never rot, and the Debian package (built and checked: lintian, units, man
+# pages, completion, the packaged binary, install/upgrade/remove). Installs
+# what is missing first. Exits non-zero on the first
 # failure.
 #
 #   scripts/test.sh              everything
@@ -12,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 "$root/scripts/setup.sh"
 
-stages=${P2PSHARE_TEST_STAGES:-"format tidy release asan tsan fuzz bench"}
+stages=${P2PSHARE_TEST_STAGES:-"format tidy release package asan tsan fuzz bench"}
 jobs=$(nproc)
 fuzz_seconds=${P2PSHARE_FUZZ_SECONDS:-30}
 
@@ -49,6 +51,10 @@ for stage in $stages; do
       exclude=()
       [[ $stage == release ]] || exclude=(-E '^slow:')
       ctest --preset "$stage" -j"$jobs" --timeout 900 "${exclude[@]}"
+      ;;
+    package)
+      section "Debian package: build and check"
+      bash tests/package/check.sh
       ;;
     fuzz)
       section "fuzzing, ${fuzz_seconds}s per target"
