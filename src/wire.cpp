@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 
 #include "p2pshare/error.hpp"
+#include "p2pshare/log.hpp"
 
 namespace p2pshare::wire {
 
@@ -125,7 +126,12 @@ void Connection::handshake() {
                             if (self->closed_) return;
                             if (ec) {
                               ERR_clear_error();
-                              self->close("TLS handshake failed: " + io_error(ec, "closed by peer"));
+                              // Garbage instead of a ClientHello is the other
+                              // side's problem: one debug line, that one
+                              // connection closed.
+                              const std::string why = "TLS handshake failed: " + io_error(ec, "closed by peer");
+                              log::debug("{}: {}", self->remote_.address().to_string(), why);
+                              self->close(why);
                               return;
                             }
                             self->peer_key_ = tls::peer_key_hash(self->stream_.native_handle());

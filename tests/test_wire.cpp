@@ -864,6 +864,71 @@ TEST_CASE("Connection closes when read_payload is given the wrong size", "[wire]
   CHECK(closed->find("protocol error") != std::string::npos);
 }
 
+// --- TLS ------------------------------------------------------------------------------
+
+TEST_CASE("Connection closes a peer that sends garbage instead of a TLS ClientHello", "[wire][tls]") {
+  Loopback net;
+  auto [client, server_socket] = net.socket_pair();
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
+  Recorder rec;
+  rec.start(server);
+  const std::string garbage = frame_bytes("plaintext hello");
+  asio::write(client, asio::buffer(garbage));
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 2s));
+  CHECK(rec.closed->find("TLS handshake failed") != std::string::npos);
+  CHECK(rec.frames.empty());
+}
+
+TEST_CASE("Connection proves keys in the handshake, and a refusing verify hook sends nothing", "[wire][tls]") {
+  Loopback net;
+  {
+    auto [client_socket, server_socket] = net.socket_pair();
+    auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
+    auto client = make_client(std::move(client_socket), options_with(5s, 5s, 5s));
+    Recorder rec;
+    rec.start(server);
+    Recorder client_rec;
+    client_rec.start(client);
+    client->send("hi");
+    REQUIRE(pump(
+        net.io, [&] { return rec.frames.size() == 1; }, 2s));
+    REQUIRE(client->peer_key());
+    CHECK(*client->peer_key() == test_identity().key_hash);
+    CHECK(client->peer_id() == test_identity().peer_id());
+    CHECK_FALSE(server->peer_key());  // this client presented no certificate
+    client->close("done");
+  }
+  auto [client_socket, server_socket] = net.socket_pair();
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
+  auto client = make_client(std::move(client_socket), options_with(5s, 5s, 5s));
+  client->set_verify([](const wire::Connection&) { return std::string("not the key we expected"); });
+  Recorder rec;
+  rec.start(server);
+  Recorder client_rec;
+  client_rec.start(client);
+  client->send("must never arrive");
+  REQUIRE(pump(
+      net.io, [&] { return client_rec.closed.has_value() && rec.closed.has_value(); }, 2s));
+  CHECK(*client_rec.closed == "not the key we expected");
+  CHECK(rec.frames.empty());
+}
+
+TEST_CASE("Connection cuts a TLS handshake that never finishes by the first-frame deadline", "[wire][tls]") {
+  Loopback net;
+  auto [client, server_socket] = net.pair();
+  auto server = make_server(std::move(server_socket), options_with(300ms, 5s, 5s));
+  Recorder rec;
+  const auto start = Clock::now();
+  rec.start(server);
+  // One step: the ClientHello goes out, the rest of the handshake never does.
+  CHECK_FALSE(client.tls->step());
+  REQUIRE(pump(
+      net.io, [&] { return rec.closed.has_value(); }, 3s));
+  CHECK(rec.closed->find("deadline") != std::string::npos);
+  if (kTimingAsserted) CHECK(ms_since(start) < 1500);
+}
+
 // --- SyncClient -------------------------------------------------------------------
 
 TEST_CASE("SyncClient fails fast with an Error naming the address when the port is closed", "[wire]") {

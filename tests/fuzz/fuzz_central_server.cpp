@@ -51,12 +51,6 @@ struct Env {
 };
 Env* g_env = nullptr;
 
-// A few fixed secrets, so inputs register the same peers again and a second
-// connection can take a peer over from the first.
-std::string fixed_secret(unsigned i) {
-  return std::string(32, static_cast<char>('A' + i % 4));
-}
-
 std::string frame_list_files(std::uint64_t id, std::uint32_t limit) {
   pb::CentralRequest request;
   request.set_request_id(id);
@@ -140,19 +134,13 @@ struct Gen {
     }
   }
 
-  std::string secret() {
-    switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-      case 0:
-      case 1:
-        return fixed_secret(in.ConsumeIntegral<std::uint8_t>());
-      case 2: {
-        std::string s = in.ConsumeBytesAsString(32);
-        s.resize(32, '\0');
-        return s;
-      }
-      default:
-        return in.ConsumeRandomLengthString(40);
-    }
+  // The key a connection presents (its peer id at Register): one of a few
+  // fixed ones, so inputs register the same peers again and a second
+  // connection can take a peer over from the first; or none (Register is
+  // then refused).
+  const p2pshare::tls::Identity* identity() {
+    const auto pick = in.ConsumeIntegral<std::uint8_t>();
+    return pick < 32 ? nullptr : &fuzz::fixed_identity(pick);
   }
 
   pb::Manifest manifest() {
@@ -216,7 +204,6 @@ struct Gen {
     switch (in.ConsumeIntegralInRange<int>(0, 7)) {
       case 0: {
         auto* reg = r.mutable_register_();
-        reg->set_peer_secret(secret());
         reg->set_listen_port(in.ConsumeBool() ? in.ConsumeIntegralInRange<std::uint32_t>(1, 65535)
                                               : in.ConsumeIntegral<std::uint32_t>());
         break;
@@ -275,10 +262,10 @@ void seed_registry(Env& env) {
   // Withdraw have something real to find.
   Client client(protocol::kCentralLimits);
   if (!client.connect(env.port)) fuzz::finding("cannot reach the central server at start");
+  client.present(&fuzz::fixed_identity(0));
   client.send_frame(protocol::hello(pb::PLANE_CENTRAL));
   pb::CentralRequest reg;
   reg.set_request_id(1);
-  reg.mutable_register_()->set_peer_secret(fixed_secret(0));
   reg.mutable_register_()->set_listen_port(4000);
   client.send_frame(reg.SerializeAsString());
   pb::Manifest m;
@@ -332,6 +319,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!conns[i]) {
       conns[i] = std::make_unique<Client>(protocol::kCentralLimits);
       if (!conns[i]->connect(g_env->port)) fuzz::finding("central server refused a connection");
+      conns[i]->present(gen.identity());
       const std::string hello = gen.hello();
       fuzz::trace("conn %zu: hello%s\n", i, hello == protocol::hello(pb::PLANE_CENTRAL) ? "" : " (fuzzed)");
       conns[i]->send_frame(hello);

@@ -162,19 +162,20 @@ void sanitize_name() {
 // --- fuzz_central_server ------------------------------------------------------
 // Mirrors Gen in fuzz_central_server.cpp.
 constexpr std::uint8_t kGoodHello = 200;
+// The key a connection presents, picked as it opens (before its Hello): fixed
+// key 1 (Gen::identity: below 32 = none).
+constexpr std::uint8_t kFixedKey = 33;
 constexpr std::uint8_t kRaw0 = 0x10;         // raw bytes on connection 0
 constexpr std::uint8_t kStructured0 = 0x80;  // structured request on connection 0
 constexpr std::uint8_t kStructured1 = 0x81;  // ... on connection 1
 
 void central() {
-  const std::string secret(32, 'B');
   const pb::Manifest m = small_manifest(40000, 16384, "report.pdf", '\x55');
   const std::string id = to_bytes(manifest_from_wire(m).file_id());
 
   // Raw: valid serialized requests, one per op.
   {
     std::vector<pb::CentralRequest> requests(7);
-    requests[0].mutable_register_()->set_peer_secret(secret);
     requests[0].mutable_register_()->set_listen_port(5000);
     *requests[1].mutable_announce()->mutable_manifest() = m;
     requests[1].mutable_announce()->set_bitfield(std::string(1, '\xa0'));
@@ -184,7 +185,7 @@ void central() {
     requests[5].mutable_heartbeat();
     requests[6].mutable_withdraw()->set_file_id(id);
     FdpWriter w;
-    w.integral<std::uint8_t>(kGoodHello);
+    w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(kGoodHello);
     for (std::size_t i = 0; i < requests.size(); ++i) {
       requests[i].set_request_id(i + 1);
       w.integral<std::uint8_t>(kRaw0).random_string(requests[i].SerializeAsString());
@@ -197,19 +198,18 @@ void central() {
     announce.set_request_id(1);
     *announce.mutable_announce()->mutable_manifest() = m;
     FdpWriter w;
-    w.integral<std::uint8_t>(kGoodHello);
+    w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(kGoodHello);
     w.integral<std::uint8_t>(kRaw0).random_string(announce.SerializeAsString());
     w.integral<std::uint8_t>(kRaw0).random_string("\x0a\xff\xff");
     write("fuzz_central_server", "raw_unregistered_then_garbage", w.data());
   }
-  // Structured: register (fixed secret), announce a valid 2-chunk partial
+  // Structured: register (as the connection's key), announce a valid 2-chunk partial
   // file, get it, list its peers, withdraw it, list all.
   {
     FdpWriter w;
-    w.integral<std::uint8_t>(kGoodHello);
+    w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(kGoodHello);
     // register
     w.integral<std::uint8_t>(kStructured0).integral<std::uint16_t>(1).in_range<int>(0, 0, 7);
-    w.in_range<int>(0, 0, 3).integral<std::uint8_t>(1);       // fixed secret 1
     w.boolean(true).in_range<std::uint32_t>(6000, 1, 65535);  // listen port
     // announce
     w.integral<std::uint8_t>(kStructured0).integral<std::uint16_t>(2).in_range<int>(1, 0, 7);
@@ -226,15 +226,17 @@ void central() {
     w.boolean(true).in_range<int>(0, 0, 4).in_range<std::size_t>(0, 0, 1).integral<std::uint32_t>(3);
     write("fuzz_central_server", "structured_peer_lifecycle", w.data());
   }
-  // Two connections registering the same secret: the second takes over.
+  // Two connections registering the same key: the second takes over.
   {
     FdpWriter w;
-    w.integral<std::uint8_t>(kGoodHello);
+    w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(kGoodHello);
     for (std::uint8_t selector : {kStructured0, kStructured1}) {
       w.integral<std::uint8_t>(selector);
-      if (selector == kStructured1) w.integral<std::uint8_t>(kGoodHello);  // opening connection 1
+      if (selector == kStructured1) {
+        w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(kGoodHello);  // opening connection 1
+      }
       w.integral<std::uint16_t>(9).in_range<int>(0, 0, 7);
-      w.in_range<int>(0, 0, 3).integral<std::uint8_t>(2).boolean(true).in_range<std::uint32_t>(7000, 1, 65535);
+      w.boolean(true).in_range<std::uint32_t>(7000, 1, 65535);
     }
     w.integral<std::uint8_t>(kStructured0).integral<std::uint16_t>(10).in_range<int>(3, 0, 7);  // heartbeat
     write("fuzz_central_server", "takeover", w.data());
@@ -242,7 +244,7 @@ void central() {
   // A Hello for the wrong plane.
   {
     FdpWriter w;
-    w.integral<std::uint8_t>(8);  // a fuzzed pb::Hello
+    w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(8);  // a fuzzed pb::Hello
     w.boolean(true).boolean(true).in_range<int>(pb::PLANE_PEER, 0, 4);
     w.random_string(std::string(16, 'p')).random_string("");
     w.integral<std::uint8_t>(kRaw0).random_string("x");
@@ -251,7 +253,7 @@ void central() {
   // A raw header claiming a large message, then the connection ends.
   {
     FdpWriter w;
-    w.integral<std::uint8_t>(kGoodHello);
+    w.integral<std::uint8_t>(kFixedKey).integral<std::uint8_t>(kGoodHello);
     w.integral<std::uint8_t>(122).bytes(be32(1 << 20) + be32(0)).random_string("partial");
     write("fuzz_central_server", "raw_header_cut_short", w.data());
   }
@@ -265,7 +267,7 @@ constexpr std::uint32_t kChunks = 3;
 // for the real file with an empty bitfield.
 void peer_start(FdpWriter& w, std::uint8_t who, bool interested) {
   w.integral<std::uint8_t>(interested ? 200 : 100);
-  w.in_range<int>(1, 0, 7).integral<std::uint8_t>(who);
+  w.integral<std::uint8_t>(who).in_range<int>(2, 0, 7);  // fixed key `who`, claiming its own id
   if (interested) w.in_range<int>(0, 0, 3);
 }
 

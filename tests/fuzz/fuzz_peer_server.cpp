@@ -68,12 +68,15 @@ struct Env {
 };
 Env* g_env = nullptr;
 
-// Peer ids the inputs use: a few fixed ones (so two connections can collide),
-// never the liveness check's.
-std::string fixed_peer_id(unsigned i) {
-  return std::string(16, static_cast<char>(0x30 + i % 3));
+// Peer ids the inputs use: those of a few fixed keys (so two connections can
+// collide), never the liveness check's (fixed key 3). The peer plane is mutual
+// TLS: a connection presents the key whose id its Hello claims.
+const p2pshare::tls::Identity& input_identity(unsigned i) {
+  return fuzz::fixed_identity(i % 3);
 }
-const std::string kLivenessPeerId(16, '\xee');
+const p2pshare::tls::Identity& liveness_identity() {
+  return fuzz::fixed_identity(3);
+}
 
 std::string encode(const pb::PeerMessage& message) {
   return message.SerializeAsString();
@@ -167,7 +170,8 @@ void check_alive() {
   fuzz::trace("liveness check\n");
   Client client(protocol::kPeerLimits);
   if (!client.connect(g_env->peer_port)) fuzz::finding("peer-server no longer accepts connections");
-  client.send_frame(protocol::hello(pb::PLANE_PEER, kLivenessPeerId));
+  client.present(&liveness_identity());
+  client.send_frame(protocol::hello(pb::PLANE_PEER, to_bytes(liveness_identity().peer_id())));
   client.send_frame(encode(interested(g_env->file_id, "")));
   const auto deadline = Clock::now() + kLivenessDeadline;
   Frame frame;
@@ -232,9 +236,19 @@ struct Gen {
     return in.ConsumeIntegral<std::uint32_t>();
   }
 
-  std::string peer_id() {
-    if (in.ConsumeIntegralInRange<int>(0, 7) != 0) return fixed_peer_id(in.ConsumeIntegral<std::uint8_t>());
-    return in.ConsumeRandomLengthString(20);
+  // Presents a fixed key and mostly claims its id; sometimes another's or
+  // anything (refused: the id must be the certificate's).
+  std::string peer_id(Client& client) {
+    const auto& key = input_identity(in.ConsumeIntegral<std::uint8_t>());
+    client.present(&key);
+    switch (in.ConsumeIntegralInRange<int>(0, 7)) {
+      case 0:
+        return in.ConsumeRandomLengthString(20);
+      case 1:
+        return to_bytes(input_identity(in.ConsumeIntegral<std::uint8_t>()).peer_id());
+      default:
+        return to_bytes(key.peer_id());
+    }
   }
 
   // A message and the payload that travels with it.
@@ -306,7 +320,7 @@ struct Gen {
       client.send_frame(h.SerializeAsString());
       return false;
     }
-    client.send_frame(protocol::hello(pb::PLANE_PEER, peer_id()));
+    client.send_frame(protocol::hello(pb::PLANE_PEER, peer_id(client)));
     if (kind >= 128) client.send_frame(encode(interested(g_env->file_id, bitfield())));
     return true;
   }

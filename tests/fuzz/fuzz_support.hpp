@@ -1,6 +1,7 @@
 // Shared by the server fuzzers: a blocking loopback client with deadlines
 // (plain POSIX, so the fuzzer thread never touches the servers' io_context),
-// a background io_context thread, and temp dirs.
+// speaking TLS 1.3 through memory BIOs so the fuzzed bytes reach the frame
+// and message decoders below TLS; a background io_context thread; temp dirs.
 #pragma once
 
 #include <arpa/inet.h>
@@ -26,9 +27,13 @@
 #include <vector>
 
 #include <google/protobuf/stubs/logging.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <asio.hpp>
 
 #include "p2pshare/log.hpp"
+#include "p2pshare/tls.hpp"
 #include "p2pshare/wire.hpp"
 
 namespace fuzz {
@@ -108,13 +113,44 @@ class IoThread {
   std::thread thread_;
 };
 
-// One TCP connection to 127.0.0.1:port. Every wait has a deadline.
+// A few fixed key pairs (from fixed seeds), so inputs come back as the same
+// peers and two connections can be the same peer.
+inline const p2pshare::tls::Identity& fixed_identity(unsigned i) {
+  static std::vector<std::unique_ptr<p2pshare::tls::Identity>> made;
+  constexpr unsigned kCount = 4;
+  if (made.empty()) {
+    for (unsigned k = 0; k < kCount; ++k) {
+      std::array<std::uint8_t, 32> seed{};
+      seed.fill(static_cast<std::uint8_t>(0xa0 + k));
+      made.push_back(std::make_unique<p2pshare::tls::Identity>(
+          p2pshare::tls::make_identity(std::span<const std::uint8_t, 32>(seed))));
+    }
+  }
+  return *made[i % kCount];
+}
+
+// One TLS client context per identity presented (none: nullptr), made once.
+inline asio::ssl::context& client_context(const p2pshare::tls::Identity* identity) {
+  static std::vector<std::pair<const p2pshare::tls::Identity*, std::shared_ptr<asio::ssl::context>>> contexts;
+  for (auto& [who, context] : contexts) {
+    if (who == identity) return *context;
+  }
+  contexts.emplace_back(identity, p2pshare::tls::make_context(p2pshare::tls::Side::client, identity));
+  return *contexts.back().second;
+}
+
+// One TCP connection to 127.0.0.1:port, with TLS over it (the handshake
+// happens before the first byte is sent or read, presenting the identity
+// given to present(), if any). Every wait has a deadline.
 class Client {
  public:
   enum class Read { frame, closed, timeout, bad_frame };
 
   explicit Client(p2pshare::wire::Limits limits) : decoder_(limits) {}
   ~Client() { close(); }
+
+  // The certificate to present; before the first send or read.
+  void present(const p2pshare::tls::Identity* identity) { identity_ = identity; }
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
@@ -160,9 +196,72 @@ class Client {
 
   bool is_open() const { return fd_ >= 0; }
 
+  // Completes the TLS handshake if not done yet. False if the server closed
+  // or failed it (then the connection counts as broken).
+  bool secure() {
+    if (ssl_) return handshaken_;
+    if (fd_ < 0 || broken_) return false;
+    ssl_.reset(SSL_new(client_context(identity_).native_handle()));
+    in_ = BIO_new(BIO_s_mem());
+    out_ = BIO_new(BIO_s_mem());
+    BIO_set_mem_eof_return(in_, -1);
+    SSL_set_bio(ssl_.get(), in_, out_);
+    SSL_set_connect_state(ssl_.get());
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (true) {
+      const int r = SSL_do_handshake(ssl_.get());
+      if (!send_wire(drain_out())) break;
+      if (r == 1) return handshaken_ = true;
+      if (SSL_get_error(ssl_.get(), r) != SSL_ERROR_WANT_READ || !receive_wire(deadline)) break;
+    }
+    ERR_clear_error();
+    broken_ = true;
+    eof_ = true;
+    return false;
+  }
+
   // False once the server has closed or reset the connection (not a finding:
-  // servers close on bad input).
+  // servers close on bad input). The bytes travel inside TLS.
   bool send_raw(std::string_view bytes) {
+    if (!secure() || broken_) return false;
+    while (!bytes.empty()) {
+      std::size_t n = 0;
+      if (SSL_write_ex(ssl_.get(), bytes.data(), bytes.size(), &n) != 1) {
+        ERR_clear_error();
+        broken_ = true;
+        return false;
+      }
+      bytes.remove_prefix(n);
+    }
+    return send_wire(drain_out());
+  }
+
+ private:
+  std::string drain_out() {
+    std::string bytes;
+    char chunk[16384];
+    int n = 0;
+    while ((n = BIO_read(out_, chunk, sizeof chunk)) > 0) bytes.append(chunk, static_cast<std::size_t>(n));
+    return bytes;
+  }
+  // Waits for ciphertext until `deadline` and hands it to TLS; false on
+  // silence, EOF or reset.
+  bool receive_wire(Clock::time_point deadline) {
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      const int ready = ::poll(&p, 1, static_cast<int>(left));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) return false;
+      const ssize_t n = ::recv(fd_, buffer_.data(), buffer_.size(), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      BIO_write(in_, buffer_.data(), static_cast<int>(n));
+      return true;
+    }
+  }
+  bool send_wire(std::string_view bytes) {
     if (fd_ < 0 || broken_) return false;
     while (!bytes.empty()) {
       const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
@@ -176,6 +275,7 @@ class Client {
     return true;
   }
 
+ public:
   bool send_frame(std::string_view message, std::string_view payload = {}) {
     const auto header = p2pshare::wire::encode_header(
         {static_cast<std::uint32_t>(message.size()), static_cast<std::uint32_t>(payload.size())});
@@ -192,6 +292,7 @@ class Client {
 
   // The next whole frame, or why there is none before `deadline`.
   Read read_frame(p2pshare::wire::FrameDecoder::Frame& out, Clock::time_point deadline) {
+    if (!secure()) eof_ = true;
     while (true) {
       if (auto frame = decoder_.next()) {
         out = std::move(*frame);
@@ -212,7 +313,12 @@ class Client {
         eof_ = true;
         continue;
       }
-      if (!decoder_.feed(std::span(buffer_.data(), static_cast<std::size_t>(n)))) return Read::bad_frame;
+      BIO_write(in_, buffer_.data(), static_cast<int>(n));
+      std::size_t got = 0;
+      while (SSL_read_ex(ssl_.get(), plain_.data(), plain_.size(), &got) == 1) {
+        if (!decoder_.feed(std::span(plain_.data(), got))) return Read::bad_frame;
+      }
+      ERR_clear_error();
     }
   }
 
@@ -221,14 +327,25 @@ class Client {
   void close() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
+    ssl_.reset();
+    handshaken_ = false;
   }
 
  private:
+  struct SslFree {
+    void operator()(SSL* ssl) const noexcept { SSL_free(ssl); }
+  };
   int fd_ = -1;
   bool broken_ = false;
   bool eof_ = false;
+  const p2pshare::tls::Identity* identity_ = nullptr;
+  std::unique_ptr<SSL, SslFree> ssl_;
+  bool handshaken_ = false;
+  BIO* in_ = nullptr;   // owned by ssl_
+  BIO* out_ = nullptr;  // owned by ssl_
   p2pshare::wire::FrameDecoder decoder_;
   std::vector<std::uint8_t> buffer_ = std::vector<std::uint8_t>(256 * 1024);
+  std::vector<std::uint8_t> plain_ = std::vector<std::uint8_t>(64 * 1024);
 };
 
 inline std::string hex(std::string_view bytes) {
