@@ -387,10 +387,15 @@ TEST_CASE("transfer: four downloaders at once share among themselves instead of 
   // The seed answers "busy" for chunks another downloader has or asked it
   // for, so each chunk leaves it once: 1.00 copies here in release, against
   // 1.7-2.0 before it did (each downloader then took a share of duplicates).
-  // The margin is for busy machines. Who gets which chunk first is timing:
-  // under a sanitizer's several-fold slowdown 1.29 was seen, so there only
-  // the loose bound (no downloader took a whole extra copy) is asserted.
-  if (kTimingAsserted) CHECK(copies < 1.25);
+  // Who gets which chunk first is timing, and most of it is start-up: until
+  // the downloaders have linked to each other (a holder refresh, then TLS
+  // handshakes), a repeated request to the seed is served. On 6 MiB that
+  // start-up weighs: release runs on a machine loaded by other builds gave
+  // up to 1.29 (2 of 14 runs over 1.25), a sanitizer's slowdown more. So
+  // here the bound is loose (clearly below the 1.7-2.0 of before), and the
+  // slow tier holds the documented < 1.1 on a transfer long enough for
+  // start-up not to count.
+  if (kTimingAsserted) CHECK(copies < 1.5);
   CHECK(copies < 2.0);
   CHECK(saw_partial);
 }
