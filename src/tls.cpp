@@ -166,26 +166,11 @@ std::string fingerprint_of(const KeyHash& hash) {
 }
 
 std::optional<KeyHash> key_hash_from_fingerprint(std::string_view text) {
-  if (text.size() != 64) return std::nullopt;
+  // A fingerprint is written like a file id: 64 hex digits of a SHA-256.
+  const auto digest = file_id_from_hex(text);
+  if (!digest) return std::nullopt;
   KeyHash out{};
-  for (std::size_t i = 0; i < 32; ++i) {
-    unsigned value = 0;
-    for (std::size_t j = 0; j < 2; ++j) {
-      const char c = text[2 * i + j];
-      unsigned digit = 0;
-      if (c >= '0' && c <= '9') {
-        digit = static_cast<unsigned>(c - '0');
-      } else if (c >= 'a' && c <= 'f') {
-        digit = static_cast<unsigned>(c - 'a' + 10);
-      } else if (c >= 'A' && c <= 'F') {
-        digit = static_cast<unsigned>(c - 'A' + 10);
-      } else {
-        return std::nullopt;
-      }
-      value = value << 4 | digit;
-    }
-    out[i] = static_cast<std::uint8_t>(value);
-  }
+  std::copy(digest->bytes.begin(), digest->bytes.end(), out.begin());
   return out;
 }
 
