@@ -55,25 +55,6 @@ pb::CentralRequest announce_of(const std::string& hashes, std::uint64_t size) {
   return request;
 }
 
-// True once the server closes the raw socket `fd` (EOF or reset) within `timeout`.
-bool closed_by_server(int fd, std::chrono::milliseconds timeout) {
-  return wait_for(
-      [&] {
-        char buffer[4096];
-        const ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
-        return n == 0 || (n < 0 && errno != EAGAIN);
-      },
-      timeout);
-}
-
-int raw_connect(const std::string& addr) {
-  const sockaddr_in sa = loopback_address(addr);
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) == 0);
-  return fd;
-}
-
 }  // namespace
 
 TEST_CASE("central: a connection acts only as the peer whose key it proved, at the address observed",
@@ -130,6 +111,7 @@ TEST_CASE("absurd length prefixes close that one connection at once, and the ser
     for (const std::string& junk : {std::string("\xff\xff\xff\xff\x00\x00\x00\x00", 8), std::string(10, '\xff'),
                                     frame(std::string(16, '\x07')), std::string(8, '\0')}) {
       const int fd = raw_connect(addr);
+      REQUIRE(fd >= 0);
       REQUIRE(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(junk.size()));
       CHECK(closed_by_server(fd, 3s));
       ::close(fd);
@@ -147,6 +129,7 @@ TEST_CASE("a peer that pipelines requests and never reads is cut off while memor
   const auto file = c.make_file("f.bin", 64 * kChunkSize, 4);
   const std::string id = c.register_file(0, file);
   const int fd = raw_connect(c.peer(0).addr);
+  REQUIRE(fd >= 0);
   const auto key = tls::make_identity();
   TlsClient tls(fd, &key);
   std::string opening = frame(protocol::hello(pb::PLANE_PEER, to_bytes(key.peer_id())));

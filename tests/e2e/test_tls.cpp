@@ -42,25 +42,6 @@ std::pair<std::string, std::uint16_t> split(const std::string& addr) {
   return {addr.substr(0, colon), static_cast<std::uint16_t>(std::stoi(addr.substr(colon + 1)))};
 }
 
-int raw_connect(const std::string& addr) {
-  const sockaddr_in sa = loopback_address(addr);
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) == 0);
-  return fd;
-}
-
-// True once the server closes the raw socket `fd` (EOF or reset) within `timeout`.
-bool closed_by_server(int fd, std::chrono::milliseconds timeout) {
-  return wait_for(
-      [&] {
-        char buffer[4096];
-        const ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
-        return n == 0 || (n < 0 && errno != EAGAIN);
-      },
-      timeout);
-}
-
 // The fingerprint a central server printed after "listening on".
 std::string fingerprint_of(Process& central) {
   const auto fp = central.wait_for_line("fingerprint ", 5s);
@@ -196,6 +177,7 @@ TEST_CASE("tls: the peer plane refuses a peer without a certificate, or whose ke
                         Case{"another's id", &key, to_bytes(other.peer_id())}}) {
     INFO(k.what);
     const int fd = raw_connect(c.peer(0).addr);
+    REQUIRE(fd >= 0);
     TlsClient tls(fd, k.presented);
     // The peer-server proves its own key: the id the registry lists for it.
     REQUIRE(tls.peer_key);
@@ -209,6 +191,7 @@ TEST_CASE("tls: the peer plane refuses a peer without a certificate, or whose ke
   }
   // The honest way in still works.
   const int fd = raw_connect(c.peer(0).addr);
+  REQUIRE(fd >= 0);
   TlsClient tls(fd, &key);
   tls.send(frame(protocol::hello(pb::PLANE_PEER, to_bytes(key.peer_id()))) + frame(interested.SerializeAsString()));
   const std::string answer = tls.receive(8, 5s);
@@ -269,6 +252,7 @@ TEST_CASE("tls: garbage handshakes close that one connection, and both servers s
                                       {"a ClientHello cut after its record header", hello.substr(0, 5)}}) {
       INFO(what);
       const int fd = raw_connect(addr);
+      REQUIRE(fd >= 0);
       REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
       if (what == "random bytes") {
         CHECK(closed_by_server(fd, 3s));  // at once
@@ -279,6 +263,7 @@ TEST_CASE("tls: garbage handshakes close that one connection, and both servers s
     }
     // A whole ClientHello, then silence: cut by the first-frame deadline.
     const int fd = raw_connect(addr);
+    REQUIRE(fd >= 0);
     REQUIRE(::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(hello.size()));
     silent.emplace_back("a ClientHello then silence to " + addr, fd);
   }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -47,6 +48,30 @@ inline sockaddr_in loopback_address(const std::string& host_port) {
 }
 
 // A server must hold a descriptor per connection, and so must the test.
+// A blocking TCP connection to `host_port` on loopback, for tests that send
+// raw bytes; -1 if it cannot connect.
+inline int raw_connect(const std::string& host_port) {
+  const sockaddr_in sa = loopback_address(host_port);
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True once the server closes the raw socket `fd` (EOF or reset) within `timeout`.
+inline bool closed_by_server(int fd, std::chrono::milliseconds timeout) {
+  return wait_for(
+      [&] {
+        char buffer[4096];
+        const ssize_t n = ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+        return n == 0 || (n < 0 && errno != EAGAIN);
+      },
+      timeout);
+}
+
 inline void raise_descriptor_limit() {
   struct rlimit limit {};
   if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
