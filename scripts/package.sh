@@ -17,7 +17,10 @@ jobs=${P2PSHARE_JOBS:-$(nproc)}
 
 # Debian's hardening flags (stack protector, _FORTIFY_SOURCE, relro, bindnow),
 # as dpkg-buildpackage would pass them with hardening=+all.
+# Without -g: the binary is stripped and no -dbgsym package is made, so debug
+# info would only slow the build.
 export DEB_BUILD_MAINT_OPTIONS=${DEB_BUILD_MAINT_OPTIONS:-hardening=+all}
+export DEB_CXXFLAGS_MAINT_STRIP=${DEB_CXXFLAGS_MAINT_STRIP:--g}
 cxxflags="$(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CXXFLAGS)"
 ldflags=$(dpkg-buildflags --get LDFLAGS)
 launcher=()

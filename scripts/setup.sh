@@ -8,7 +8,7 @@ packages=(
   libasio-dev libprotobuf-dev protobuf-compiler libcxxopts-dev libfmt-dev
   catch2 nlohmann-json3-dev libssl-dev libsqlite3-dev
   xxd   # scripts/file_id.sh, the independent file-id check
-  dpkg-dev lintian help2man bash-completion man-db   # scripts/package.sh, the package stage
+  dpkg-dev lintian help2man bash-completion man-db systemd   # scripts/package.sh, the package stage
 )
 
 missing=()

@@ -69,6 +69,13 @@ grep -v '^running with root privileges' <<<"$lint" >&2 || true
 
 dpkg-deb -x "$deb" "$tmp/root"
 bin=$tmp/root/usr/bin/p2pshare
+# --version: the package's upstream version and the commit (or "unknown").
+upstream=$(dpkg-deb -f "$deb" Version)
+upstream=${upstream%-*}
+version=$("$bin" --version)
+[[ $version =~ ^p2pshare\ ${upstream//./\\.}\ \(commit\ ([0-9a-f]{7,}(-dirty)?|unknown)\)$ ]] ||
+  die "--version says '$version', not 'p2pshare $upstream (commit ...)'"
+log "$version"
 mapfile -t commands < <("$bin" --help | awk '/^Commands:/ {on = 1; next} on && /^  [a-z]/ {print $1}')
 ((${#commands[@]} >= 9)) || die "p2pshare --help lists ${#commands[@]} commands"
 
