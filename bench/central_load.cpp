@@ -2,9 +2,15 @@
 // the real protocol (docs/protocol.md: framing, Hello, CentralRequest) through
 // the project's own wire and protocol code.
 //
+// Every connection is TLS 1.3, as the server requires (docs/protocol.md, "TLS
+// profile"): one client SSL_CTX; each simulated peer presents its own Ed25519
+// self-signed certificate (made before the timed phases) and so registers
+// under its own key-derived peer id; query clients present none.
+//
 // Phases, each bounded:
-//   1. connect + register: --peers TCP connections (NOT YET TLS: see FIXME(tls)),
-//      Hello then Register; at most --connect-concurrency in progress.
+//   1. connect + register: --peers TLS connections, Hello then Register; at
+//      most --connect-concurrency in progress. Reports handshakes per second
+//      (and each handshake's latency from connect() to its end).
 //   2. announce: every peer announces --files-per-peer files out of a pool of
 //      --files (peer p holds files p*k .. p*k+k-1 mod F, so each file has
 //      peers*k/F holders). Small valid manifests: one 16 KiB chunk with a fake
@@ -18,6 +24,10 @@
 //      send the next), alternating ListPeers{file} and GetFile{file} on
 //      random files. Every answer is checked: the holder count must equal the
 //      number of peers that announced the file.
+//   4. optional (--fresh-seconds and/or --fresh-connections): what a new
+//      connection per request costs: --fresh-clients clients each open a new
+//      TLS connection per ListPeers (TCP connect, handshake, Hello, ListPeers,
+//      answer, close), until the time or the count is reached.
 // With --peers 0 and --announced-peers N (after a restart, say), only phase 3
 // runs: the same files are expected with the same holders.
 //
@@ -47,6 +57,8 @@
 #include <string>
 #include <vector>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
 
@@ -55,6 +67,7 @@
 #include "p2pshare/hash.hpp"
 #include "p2pshare/manifest.hpp"
 #include "p2pshare/protocol.hpp"
+#include "p2pshare/tls.hpp"
 #include "p2pshare/wire.hpp"
 
 namespace {
@@ -65,9 +78,11 @@ using json = nlohmann::json;
 
 constexpr std::uint32_t kFileSize = 16 * 1024;  // one chunk of the minimum size
 
-enum class Op { reg, announce, heartbeat, list_peers, get_file, count };
+enum class Op { handshake, reg, announce, heartbeat, list_peers, get_file, count };
 const char* op_name(Op op) {
   switch (op) {
+    case Op::handshake:
+      return "handshake";
     case Op::reg:
       return "register";
     case Op::announce:
@@ -154,12 +169,27 @@ struct Pending {
   bool counted;  // sent inside the measured window
 };
 
+struct SslFree {
+  void operator()(SSL* ssl) const noexcept { SSL_free(ssl); }
+};
+
+// TLS straight over the non-blocking socket (SSL_set_fd), not memory BIOs:
+// OpenSSL does the recv/send itself, so there is no second copy of every
+// record through our own buffers, and its WANT_READ / WANT_WRITE map one to
+// one onto the epoll interest (EPOLLIN is always on; EPOLLOUT while the TCP
+// connect, the handshake or a write waits for room). Memory BIOs would only
+// pay off if we had to control the bytes on the wire, which a load generator
+// does not.
 struct Conn {
   int fd = -1;
+  std::unique_ptr<SSL, SslFree> ssl;
   bool is_peer = false;
   std::size_t index = 0;
-  bool connected = false;
-  bool ready = false;  // registered (peer) or greeted (client)
+  bool connected = false;     // TCP
+  bool handshaken = false;    // TLS
+  bool want_write = false;    // the last SSL call wants EPOLLOUT
+  Clock::time_point started;  // connect() called
+  bool ready = false;         // registered (peer) or greeted (client)
   bool closed = false;
   wire::FrameDecoder decoder{protocol::kCentralLimits};
   std::string out;
@@ -183,7 +213,8 @@ struct Options {
   std::size_t clients = 50;
   std::size_t pipeline = 1;
   double fresh_seconds = 0;
-  int server_pid = 0;  // > 0: report the server's CPU time per phase
+  std::size_t fresh_connections = 0;  // 0: bounded by fresh_seconds only
+  int server_pid = 0;                 // > 0: report the server's CPU time per phase
   std::size_t fresh_clients = 32;
   unsigned heartbeat_ms = 1000;
   double timeout = 600;
@@ -192,7 +223,7 @@ struct Options {
 
 class Load {
  public:
-  explicit Load(Options o) : opt_(std::move(o)), rng_(opt_.seed) {
+  explicit Load(Options o) : opt_(std::move(o)), rng_(opt_.seed), ctx_(tls::make_context(tls::Side::client, nullptr)) {
     // Every connection's slot is fixed up front: references stay valid.
     conns_.reserve(opt_.peers + opt_.clients + opt_.fresh_clients);
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -215,9 +246,7 @@ class Load {
     }
   }
   ~Load() {
-    for (auto& c : conns_) {
-      if (c.fd >= 0) ::close(c.fd);
-    }
+    for (auto& c : conns_) close_conn(c, false);
     ::close(epfd_);
   }
 
@@ -229,20 +258,28 @@ class Load {
     out["files_per_peer"] = opt_.files_per_peer;
     const std::size_t holders_of = opt_.peers ? opt_.peers : opt_.announced_peers;
     out["holders_per_file"] = opt_.files ? static_cast<double>(holders_of * opt_.files_per_peer) / opt_.files : 0.0;
-    out["transport"] = "one persistent TCP connection per simulated peer and per client";
+    out["transport"] = "one persistent TLS 1.3 connection per simulated peer and per client";
     bool complete = true;
     if (opt_.peers > 0) {
+      // Each simulated peer's key and certificate: made here, not timed.
+      const auto t0 = Clock::now();
+      identities_.reserve(opt_.peers);
+      for (std::size_t i = 0; i < opt_.peers; ++i) identities_.push_back(tls::make_identity());
+      out["identities_seconds"] = ms_between(t0, Clock::now()) / 1000;
+      log("made " + std::to_string(opt_.peers) + " Ed25519 identities in " +
+          std::to_string(out["identities_seconds"].get<double>()) + " s (not timed)");
       complete = complete && phase_register(out);
       complete = complete && phase_announce(out);
     }
     complete = complete && phase_load(out);
-    if (opt_.fresh_seconds > 0) complete = complete && phase_fresh(out);
+    if (opt_.fresh_seconds > 0 || opt_.fresh_connections > 0) complete = complete && phase_fresh(out);
     std::uint64_t errors = 0;
     for (auto& [phase, per_op] : stats_) {
       for (auto& s : per_op) errors += s.errors;
     }
     out["errors"] = errors;
     out["disconnects"] = disconnects_;
+    out["tls_cipher"] = cipher_;
     out["complete"] = complete;
     out["ok"] = complete && errors == 0 && disconnects_ == 0;
     std::cout << out.dump(2) << std::endl;
@@ -274,6 +311,7 @@ class Load {
   // A new connection in `slot` (a fresh one, or replacing a closed one: the
   // generation in the epoll cookie keeps stale events off the new socket).
   void connect_slot(std::size_t slot, bool is_peer, std::size_t index) {
+    const auto started = Clock::now();
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) die(std::string("socket: ") + std::strerror(errno) + " (raise ulimit -n?)");
     int one = 1;
@@ -291,12 +329,77 @@ class Load {
     c.fd = fd;
     c.is_peer = is_peer;
     c.index = index;
+    c.started = started;
+    c.ssl.reset(SSL_new(ctx_->native_handle()));
+    if (!c.ssl || SSL_set_fd(c.ssl.get(), fd) != 1) die("SSL_new: " + tls::last_error());
+    // c.out grows (and may move) between the retries of a write that wanted
+    // room: the retry passes the same unsent bytes from their new address.
+    SSL_set_mode(c.ssl.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (is_peer) {
+      // Its own key: the server derives the peer id from it.
+      const tls::Identity& id = identities_.at(index);
+      if (SSL_use_certificate(c.ssl.get(), id.cert.get()) != 1 || SSL_use_PrivateKey(c.ssl.get(), id.key.get()) != 1)
+        die("cannot use a peer's key pair: " + tls::last_error());
+    }
+    SSL_set_connect_state(c.ssl.get());
     c.connected = rc == 0;
     c.polling_out = !c.connected;
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP | (c.connected ? 0u : static_cast<unsigned>(EPOLLOUT));
     ev.data.u64 = cookie(slot);
     if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add failed");
+    if (c.connected) advance_handshake(slot);  // sends the ClientHello
+  }
+
+  // Unregisters and closes; `polite`: sends close_notify first (not waited
+  // for), as a client that is done does.
+  void close_conn(Conn& c, bool polite) {
+    if (c.fd < 0) return;
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, c.fd, nullptr);
+    if (polite && c.ssl && c.handshaken) {
+      SSL_shutdown(c.ssl.get());
+      ERR_clear_error();
+    }
+    c.ssl.reset();
+    ::close(c.fd);
+    c.fd = -1;
+  }
+
+  // Why an SSL call failed, as one line (empties OpenSSL's error queue).
+  static std::string ssl_failure(const Conn& c, int r) {
+    const int saved_errno = errno;
+    const int err = SSL_get_error(c.ssl.get(), r);
+    if (err == SSL_ERROR_ZERO_RETURN) return "closed by the server (close_notify)";
+    std::string queue = tls::last_error();
+    if (!queue.empty()) return queue;
+    if (err == SSL_ERROR_SYSCALL) return saved_errno != 0 ? std::strerror(saved_errno) : "closed by the server";
+    return "SSL error " + std::to_string(err);
+  }
+
+  // Advances the TLS handshake with what the socket holds; once it is done,
+  // what was queued meanwhile (Hello, the first request) goes out.
+  void advance_handshake(std::size_t slot) {
+    Conn& c = conns_[slot];
+    if (c.closed || c.handshaken) return;
+    ERR_clear_error();
+    const int r = SSL_do_handshake(c.ssl.get());
+    if (r == 1) {
+      c.handshaken = true;
+      c.want_write = false;
+      stat(phase_, Op::handshake).latency_ms.push_back(static_cast<float>(ms_between(c.started, Clock::now())));
+      if (cipher_.empty()) cipher_ = SSL_get_cipher_name(c.ssl.get());
+      flush(slot);
+      return;
+    }
+    const int err = SSL_get_error(c.ssl.get(), r);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+      c.want_write = err == SSL_ERROR_WANT_WRITE;
+      set_pollout(c, slot, c.want_write);
+      return;
+    }
+    const std::string why = ssl_failure(c, r);
+    stat(phase_, Op::handshake).error("handshake failed: " + why);
+    lost(slot, "TLS handshake: " + why);
   }
 
   std::uint64_t cookie(std::size_t slot) const { return std::uint64_t{conns_[slot].gen} << 32 | slot; }
@@ -304,11 +407,7 @@ class Load {
   // Closes our side on purpose (a fresh-connection client is done).
   void hang_up(std::size_t slot) {
     Conn& c = conns_[slot];
-    if (c.fd >= 0) {
-      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, c.fd, nullptr);
-      ::close(c.fd);
-    }
-    c.fd = -1;
+    close_conn(c, true);
     c.closed = true;
   }
 
@@ -337,26 +436,34 @@ class Load {
     ::epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
   }
 
+  // Seals and sends what is queued (all the frames of this loop iteration
+  // in one SSL_write: records of up to 16 KiB, one send each).
   void flush(std::size_t slot) {
     Conn& c = conns_[slot];
     c.dirty = false;
-    if (c.closed || !c.connected) return;
+    if (c.closed || !c.handshaken) return;  // sent when the handshake ends
+    c.want_write = false;
     while (c.out_off < c.out.size()) {
-      const ssize_t n = ::send(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
-      if (n > 0) {
-        c.out_off += static_cast<std::size_t>(n);
+      std::size_t n = 0;
+      ERR_clear_error();
+      const int r = SSL_write_ex(c.ssl.get(), c.out.data() + c.out_off, c.out.size() - c.out_off, &n);
+      if (r == 1) {
+        c.out_off += n;
         continue;
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      lost(slot, std::string("send: ") + std::strerror(errno));
+      const int err = SSL_get_error(c.ssl.get(), r);
+      if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+        c.want_write = err == SSL_ERROR_WANT_WRITE;  // WANT_READ: retried after the next read
+        break;
+      }
+      lost(slot, "TLS write: " + ssl_failure(c, r));
       return;
     }
     if (c.out_off == c.out.size()) {
       c.out.clear();
       c.out_off = 0;
     }
-    set_pollout(c, slot, !c.out.empty());
+    set_pollout(c, slot, c.want_write);
   }
 
   void lost(std::size_t slot, const std::string& why) {
@@ -366,9 +473,7 @@ class Load {
     ++disconnects_;
     if (disconnects_ <= 5)
       log(std::string(c.is_peer ? "peer " : "client ") + std::to_string(c.index) + " lost: " + why);
-    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, c.fd, nullptr);
-    ::close(c.fd);
-    c.fd = -1;
+    close_conn(c, false);
     // Outstanding requests on it will never be answered.
     for (auto& p : c.pending) stat(phase_, p.op).error("connection lost");
     c.pending.clear();
@@ -399,11 +504,18 @@ class Load {
         }
         c.connected = true;
         if (on_connected_) on_connected_(slot);
-        flush(slot);
+        advance_handshake(slot);  // sends the ClientHello
+        continue;                 // nothing to read yet; errors show up next time
       }
       if (events[i].events & EPOLLIN) read_from(slot);
       if (c.closed || c.gen != gen) continue;
-      if ((events[i].events & EPOLLOUT) && c.connected) flush(slot);
+      if ((events[i].events & EPOLLOUT) && c.connected) {
+        if (!c.handshaken) {
+          advance_handshake(slot);
+        } else {
+          flush(slot);
+        }
+      }
       if (events[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
         read_from(slot);  // drain what is left, then notice the close
         if (!c.closed && c.gen == gen) lost(slot, "closed by the server");
@@ -413,25 +525,36 @@ class Load {
     dirty_.clear();
   }
 
+  // Reads until OpenSSL wants more from the socket: SSL_read returns one
+  // record at a time and may hold decrypted bytes the socket no longer
+  // signals, so stopping earlier could leave answers unread.
   void read_from(std::size_t slot) {
-    std::uint8_t buf[65536];
+    std::uint8_t buf[16384];  // one TLS record's worth
     const std::uint32_t gen = conns_[slot].gen;
+    if (!conns_[slot].handshaken) {
+      advance_handshake(slot);
+      const Conn& c = conns_[slot];
+      if (c.closed || c.gen != gen || !c.handshaken) return;
+    }
     for (;;) {
       Conn& c = conns_[slot];
       if (c.closed || c.gen != gen) return;
-      const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
-      if (n == 0) {
-        lost(slot, "closed by the server");
-        return;
-      }
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        lost(slot, std::string("recv: ") + std::strerror(errno));
+      std::size_t n = 0;
+      ERR_clear_error();
+      const int r = SSL_read_ex(c.ssl.get(), buf, sizeof buf, &n);
+      if (r != 1) {
+        const int err = SSL_get_error(c.ssl.get(), r);
+        if (err == SSL_ERROR_WANT_READ) break;
+        if (err == SSL_ERROR_WANT_WRITE) {
+          c.want_write = true;
+          set_pollout(c, slot, true);
+          break;
+        }
+        lost(slot, "TLS read: " + ssl_failure(c, r));
         return;
       }
       const auto now = Clock::now();
-      if (!c.decoder.feed(std::span<const std::uint8_t>(buf, static_cast<std::size_t>(n)))) {
+      if (!c.decoder.feed(std::span<const std::uint8_t>(buf, n))) {
         lost(slot, "bad frame from the server: " + c.decoder.error());
         return;
       }
@@ -439,8 +562,9 @@ class Load {
         on_answer(slot, frame->message, now);
         if (c.closed || c.gen != gen) return;
       }
-      if (static_cast<std::size_t>(n) < sizeof buf) return;
     }
+    // A write that wanted a read first is retried now.
+    if (!conns_[slot].out.empty() && !conns_[slot].want_write) flush(slot);
   }
 
   void on_answer(std::size_t slot, const std::string& message, Clock::time_point now) {
@@ -460,7 +584,7 @@ class Load {
     Stats& s = stat(phase_, p.op);
     if (response.has_error()) {
       s.error("error " + std::to_string(response.error().code()) + ": " + response.error().message());
-    } else if (!check(p, response)) {
+    } else if (!check(c, p, response)) {
       s.error("wrong answer");
     } else if (p.counted) {
       s.latency_ms.push_back(static_cast<float>(ms_between(p.sent, now)));
@@ -476,10 +600,10 @@ class Load {
   }
 
   // The answer must be the right kind and, for lookups, name every holder.
-  bool check(const Pending& p, const pb::CentralResponse& r) const {
+  bool check(const Conn& c, const Pending& p, const pb::CentralResponse& r) const {
     switch (p.op) {
-      case Op::reg:
-        return r.has_registered() && r.registered().peer_id().size() == PeerId::kSize;
+      case Op::reg:  // under the id derived from the peer's own key
+        return r.has_registered() && c.is_peer && r.registered().peer_id() == to_bytes(identities_[c.index].peer_id());
       case Op::announce:
       case Op::heartbeat:
         return r.has_ok();
@@ -489,6 +613,7 @@ class Load {
         return r.has_file() && r.file().manifest().size() == kFileSize &&
                r.file().manifest().chunk_hashes() == hashes_[p.file] &&
                static_cast<std::size_t>(r.file().holders_size()) == expected_holders_[p.file];
+      case Op::handshake:
       case Op::count:
         break;
     }
@@ -524,9 +649,7 @@ class Load {
         const std::size_t slot = open_conn(true, i);
         peer_slots_[i] = slot;
         Conn& c = conns_[slot];
-        // FIXME(tls): the central server now speaks TLS and takes the peer id
-        // from a client certificate; this generator still speaks plaintext
-        // and needs a TLS layer (a key per simulated peer) before it can run.
+        // Queued now, sent (sealed) as soon as the handshake ends.
         queue_frame(c, protocol::hello(pb::PLANE_CENTRAL));
         pb::CentralRequest request;
         auto* reg = request.mutable_register_();
@@ -543,6 +666,10 @@ class Load {
     out["register"] = stat(phase_, Op::reg).report(secs);
     add_cpu(out["register"], cpu0, secs);
     out["register"]["concurrency"] = opt_.connect_concurrency;
+    // Handshakes per second while connecting (TCP connect + full TLS 1.3
+    // handshake with a client certificate); latency from connect() on.
+    out["register"]["handshake"] = stat(phase_, Op::handshake).report(secs);
+    out["register"]["handshakes_per_second"] = out["register"]["handshake"]["rps"];
     log("registered " + std::to_string(registered_) + " peers in " + std::to_string(secs) + " s");
     return registered_ == opt_.peers;
   }
@@ -593,14 +720,28 @@ class Load {
   }
 
   bool phase_load(json& out) {
-    phase_ = "load";
-    // Clients: plain connections, Hello only.
+    // Clients: TLS without a certificate, Hello only; connected before the
+    // clock starts so no handshake lands in the load's latencies.
+    phase_ = "clients";
     std::vector<std::size_t> client_slots;
     for (std::size_t i = 0; i < opt_.clients; ++i) {
       const std::size_t slot = open_conn(false, i);
       queue_frame(conns_[slot], protocol::hello(pb::PLANE_CENTRAL));
       client_slots.push_back(slot);
     }
+    {
+      const auto until = Clock::now() + std::chrono::seconds(10);
+      auto handshaking = [&] {
+        return std::count_if(client_slots.begin(), client_slots.end(),
+                             [&](std::size_t slot) { return !conns_[slot].closed && !conns_[slot].handshaken; });
+      };
+      while (handshaking() > 0 && Clock::now() < until && !past_deadline()) poll_once(10);
+      if (handshaking() > 0) {
+        log("clients: " + std::to_string(handshaking()) + " handshakes unfinished after 10 s");
+        return false;
+      }
+    }
+    phase_ = "load";
     std::vector<std::uint64_t> issued(conns_.size(), 0);
     std::uniform_int_distribution<std::size_t> pick(0, opt_.files ? opt_.files - 1 : 0);
     bool measuring = true;
@@ -687,20 +828,27 @@ class Load {
     return drained;
   }
 
-  // Clients that open a new connection for every request (Hello, ListPeers,
-  // answer, close), the way wrk drives opentracker: latency includes the
-  // TCP connect. Not how p2pshare talks to its central server; measured so
-  // the transport matches the opentracker baseline.
+  // Clients that open a new connection for every request (TCP connect, TLS
+  // handshake, Hello, ListPeers, answer, close), the way wrk drives
+  // opentracker: latency includes the connect and the handshake. Not how
+  // p2pshare talks to its central server; measured so the transport matches
+  // the opentracker baseline, and to price a new connection. Bounded by
+  // --fresh-seconds and/or --fresh-connections (requests in total).
   bool phase_fresh(json& out) {
     phase_ = "fresh";
     std::uniform_int_distribution<std::size_t> pick(0, opt_.files - 1);
     bool measuring = true;
-    std::size_t open_now = 0;
+    std::size_t open_now = 0, started = 0;
     const auto t0 = Clock::now();
     const double cpu0 = cpu_seconds(opt_.server_pid);
     gen_cpu0_ = cpu_seconds(::getpid());
+    const bool timed = opt_.fresh_seconds > 0;
     const auto t_end =
         t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt_.fresh_seconds));
+    auto more = [&] {
+      return measuring && (!timed || Clock::now() < t_end) &&
+             (opt_.fresh_connections == 0 || started < opt_.fresh_connections);
+    };
     auto ask = [&](std::size_t slot) {
       Conn& c = conns_[slot];
       queue_frame(c, protocol::hello(pb::PLANE_CENTRAL));
@@ -711,21 +859,28 @@ class Load {
     };
     on_answer_ = [&](std::size_t slot, const Pending&) {
       hang_up(slot);
-      if (measuring && Clock::now() < t_end) {
+      if (more()) {
+        ++started;
         connect_slot(slot, false, slot);
         ask(slot);
       } else {
         --open_now;
       }
     };
-    log("fresh connections: " + std::to_string(opt_.fresh_seconds) + " s, " + std::to_string(opt_.fresh_clients) +
-        " clients, one TCP connection per ListPeers");
+    log("fresh connections: " + (timed ? std::to_string(opt_.fresh_seconds) + " s" : std::string("no time bound")) +
+        ", " +
+        (opt_.fresh_connections ? std::to_string(opt_.fresh_connections) + " requests at most"
+                                : std::string("no count bound")) +
+        ", " + std::to_string(opt_.fresh_clients) + " clients, one TLS connection per ListPeers");
     const std::uint64_t lost_before = disconnects_;
-    for (std::size_t i = 0; i < opt_.fresh_clients; ++i) {
+    for (std::size_t i = 0; i < opt_.fresh_clients && more(); ++i) {
+      ++started;
       ask(open_conn(false, i));
       ++open_now;
     }
-    while (Clock::now() < t_end && !past_deadline() && disconnects_ == lost_before) poll_once(1);
+    // Until the time is up, or (count only) every request was answered.
+    while (open_now > 0 && (!timed || Clock::now() < t_end) && !past_deadline() && disconnects_ == lost_before)
+      poll_once(1);
     const double secs = ms_between(t0, Clock::now()) / 1000;
     measuring = false;
     const auto drain_until = Clock::now() + std::chrono::seconds(10);
@@ -735,7 +890,12 @@ class Load {
     json j = stat(phase_, Op::list_peers).report(secs);
     add_cpu(j, cpu0, secs, cpu1);
     j["clients"] = opt_.fresh_clients;
-    j["transport"] = "new TCP connection per request (connect, Hello, ListPeers, answer, close)";
+    j["connections"] = started;
+    j["transport"] =
+        "new TLS 1.3 connection per request (TCP connect, full handshake, Hello, ListPeers, answer, "
+        "close_notify + close)";
+    j["handshake"] = stat(phase_, Op::handshake).report(secs);
+    j["handshakes_per_second"] = j["handshake"]["rps"];
     out["fresh_list_peers"] = j;
     log("fresh connections: " + std::to_string(j["rps"].get<double>()) + " requests/s");
     return disconnects_ == lost_before;
@@ -743,6 +903,9 @@ class Load {
 
   Options opt_;
   std::mt19937_64 rng_;
+  std::shared_ptr<asio::ssl::context> ctx_;  // one client SSL_CTX for every connection
+  std::vector<tls::Identity> identities_;    // one per simulated peer
+  std::string cipher_;                       // as negotiated by the first handshake
   int epfd_ = -1;
   Clock::time_point deadline_;
   std::vector<std::string> ids_;     // file id bytes per file index
@@ -783,8 +946,10 @@ int main(int argc, char** argv) {
       ("clients", "client connections asking ListPeers/GetFile", cxxopts::value<std::size_t>()->default_value("50"))
       ("pipeline", "requests each client keeps outstanding (1 = not pipelined)",
        cxxopts::value<std::size_t>()->default_value("1"))
-      ("fresh-seconds", "then this long with a new connection per ListPeers (0: skip)",
+      ("fresh-seconds", "then this long with a new TLS connection per ListPeers (0: skip, or no time bound with --fresh-connections)",
        cxxopts::value<double>()->default_value("0"))
+      ("fresh-connections", "then N ListPeers, each on a new TLS connection (0: bounded by --fresh-seconds)",
+       cxxopts::value<std::size_t>()->default_value("0"))
       ("fresh-clients", "clients in the fresh-connection phase", cxxopts::value<std::size_t>()->default_value("32"))
       ("heartbeat-interval-ms", "each peer heartbeats this often during the load phase",
        cxxopts::value<unsigned>()->default_value("1000"))
@@ -814,6 +979,7 @@ int main(int argc, char** argv) {
     opt.clients = args["clients"].as<std::size_t>();
     opt.pipeline = std::max<std::size_t>(1, args["pipeline"].as<std::size_t>());
     opt.fresh_seconds = args["fresh-seconds"].as<double>();
+    opt.fresh_connections = args["fresh-connections"].as<std::size_t>();
     opt.fresh_clients = std::max<std::size_t>(1, args["fresh-clients"].as<std::size_t>());
     if (opt.fresh_seconds < 0 || opt.fresh_seconds > 3600)
       throw std::runtime_error("--fresh-seconds must be in [0, 3600]");
