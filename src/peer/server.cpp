@@ -223,7 +223,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   }
 
   // Our key pair (identity.key, identity.crt): the peer id is its hash.
-  std::optional<tls::Identity> identity;
+  std::optional<tls::Identity> key_pair;
   std::shared_ptr<asio::ssl::context> server_tls;  // accepted connections, both planes
   std::shared_ptr<asio::ssl::context> client_tls;  // links we open, the central link
 
@@ -234,13 +234,13 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     // changes; the shared files stay and are announced under the new one).
     const bool legacy = !std::filesystem::exists(config.data_dir / tls::kKeyFile) &&
                         std::filesystem::exists(config.data_dir / tls::kLegacySecretFile);
-    identity = tls::load_or_create_identity(config.data_dir, true);
+    key_pair = tls::load_or_create_identity(config.data_dir, true);
     if (legacy) {
       log::info("moved the first-wave secret peer.key to a key pair: the peer id is now {}",
-                to_hex(identity->peer_id()));
+                to_hex(key_pair->peer_id()));
     }
-    server_tls = tls::make_context(tls::Side::server, &*identity);
-    client_tls = tls::make_context(tls::Side::client, &*identity);
+    server_tls = tls::make_context(tls::Side::server, &*key_pair);
+    client_tls = tls::make_context(tls::Side::client, &*key_pair);
     const std::string raw_cookie = load_or_create_secret(cookie_path(config.data_dir), kCookieSize);
     cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw_cookie.data()), raw_cookie.size()));
     state = std::make_unique<PeerState>(config.data_dir);
@@ -248,7 +248,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
 
   // After bind: the central server must be told the port we really listen on.
   void make_services(std::uint16_t port) {
-    CentralLink::Trust trust{client_tls, identity->peer_id(), config.central_fingerprint, config.data_dir};
+    CentralLink::Trust trust{client_tls, key_pair->peer_id(), config.central_fingerprint, config.data_dir};
     auto central = std::make_shared<CentralLink>(io, config.central, std::move(trust), port, [weak = weak_from_this()] {
       if (auto self = weak.lock()) self->announce_all();
     });
@@ -543,10 +543,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         record.replace = true;
       }
       record.have = Bitfield(record.manifest.chunk_count());
-      auto swarm = Swarm::download(*self->services, std::move(record));
-      self->swarms[id] = swarm;
-      self->watch(c, swarm);
-      swarm->start_download(request.wait_for_holders());
+      auto started = Swarm::download(*self->services, std::move(record));
+      self->swarms[id] = started;
+      self->watch(c, started);
+      started->start_download(request.wait_for_holders());
     });
   }
 

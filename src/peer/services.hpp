@@ -54,10 +54,10 @@ struct Services {
   // Seeding (set by the server): the identity a shared file had when it was
   // hashed, for the reader to hold it to; and a chunk that could not be read
   // (file changed or gone) makes the server check the file at once.
-  std::function<std::optional<store::FileIdentity>(const FileId&)> shared_identity;
-  std::function<void(const FileId&)> on_unreadable;
+  std::function<std::optional<store::FileIdentity>(const FileId&)> shared_identity{};
+  std::function<void(const FileId&)> on_unreadable{};
   // TLS for the links we open: presents our certificate (peer plane).
-  std::shared_ptr<asio::ssl::context> client_tls;
+  std::shared_ptr<asio::ssl::context> client_tls{};
 };
 
 }  // namespace p2pshare::peer
