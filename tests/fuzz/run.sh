@@ -39,25 +39,26 @@ fi
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/p2pshare-fuzz-run.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
-status=0
-summary=()
-for target in "${targets[@]}"; do
-  binary=$build_dir/tests/fuzz/$target
-  corpus=$scratch/$target/corpus
-  artifacts=$build_dir/fuzz-artifacts/$target
+# One target: its result line in $scratch/<target>/summary, its log tail
+# on stderr if it failed; exit status 0 if it ran and found nothing.
+run_target() {
+  local target=$1
+  local binary=$build_dir/tests/fuzz/$target
+  local corpus=$scratch/$target/corpus
+  local artifacts=$build_dir/fuzz-artifacts/$target
   mkdir -p "$corpus" "$artifacts" "$scratch/$target/tmp"
   if [[ -d $fuzz_dir/corpus/$target ]]; then
     cp -r "$fuzz_dir/corpus/$target/." "$corpus/"
   fi
-  flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-         -artifact_prefix="$artifacts/")
+  local flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+               -artifact_prefix="$artifacts/")
   case $target in
     # The server targets keep a server (and its io/disk threads) running for
     # the whole process and never tear it down; LeakSanitizer would report
     # whatever those threads hold at exit, which is noise, not findings.
     fuzz_central_server | fuzz_peer_server) flags+=(-detect_leaks=0) ;;
   esac
-  log=$scratch/$target/log
+  local log=$scratch/$target/log rc runs speed cov
   echo "== $target: ${seconds}s" >&2
   set +e
   # TMPDIR: the server targets make their data dirs there, so they go with
@@ -71,15 +72,37 @@ for target in "${targets[@]}"; do
   speed=$(sed -n 's/^stat::average_exec_per_sec: *\([0-9]*\).*/\1/p' "$log" | tail -1 || true)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   if [[ $rc -eq 0 && -n $runs ]]; then
-    summary+=("$(printf '%-22s ok     %9s runs  %6s exec/s  cov %s' "$target" "$runs" "${speed:-?}" "${cov:-?}")")
-  else
-    status=1
-    summary+=("$(printf '%-22s FAILED (exit %s) after %s runs; input in %s' "$target" "$rc" \
-      "$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#' || true)" "$artifacts/")")
-    echo "--- $target log (tail) ---" >&2
-    tail -n 60 "$log" >&2
+    printf '%-22s ok     %9s runs  %6s exec/s  cov %s\n' "$target" "$runs" "${speed:-?}" "${cov:-?}" \
+      >"$scratch/$target/summary"
+    return 0
   fi
+  printf '%-22s FAILED (exit %s) after %s runs; input in %s\n' "$target" "$rc" \
+    "$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#' || true)" "$artifacts/" >"$scratch/$target/summary"
+  echo "--- $target log (tail) ---" >&2
+  tail -n 60 "$log" >&2
+  return 1
+}
+
+# As many targets at once as there are cores: each is one fuzzing process
+# (the server targets' own threads mostly wait on loopback), so the stage
+# takes SECONDS x ceil(targets / cores) instead of SECONDS x targets.
+parallel=$(nproc)
+status=0
+running=0
+for target in "${targets[@]}"; do
+  if ((running >= parallel)); then
+    wait -n || status=1
+    running=$((running - 1))
+  fi
+  run_target "$target" &
+  running=$((running + 1))
+done
+while ((running > 0)); do
+  wait -n || status=1
+  running=$((running - 1))
 done
 
-printf '%s\n' "${summary[@]}"
+for target in "${targets[@]}"; do
+  cat "$scratch/$target/summary" 2>/dev/null || printf '%-22s FAILED (no result)\n' "$target"
+done
 exit $status
