@@ -136,7 +136,11 @@ void Connection::handshake() {
                             }
                             self->peer_key_ = tls::peer_key_hash(self->stream_.native_handle());
                             if (self->verify_) {
-                              std::string refused = self->verify_(*self);
+                              // Used once: dropped here, so what it captured
+                              // is not kept for the connection's life.
+                              const Verify verify = std::move(self->verify_);
+                              self->verify_ = nullptr;
+                              std::string refused = verify(*self);
                               if (!refused.empty()) {
                                 self->close(refused);
                                 return;
@@ -390,6 +394,7 @@ void Connection::close(const std::string& reason) {
     self->on_close_ = nullptr;
     self->on_sent_ = nullptr;
     self->next_on_frame_ = nullptr;
+    self->verify_ = nullptr;  // it may hold its owner (CentralLink's does): no cycle left behind
   });
 }
 
