@@ -56,7 +56,9 @@ for f in "${files[@]}"; do
 done
 
 echo "== the central server knows"
-"$bin" list-files --central-server-addr "$central"
+# --data-dir: carol's, where she keeps the central server's fingerprint
+# (trusted on first contact), not the default one of whoever runs the demo.
+"$bin" list-files --central-server-addr "$central" --data-dir "$work/carol"
 
 for f in "${files[@]}"; do
   id=${ids[$f]}
