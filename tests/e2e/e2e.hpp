@@ -4,10 +4,16 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <initializer_list>
 #include <regex>
 #include <string>
+#include <utility>
 
+#include "central.pb.h"
+#include "p2pshare/protocol.hpp"
+#include "p2pshare/tls.hpp"
+#include "p2pshare/wire.hpp"
 #include "support/cluster.hpp"
 
 namespace p2pshare::test {
@@ -39,5 +45,32 @@ inline bool is_file_id(const std::string& text) {
   static const std::regex hex64("^[0-9a-f]{64}$");
   return std::regex_match(text, hex64);
 }
+
+// "HOST:PORT" as host and port.
+inline std::pair<std::string, std::uint16_t> split(const std::string& addr) {
+  const auto colon = addr.rfind(':');
+  return {addr.substr(0, colon), static_cast<std::uint16_t>(std::stoi(addr.substr(colon + 1)))};
+}
+
+// A raw central-plane client speaking the protocol by hand, presenting
+// `identity`'s certificate if given.
+struct RawCentral {
+  explicit RawCentral(const std::string& addr, const tls::Identity* identity = nullptr)
+      : client(protocol::kCentralLimits, identity) {
+    auto [host, port] = split(addr);
+    client.connect(host, port, std::chrono::seconds(5));
+    client.send(protocol::hello(pb::PLANE_CENTRAL), std::chrono::seconds(5));
+  }
+  pb::CentralResponse ask(pb::CentralRequest request) {
+    request.set_request_id(++id);
+    client.send(request.SerializeAsString(), std::chrono::seconds(5));
+    pb::CentralResponse response;
+    REQUIRE(response.ParseFromString(client.receive(std::chrono::seconds(5))));
+    CHECK(response.request_id() == id);
+    return response;
+  }
+  wire::SyncClient client;
+  std::uint64_t id = 0;
+};
 
 }  // namespace p2pshare::test

@@ -19,32 +19,6 @@ using namespace p2pshare::test;
 
 namespace {
 
-std::pair<std::string, std::uint16_t> split(const std::string& addr) {
-  const auto colon = addr.rfind(':');
-  return {addr.substr(0, colon), static_cast<std::uint16_t>(std::stoi(addr.substr(colon + 1)))};
-}
-
-// A raw central-plane client speaking the protocol by hand, presenting
-// `identity`'s certificate if given.
-struct RawCentral {
-  explicit RawCentral(const std::string& addr, const tls::Identity* identity = nullptr)
-      : client(protocol::kCentralLimits, identity) {
-    auto [host, port] = split(addr);
-    client.connect(host, port, 5s);
-    client.send(protocol::hello(pb::PLANE_CENTRAL), 5s);
-  }
-  pb::CentralResponse ask(pb::CentralRequest request) {
-    request.set_request_id(++id);
-    client.send(request.SerializeAsString(), 5s);
-    pb::CentralResponse response;
-    REQUIRE(response.ParseFromString(client.receive(5s)));
-    CHECK(response.request_id() == id);
-    return response;
-  }
-  wire::SyncClient client;
-  std::uint64_t id = 0;
-};
-
 pb::CentralRequest announce_of(const std::string& hashes, std::uint64_t size) {
   pb::CentralRequest request;
   auto* m = request.mutable_announce()->mutable_manifest();

@@ -37,35 +37,12 @@ using namespace p2pshare::test;
 
 namespace {
 
-std::pair<std::string, std::uint16_t> split(const std::string& addr) {
-  const auto colon = addr.rfind(':');
-  return {addr.substr(0, colon), static_cast<std::uint16_t>(std::stoi(addr.substr(colon + 1)))};
-}
-
 // The fingerprint a central server printed after "listening on".
 std::string fingerprint_of(Process& central) {
   const auto fp = central.wait_for_line("fingerprint ", 5s);
   REQUIRE(fp);
   return *fp;
 }
-
-// A central-plane client speaking by hand, with `identity`'s certificate.
-struct RawCentral {
-  RawCentral(const std::string& addr, const tls::Identity* identity) : client(protocol::kCentralLimits, identity) {
-    auto [host, port] = split(addr);
-    client.connect(host, port, 5s);
-    client.send(protocol::hello(pb::PLANE_CENTRAL), 5s);
-  }
-  pb::CentralResponse ask(pb::CentralRequest request) {
-    request.set_request_id(++id);
-    client.send(request.SerializeAsString(), 5s);
-    pb::CentralResponse response;
-    REQUIRE(response.ParseFromString(client.receive(5s)));
-    return response;
-  }
-  wire::SyncClient client;
-  std::uint64_t id = 0;
-};
 
 // The first flight of a TLS 1.3 client (its ClientHello record), as bytes.
 std::string client_hello_bytes() {
