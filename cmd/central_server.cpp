@@ -16,28 +16,6 @@
 #include "servers.hpp"
 
 namespace p2pshare::cmd {
-namespace {
-
-// "7d", "12h", "30m", "90s"; a bare number is seconds.
-std::chrono::milliseconds parse_duration(std::string_view flag, const std::string& text) {
-  std::uint64_t value = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
-  std::uint64_t seconds_per_unit = 0;
-  if (unit.empty() || unit == "s") seconds_per_unit = 1;
-  if (unit == "m") seconds_per_unit = 60;
-  if (unit == "h") seconds_per_unit = 3600;
-  if (unit == "d") seconds_per_unit = 86400;
-  // Beyond ten years a duration means "never" anyway, and it keeps the
-  // millisecond arithmetic far from overflowing.
-  constexpr std::uint64_t kMaxSeconds = 10ULL * 366 * 86400;
-  if (error != std::errc() || end == text.data() || seconds_per_unit == 0 || value > kMaxSeconds / seconds_per_unit) {
-    throw Error(Errc::usage, fmt::format("{} wants a duration like 7d, 12h, 30m or 90s, not '{}'", flag, text));
-  }
-  return std::chrono::seconds(value * seconds_per_unit);
-}
-
-}  // namespace
 
 int run_central_server(int argc, char** argv) {
   const auto default_dir = cli::default_data_dir("central");

@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <cstdio>
 #include <iostream>
 
 #include <fmt/format.h>
 
+#include "config.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/peer_server.hpp"
@@ -17,17 +20,57 @@
 
 namespace p2pshare::cmd {
 
-// clang-format off
 void add_help(cxxopts::Options& options) { options.add_options()("h,help", "Show this help"); }
 
-cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, const std::vector<std::string>& required) {
-  cxxopts::ParseResult result;
-  // clang-format on
+namespace {
+
+// Thrown by parse() while a command's options are being collected: the
+// command stops before doing anything.
+struct OptionsCollected {};
+thread_local std::vector<config::OptionSpec>* collecting = nullptr;
+
+cxxopts::ParseResult parse_arguments(cxxopts::Options& options, int argc, char** argv) {
   try {
-    result = options.parse(argc, argv);
+    return options.parse(argc, argv);
   } catch (const cxxopts::exceptions::exception& e) {
     throw Error(Errc::usage, e.what());
   }
+}
+
+}  // namespace
+
+std::optional<std::vector<config::OptionSpec>> options_of_command(const std::string& name) {
+  for (const auto& command : commands()) {
+    if (name != command.name) continue;
+    std::vector<config::OptionSpec> specs;
+    std::string program = name;
+    std::array<char*, 2> argv{program.data(), nullptr};
+    collecting = &specs;
+    try {
+      command.run(1, argv.data());
+    } catch (const OptionsCollected&) {
+    } catch (...) {
+      collecting = nullptr;
+      throw;
+    }
+    collecting = nullptr;
+    return specs;
+  }
+  return std::nullopt;
+}
+
+cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, const std::vector<std::string>& required) {
+  // clang-format off
+  options.add_options()
+      ("config", "Read options from this TOML file; the command line wins (default: "
+       "$XDG_CONFIG_HOME/p2pshare/config.toml or ~/.config/p2pshare/config.toml, when it exists)",
+       cxxopts::value<std::string>());
+  // clang-format on
+  if (collecting != nullptr) {
+    *collecting = config::specs_of(options);
+    throw OptionsCollected{};
+  }
+  cxxopts::ParseResult result = parse_arguments(options, argc, argv);
   if (result.count("help")) {
     std::cout << options.help() << std::flush;
     // Parsing runs before the command starts any thread.
@@ -36,10 +79,42 @@ cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, con
   if (!result.unmatched().empty()) {
     throw Error(Errc::usage, fmt::format("unexpected argument '{}'", result.unmatched().front()));
   }
+  std::optional<std::filesystem::path> file;
+  if (result.count("config")) {
+    file = result["config"].as<std::string>();
+  } else if (auto fallback = config::default_path(); std::filesystem::exists(fallback)) {
+    file = fallback;
+  }
+  if (file) {
+    // The file's options go first; none of them is on the command line.
+    auto from_file = config::arguments_from_file(*file, argv[0], options, result, options_of_command);
+    if (!from_file.empty()) {
+      std::vector<char*> merged{argv[0]};
+      for (auto& a : from_file) merged.push_back(a.data());
+      for (int i = 1; i < argc; ++i) merged.push_back(argv[i]);
+      result = parse_arguments(options, static_cast<int>(merged.size()), merged.data());
+    }
+  }
   for (const auto& name : required) {
     if (result.count(name) == 0) throw Error(Errc::usage, fmt::format("option '--{}' is required", name));
   }
   return result;
+}
+
+void check_option_value(const std::string& name, const std::string& value) {
+  if (name == "addr" || name == "peer-addr" || name == "central-server-addr") {
+    (void)cli::parse_address(value);
+  } else if (name == "upload-limit" || name == "download-limit") {
+    (void)cli::parse_rate(value);
+  } else if (name == "central-fingerprint") {
+    (void)parse_fingerprint(value);
+  } else if (name == "file-id") {
+    (void)parse_file_id(value);
+  } else if (name == "log-level") {
+    set_log_level(value);
+  } else if (name == "forget-after") {
+    (void)parse_duration("--forget-after", value);
+  }
 }
 
 FileId parse_file_id(const std::string& text) {
@@ -136,12 +211,33 @@ void add_central_options(cxxopts::Options& options) {
   add_help(options);
 }
 
-std::optional<tls::KeyHash> parse_fingerprint_option(const cxxopts::ParseResult& args) {
-  if (args.count("central-fingerprint") == 0) return std::nullopt;
-  const auto text = args["central-fingerprint"].as<std::string>();
+tls::KeyHash parse_fingerprint(const std::string& text) {
   auto hash = tls::key_hash_from_fingerprint(text);
   if (!hash) throw Error(Errc::usage, fmt::format("--central-fingerprint wants 64 hex digits, not '{}'", text));
-  return hash;
+  return *hash;
+}
+
+std::optional<tls::KeyHash> parse_fingerprint_option(const cxxopts::ParseResult& args) {
+  if (args.count("central-fingerprint") == 0) return std::nullopt;
+  return parse_fingerprint(args["central-fingerprint"].as<std::string>());
+}
+
+std::chrono::milliseconds parse_duration(std::string_view flag, const std::string& text) {
+  std::uint64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  std::uint64_t seconds_per_unit = 0;
+  if (unit.empty() || unit == "s") seconds_per_unit = 1;
+  if (unit == "m") seconds_per_unit = 60;
+  if (unit == "h") seconds_per_unit = 3600;
+  if (unit == "d") seconds_per_unit = 86400;
+  // Beyond ten years a duration means "never" anyway, and it keeps the
+  // millisecond arithmetic far from overflowing.
+  constexpr std::uint64_t kMaxSeconds = 10ULL * 366 * 86400;
+  if (error != std::errc() || end == text.data() || seconds_per_unit == 0 || value > kMaxSeconds / seconds_per_unit) {
+    throw Error(Errc::usage, fmt::format("{} wants a duration like 7d, 12h, 30m or 90s, not '{}'", flag, text));
+  }
+  return std::chrono::seconds(value * seconds_per_unit);
 }
 
 CentralTarget central_address(const cxxopts::ParseResult& args) {

@@ -8,12 +8,14 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
 
 #include "central.pb.h"
+#include "config.hpp"
 #include "control.pb.h"
 #include "p2pshare/cli.hpp"
 #include "p2pshare/tls.hpp"
@@ -22,6 +24,8 @@
 
 namespace p2pshare::cmd {
 
+// `run` calls parse() before anything else: the config file's checks run
+// each command's option setup alone to learn its options (parse() stops it).
 struct Command {
   const char* name;
   const char* summary;
@@ -29,12 +33,22 @@ struct Command {
 };
 
 const std::vector<Command>& commands();
+// A command's options as the config file sees them; nullopt for no such command.
+std::optional<std::vector<config::OptionSpec>> options_of_command(const std::string& name);
 
-// Parses argv with `options`; prints help and exits 0 on --help; throws
-// Error(usage) on an unknown flag, a missing value, a missing required one.
+// Parses argv with `options` (adding --config, and the config file's values
+// for the options the command line leaves out: cmd/config.hpp); prints help
+// and exits 0 on --help; throws Error(usage) on an unknown flag, a missing
+// value, a missing required one, a bad config file.
 cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv,
                            const std::vector<std::string>& required = {});
 void add_help(cxxopts::Options& options);
+// The value checks an option's string goes through beyond its type (an
+// address, a rate, a fingerprint...): the config file holds its values to
+// them. Throws Error(usage).
+void check_option_value(const std::string& name, const std::string& value);
+// "7d", "12h", "30m", "90s"; a bare number is seconds. Throws Error(usage) naming `flag`.
+std::chrono::milliseconds parse_duration(std::string_view flag, const std::string& text);
 
 FileId parse_file_id(const std::string& text);
 
@@ -68,6 +82,7 @@ void add_central_options(cxxopts::Options& options);
 CentralTarget central_address(const cxxopts::ParseResult& args);
 // --central-fingerprint's value: throws Error(usage) unless 64 hex digits.
 std::optional<tls::KeyHash> parse_fingerprint_option(const cxxopts::ParseResult& args);
+tls::KeyHash parse_fingerprint(const std::string& text);
 
 // One request, one answer, to the central server.
 pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest request);

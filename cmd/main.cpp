@@ -23,6 +23,8 @@ int run_list_peers(int, char**);
 int run_file_info(int, char**);
 int run_stop_sharing(int, char**);
 int run_status(int, char**);
+int run_share_link(int, char**);
+int run_export_manifest(int, char**);
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
@@ -35,6 +37,8 @@ const std::vector<Command>& commands() {
       {"file-info", "Show a file's size, chunks, holders and copies per chunk", run_file_info},
       {"stop-sharing", "Stop serving and announcing a file", run_stop_sharing},
       {"status", "Show what your peer-server shares and downloads", run_status},
+      {"share-link", "Print a p2pshare:// link to a file you share", run_share_link},
+      {"export-manifest", "Write a .p2ps manifest file for a file you share", run_export_manifest},
   };
   return table;
 }

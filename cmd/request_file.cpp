@@ -1,13 +1,19 @@
-// p2pshare request-file --file-id ID [--out PATH]
+// p2pshare request-file --file-id ID | --link LINK | --manifest FILE.p2ps [--out PATH]
 #include <unistd.h>
 
 #include <cstdio>
+#include <cerrno>
+#include <fstream>
 #include <iostream>
+#include <iterator>
+#include <system_error>
 
 #include <fmt/format.h>
 
 #include "command.hpp"
 #include "p2pshare/error.hpp"
+#include "p2pshare/handoff.hpp"
+#include "p2pshare/manifest.hpp"
 
 namespace p2pshare::cmd {
 namespace {
@@ -24,6 +30,11 @@ void draw_progress(const pb::Progress& p) {
   std::fflush(stderr);
 }
 
+// The file the request names: by --file-id, --link or --manifest (exactly
+// one). A link or a manifest file also gives the name, the size or the
+// hashes, and the central server the peer-server must be using.
+FileId target_of(const cxxopts::ParseResult& args, pb::RequestFile& request);
+
 // Sends the request and prints the answer once the download ends.
 int wait_for_download(const cxxopts::ParseResult& args, const FileId& id, const pb::ControlRequest& request, bool json);
 
@@ -35,14 +46,17 @@ int run_request_file(int argc, char** argv) {
   // clang-format off
   options.add_options()
       ("file-id", "The file's id (64 hex digits)", cxxopts::value<std::string>())
+      ("link", "A p2pshare:// link (share-link) instead of --file-id", cxxopts::value<std::string>())
+      ("manifest", "A manifest file (export-manifest) instead of --file-id: every chunk is checked against it",
+       cxxopts::value<std::string>())
       ("out", "Where the finished file goes (default: the peer's download dir, under the file's name)",
        cxxopts::value<std::string>())
       ("wait", "While no peer holding the file is live, wait for one instead of failing");
   // clang-format on
   add_control_options(options);
-  auto args = parse(options, argc, argv, {"file-id"});
-  const FileId id = parse_file_id(args["file-id"].as<std::string>());
+  auto args = parse(options, argc, argv);
   pb::ControlRequest request;
+  const FileId id = target_of(args, *request.mutable_request_file());
   request.mutable_request_file()->set_file_id(to_bytes(id));
   if (args.count("out")) {
     const auto out = std::filesystem::absolute(args["out"].as<std::string>());
@@ -64,6 +78,48 @@ int run_request_file(int argc, char** argv) {
 }
 
 namespace {
+
+handoff::ManifestFile read_manifest_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw Error(Errc::not_found,
+                fmt::format("cannot read {}: {}", path, std::error_code(errno, std::generic_category()).message()));
+  }
+  // Read at most one byte past the largest valid file: a huge file is
+  // refused without being held in memory.
+  std::string bytes(handoff::kMaxManifestFileSize + 1, '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (in.bad()) throw Error(Errc::io, fmt::format("cannot read {}", path));
+  bytes.resize(static_cast<std::size_t>(in.gcount()));
+  if (bytes.size() > handoff::kMaxManifestFileSize) {
+    throw Error(Errc::verification, fmt::format("{}: too large to be a manifest file", path));
+  }
+  try {
+    return handoff::decode_manifest_file(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+  } catch (const Error& e) {
+    throw Error(e.code(), fmt::format("{}: {}", path, e.what()));
+  }
+}
+
+FileId target_of(const cxxopts::ParseResult& args, pb::RequestFile& request) {
+  const auto given = args.count("file-id") + args.count("link") + args.count("manifest");
+  if (given != 1) throw Error(Errc::usage, "give exactly one of --file-id, --link and --manifest");
+  if (args.count("file-id")) return parse_file_id(args["file-id"].as<std::string>());
+  if (args.count("link")) {
+    const auto link = handoff::decode_link(args["link"].as<std::string>());
+    request.set_name(link.name);
+    request.set_size(link.size);
+    request.set_central_addr(link.central);
+    request.set_central_fingerprint(std::string(link.central_fingerprint.begin(), link.central_fingerprint.end()));
+    return link.file_id;
+  }
+  const auto file = read_manifest_file(args["manifest"].as<std::string>());
+  manifest_to_wire(file.manifest, request.mutable_manifest());
+  request.set_name(file.manifest.name);
+  request.set_central_addr(file.central);
+  request.set_central_fingerprint(std::string(file.central_fingerprint.begin(), file.central_fingerprint.end()));
+  return file.manifest.file_id();
+}
 
 int wait_for_download(const cxxopts::ParseResult& args, const FileId& id, const pb::ControlRequest& request,
                       bool json) {

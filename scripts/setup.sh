@@ -7,6 +7,7 @@ packages=(
   clang clang-format clang-tidy libclang-rt-14-dev   # fuzzing, sanitizers, style
   libasio-dev libprotobuf-dev protobuf-compiler libcxxopts-dev libfmt-dev
   catch2 nlohmann-json3-dev libssl-dev libsqlite3-dev
+  libtomlplusplus-dev   # the config file (TOML)
   xxd   # scripts/file_id.sh, the independent file-id check
   dpkg-dev lintian help2man bash-completion man-db systemd   # scripts/package.sh, the package stage
 )

@@ -101,6 +101,8 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
     if (!refused.empty()) {
       self->last_error_ = refused;
       log::error("{}", refused);
+    } else {
+      self->central_key_ = *c.peer_key();
     }
     return refused;
   });

@@ -49,6 +49,9 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   bool registered() const { return registered_; }
   const PeerId& peer_id() const { return peer_id_; }
   const cli::Address& address() const { return central_; }
+  // The key the central server proved on the latest connection we accepted;
+  // nullopt before the first one.
+  const std::optional<tls::KeyHash>& central_key() const { return central_key_; }
 
  private:
   void connect();
@@ -86,6 +89,7 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   std::deque<Waiting> waiting_;
   asio::steady_timer waiting_timer_;
   std::string last_error_ = "not connected yet";
+  std::optional<tls::KeyHash> central_key_;
 };
 
 }  // namespace p2pshare::peer

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -384,6 +385,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
           return stop_sharing(c, request.stop_sharing().file_id());
         case pb::ControlRequest::kStatus:
           return status(c);
+        case pb::ControlRequest::kDescribeFile:
+          return describe_file(c, request.describe_file().file_id());
         case pb::ControlRequest::BODY_NOT_SET:
           break;
       }
@@ -524,13 +527,17 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         return c->send(
             encode(error_response(Errc::verification, "the central server's metadata does not match the file id")));
       }
+      if (auto refused = self->check_handoff(request, id, manifest)) {
+        return c->send(encode(error_response(Errc::verification, *refused)));
+      }
       if (auto again = self->lookup(id)) {  // started meanwhile by another request
         self->watch(c, again);
         again->start_download(request.wait_for_holders());
         return;
       }
       DownloadRecord record;
-      const std::string safe = store::sanitize_name(manifest.name, to_hex(id));
+      // A link's name is metadata from a stranger, like the central server's.
+      const std::string safe = store::sanitize_name(request.name().empty() ? manifest.name : request.name(), to_hex(id));
       manifest.name = safe;
       record.manifest = std::move(manifest);
       if (out.empty()) {
@@ -548,6 +555,43 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       self->watch(c, started);
       started->start_download(request.wait_for_holders());
     });
+  }
+
+  // What a share link or a manifest file adds to a request (request-file
+  // --link / --manifest): its central server must be ours (the key ours
+  // proved is the one it names), its size the file's, and a manifest file's
+  // hashes, once they give the id, are the ones the download checks chunks
+  // against. The refusal in one line, or nullopt; `manifest` becomes the
+  // manifest file's when there is one.
+  std::optional<std::string> check_handoff(const pb::RequestFile& request, const FileId& id, Manifest& manifest) {
+    if (!request.central_fingerprint().empty()) {
+      const auto& key = services->central->central_key();
+      const std::string wanted = to_hex(std::span(
+          reinterpret_cast<const std::uint8_t*>(request.central_fingerprint().data()), request.central_fingerprint().size()));
+      const bool same = key && request.central_fingerprint().size() == key->size() &&
+                        std::memcmp(key->data(), request.central_fingerprint().data(), key->size()) == 0;
+      if (!same) {
+        return fmt::format(
+            "refused: the link names the central server {} with key fingerprint {}, but this peer-server's central "
+            "server {} has key fingerprint {} (start a peer-server with --central-server-addr {})",
+            store::display_name(request.central_addr()), wanted, config.central.to_string(),
+            key ? tls::fingerprint_of(*key) : std::string("unknown"), store::display_name(request.central_addr()));
+      }
+    }
+    if (request.has_manifest()) {
+      Manifest given;
+      try {
+        given = manifest_from_wire(request.manifest());
+      } catch (const Error& e) {
+        return std::string("the manifest file: ") + e.what();
+      }
+      if (given.file_id() != id) return std::string("the manifest file does not give the file id asked for");
+      manifest.chunk_hashes = std::move(given.chunk_hashes);
+    }
+    if (request.has_size() && request.size() != manifest.size) {
+      return fmt::format("the link says {} bytes, but file {} has {}", request.size(), to_hex(id), manifest.size);
+    }
+    return std::nullopt;
   }
 
   void watch(const std::shared_ptr<wire::Connection>& c, const std::shared_ptr<Swarm>& swarm) {
@@ -614,6 +658,31 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     withdraw(*id);
     pb::ControlResponse response;
     response.mutable_done();
+    c->send(encode(response));
+  }
+
+  // share-link and export-manifest: a file this peer shares or downloads,
+  // and the central server it uses, with the key that server proved.
+  void describe_file(const std::shared_ptr<wire::Connection>& c, const std::string& raw_id) {
+    auto id = file_id_from_bytes(raw_id);
+    if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
+    auto swarm = lookup(*id);
+    if (!swarm) {
+      throw Error(Errc::not_found,
+                  fmt::format("this peer-server neither shares nor downloads {}: register it first", to_hex(*id)));
+    }
+    std::optional<tls::KeyHash> key = services->central->central_key();
+    if (!key) key = config.central_fingerprint;
+    if (!key) {
+      throw Error(Errc::unavailable, fmt::format("not connected to the central server {} yet, so its key is not "
+                                                 "known: try again in a moment",
+                                                 config.central.to_string()));
+    }
+    pb::ControlResponse response;
+    auto* out = response.mutable_description();
+    manifest_to_wire(swarm->manifest(), out->mutable_manifest());
+    out->set_central_addr(config.central.to_string());
+    out->set_central_fingerprint(std::string(key->begin(), key->end()));
     c->send(encode(response));
   }
 

@@ -11,7 +11,8 @@ namespace {
 
 const std::vector<std::string> kCommands = {"central-server", "peer-server",  "register-file",
                                             "request-file",   "stop-sharing", "status",
-                                            "list-files",     "list-peers",   "file-info"};
+                                            "list-files",     "list-peers",   "file-info",
+                                            "share-link",     "export-manifest"};
 
 RunResult p2p(const std::vector<std::string>& args, const TempDir& dir) {
   std::vector<std::string> full{binary()};
@@ -67,12 +68,15 @@ TEST_CASE("p2pshare <command> --help exits 0 and shows the options with their de
       {"peer-server",
        {"--central-server-addr", "--addr", "--data-dir", "--download-dir", "--upload-limit", "--download-limit"}},
       {"register-file", {"--path", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json"}},
-      {"request-file", {"--file-id", "--out", "--wait", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json"}},
+      {"request-file",
+       {"--file-id", "--out", "--wait", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json", "--link", "--manifest"}},
       {"stop-sharing", {"--file-id", "--peer-addr", "127.0.0.1:7071", "--json"}},
       {"status", {"--peer-addr", "127.0.0.1:7071", "--data-dir", "--json"}},
       {"list-files", {"--central-server-addr", "127.0.0.1:7070", "--json"}},
       {"list-peers", {"--file-id", "--central-server-addr", "127.0.0.1:7070", "--json"}},
       {"file-info", {"--file-id", "--central-server-addr", "127.0.0.1:7070", "--json"}},
+      {"share-link", {"--file-id", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json", "--config"}},
+      {"export-manifest", {"--file-id", "--out", "--peer-addr", "127.0.0.1:7071", "--json", "--config"}},
   };
   REQUIRE(expected.size() == kCommands.size());
   for (const auto& [name, words] : expected) {

@@ -14,6 +14,9 @@ int main(int argc, char* argv[]) {
   std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/p2pshare-xdg-XXXXXX";
   const bool isolated = ::mkdtemp(pattern.data()) != nullptr;
   if (isolated) ::setenv("XDG_DATA_HOME", pattern.c_str(), 1);  // NOLINT(concurrency-mt-unsafe): as above
+  // The runner's own config file (~/.config/p2pshare/config.toml) is never
+  // read: the default config path points into the same empty dir.
+  if (isolated) ::setenv("XDG_CONFIG_HOME", pattern.c_str(), 1);  // NOLINT(concurrency-mt-unsafe): as above
   const int result = Catch::Session().run(argc, argv);
   if (isolated) {
     std::error_code ignored;
