@@ -20,7 +20,9 @@
 
 namespace p2pshare::cmd {
 
-void add_help(cxxopts::Options& options) { options.add_options()("h,help", "Show this help"); }
+void add_help(cxxopts::Options& options) {
+  options.add_options()("h,help", "Show this help");
+}
 
 namespace {
 

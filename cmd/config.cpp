@@ -65,8 +65,8 @@ std::vector<std::string> arguments_of(const Where& where, const OptionSpec& spec
   std::vector<std::string> values;
   if (spec.flag) {
     const auto* b = node.as_boolean();
-    if (b == nullptr) where.fail(fmt::format("--{} takes no value: write true or false, not {}", spec.name,
-                                             type_name(node)));
+    if (b == nullptr)
+      where.fail(fmt::format("--{} takes no value: write true or false, not {}", spec.name, type_name(node)));
     if (!b->get()) return {};
     return {"--" + spec.name};
   }
@@ -74,8 +74,8 @@ std::vector<std::string> arguments_of(const Where& where, const OptionSpec& spec
     if (!spec.repeatable) where.fail(fmt::format("--{} takes one value, not an array", spec.name));
     for (const auto& element : *array) {
       auto text = scalar_text(element);
-      if (!text) where.fail(fmt::format("--{} wants strings or numbers in its array, not {}", spec.name,
-                                        type_name(element)));
+      if (!text)
+        where.fail(fmt::format("--{} wants strings or numbers in its array, not {}", spec.name, type_name(element)));
       values.push_back(*text);
     }
   } else {
@@ -121,8 +121,7 @@ std::filesystem::path default_path() {
     return std::filesystem::path(xdg) / "p2pshare" / "config.toml";
   }
   const char* home = std::getenv("HOME");  // NOLINT(concurrency-mt-unsafe): as above
-  return std::filesystem::path(home != nullptr && *home != '\0' ? home : ".") / ".config" / "p2pshare" /
-         "config.toml";
+  return std::filesystem::path(home != nullptr && *home != '\0' ? home : ".") / ".config" / "p2pshare" / "config.toml";
 }
 
 std::vector<OptionSpec> specs_of(const cxxopts::Options& options) {
@@ -150,8 +149,8 @@ std::vector<std::string> arguments_from_file(
   try {
     table = toml::parse(in, file);
   } catch (const toml::parse_error& e) {
-    throw Error(Errc::usage, fmt::format("{}:{}: syntax error: {}", file, e.source().begin.line,
-                                         one_line(e.description())));
+    throw Error(Errc::usage,
+                fmt::format("{}:{}: syntax error: {}", file, e.source().begin.line, one_line(e.description())));
   }
   const auto mine = specs_of(options);
   // Every command's options, built once when a key is not one of ours.

@@ -23,7 +23,7 @@ std::filesystem::path default_path();
 
 // What one option of one command looks like to the config file.
 struct OptionSpec {
-  std::string name;  // the long name, without "--"
+  std::string name;         // the long name, without "--"
   bool flag = false;        // takes no value: true adds it, false leaves it out
   bool repeatable = false;  // a container option: a TOML array
 };

@@ -1,8 +1,8 @@
 // p2pshare request-file --file-id ID | --link LINK | --manifest FILE.p2ps [--out PATH]
 #include <unistd.h>
 
-#include <cstdio>
 #include <cerrno>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <iterator>

@@ -34,7 +34,9 @@ int hex_value(char c) {
   return -1;
 }
 
-[[noreturn]] void malformed(const std::string& why) { throw Error(Errc::usage, "malformed link: " + why); }
+[[noreturn]] void malformed(const std::string& why) {
+  throw Error(Errc::usage, "malformed link: " + why);
+}
 
 std::string percent_decode(std::string_view key, std::string_view text) {
   std::string out;

@@ -70,19 +70,19 @@ std::string file_error(const std::string& bytes) {
 TEST_CASE("a share link round-trips, with its name percent-encoded", "[handoff]") {
   const auto link = sample_link();
   const std::string text = encode_link(link);
-  CHECK(text.rfind("p2pshare://v1/" + to_hex(link.file_id) + "?name=holiday%20photos%20%26%20notes%2F%C3%BC%3F.tar", 0) ==
-        0);
+  CHECK(text.rfind("p2pshare://v1/" + to_hex(link.file_id) + "?name=holiday%20photos%20%26%20notes%2F%C3%BC%3F.tar",
+                   0) == 0);
   CHECK(text.find("&central=[::1]:7070&") != std::string::npos);
   CHECK(decode_link(text) == link);
   // The scheme is case-insensitive, percent escapes take either case, and
   // the order of the parameters is free.
-  ShareLink again = decode_link("P2PSHARE://v1/" + to_hex(link.file_id) +
-                                "?fp=" + [] {
+  ShareLink again = decode_link("P2PSHARE://v1/" + to_hex(link.file_id) + "?fp=" +
+                                [] {
                                   std::string fp;
                                   for (int i = 0; i < 32; ++i) fp += "AB";
                                   return fp;
-                                }() + "&central=%5B::1%5d:7070&size=49157&name=" +
-                                percent_encode(link.name));
+                                }() +
+                                "&central=%5B::1%5d:7070&size=49157&name=" + percent_encode(link.name));
   CHECK(again == link);
 }
 
@@ -104,9 +104,9 @@ TEST_CASE("a malformed link is refused, saying why", "[handoff]") {
   CHECK_THAT(decode_error("p2pshare://v1/" + id + "?name=a&extra=1" + rest), Catch::Contains("unknown parameter"));
   CHECK_THAT(decode_error("p2pshare://v1/" + id + "?name=a&size=01&central=h:1&fp=" + std::string(64, '0')),
              Catch::Contains("size"));
-  CHECK_THAT(decode_error("p2pshare://v1/" + id + "?name=a&size=99999999999999999999&central=h:1&fp=" +
-                          std::string(64, '0')),
-             Catch::Contains("size"));
+  CHECK_THAT(
+      decode_error("p2pshare://v1/" + id + "?name=a&size=99999999999999999999&central=h:1&fp=" + std::string(64, '0')),
+      Catch::Contains("size"));
   CHECK_THAT(decode_error("p2pshare://v1/" + id + "?name=a&size=1&central=nohost&fp=" + std::string(64, '0')),
              Catch::Contains("HOST:PORT"));
   CHECK_THAT(decode_error("p2pshare://v1/" + id + "?name=a&size=1&central=h%1B:1&fp=" + std::string(64, '0')),
@@ -156,8 +156,7 @@ TEST_CASE("a manifest file whose id its hashes do not give is refused, checksum 
   std::string bytes = encode_manifest_file(sample_file());
   bytes[12] = static_cast<char>(bytes[12] ^ 0xff);  // the stored file id
   // A consistent checksum: only the id is wrong.
-  const auto sum =
-      Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size() - 32));
+  const auto sum = Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size() - 32));
   std::memcpy(bytes.data() + bytes.size() - 32, sum.bytes.data(), 32);
   CHECK_THAT(file_error(bytes), Catch::Contains("is not the one its chunk hashes give"));
 }

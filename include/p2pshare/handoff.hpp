@@ -29,7 +29,9 @@ using Fingerprint = std::array<std::uint8_t, 32>;
 
 inline constexpr std::string_view kLinkScheme = "p2pshare://";
 inline constexpr unsigned kLinkVersion = 1;
-inline constexpr std::size_t kMaxLinkLength = 4096;
+// The longest link a writer makes is about 4,140 characters (a 1020-byte name
+// all percent-encoded, a 300-byte address).
+inline constexpr std::size_t kMaxLinkLength = 8192;
 // Names as long as a manifest may carry (manifest_from_wire's limit).
 inline constexpr std::size_t kMaxHandoffNameLength = kMaxNameLength * 4;
 // The largest file a manifest describes: kMaxChunkCount chunks of kMaxChunkSize.
@@ -37,7 +39,7 @@ inline constexpr std::uint64_t kMaxFileSize = std::uint64_t{kMaxChunkCount} * kM
 
 struct ShareLink {
   FileId file_id;
-  std::string name;     // UTF-8, 1 .. kMaxHandoffNameLength bytes
+  std::string name;  // UTF-8, 1 .. kMaxHandoffNameLength bytes
   std::uint64_t size = 0;
   std::string central;  // HOST:PORT
   Fingerprint central_fingerprint{};

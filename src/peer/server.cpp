@@ -537,7 +537,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       }
       DownloadRecord record;
       // A link's name is metadata from a stranger, like the central server's.
-      const std::string safe = store::sanitize_name(request.name().empty() ? manifest.name : request.name(), to_hex(id));
+      const std::string safe =
+          store::sanitize_name(request.name().empty() ? manifest.name : request.name(), to_hex(id));
       manifest.name = safe;
       record.manifest = std::move(manifest);
       if (out.empty()) {
@@ -566,8 +567,9 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   std::optional<std::string> check_handoff(const pb::RequestFile& request, const FileId& id, Manifest& manifest) {
     if (!request.central_fingerprint().empty()) {
       const auto& key = services->central->central_key();
-      const std::string wanted = to_hex(std::span(
-          reinterpret_cast<const std::uint8_t*>(request.central_fingerprint().data()), request.central_fingerprint().size()));
+      const std::string wanted =
+          to_hex(std::span(reinterpret_cast<const std::uint8_t*>(request.central_fingerprint().data()),
+                           request.central_fingerprint().size()));
       const bool same = key && request.central_fingerprint().size() == key->size() &&
                         std::memcmp(key->data(), request.central_fingerprint().data(), key->size()) == 0;
       if (!same) {

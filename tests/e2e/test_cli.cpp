@@ -9,10 +9,9 @@ using namespace p2pshare::test;
 
 namespace {
 
-const std::vector<std::string> kCommands = {"central-server", "peer-server",  "register-file",
-                                            "request-file",   "stop-sharing", "status",
-                                            "list-files",     "list-peers",   "file-info",
-                                            "share-link",     "export-manifest"};
+const std::vector<std::string> kCommands = {"central-server", "peer-server", "register-file",  "request-file",
+                                            "stop-sharing",   "status",      "list-files",     "list-peers",
+                                            "file-info",      "share-link",  "export-manifest"};
 
 RunResult p2p(const std::vector<std::string>& args, const TempDir& dir) {
   std::vector<std::string> full{binary()};
@@ -69,7 +68,8 @@ TEST_CASE("p2pshare <command> --help exits 0 and shows the options with their de
        {"--central-server-addr", "--addr", "--data-dir", "--download-dir", "--upload-limit", "--download-limit"}},
       {"register-file", {"--path", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json"}},
       {"request-file",
-       {"--file-id", "--out", "--wait", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json", "--link", "--manifest"}},
+       {"--file-id", "--out", "--wait", "--peer-addr", "127.0.0.1:7071", "--data-dir", "--json", "--link",
+        "--manifest"}},
       {"stop-sharing", {"--file-id", "--peer-addr", "127.0.0.1:7071", "--json"}},
       {"status", {"--peer-addr", "127.0.0.1:7071", "--data-dir", "--json"}},
       {"list-files", {"--central-server-addr", "127.0.0.1:7070", "--json"}},

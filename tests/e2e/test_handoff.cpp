@@ -12,7 +12,9 @@ using namespace p2pshare::test;
 
 namespace {
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+std::string first_line(const std::string& text) {
+  return text.substr(0, text.find('\n'));
+}
 
 void flip_byte(const fs::path& path, std::size_t offset) {
   std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
@@ -96,8 +98,8 @@ TEST_CASE("a damaged manifest file, a bad link or another central's link write n
     fs::resize_file(cut, size - 33);
     check_fails("truncated", c.on_peer(1, "request-file", {"--manifest", cut.string(), "--out", out.string()}), 1,
                 {"cut.p2ps", "truncated"});
-    check_fails("not a manifest", c.on_peer(1, "request-file", {"--manifest", file.string(), "--out", out.string()}),
-                1, {"magic"});
+    check_fails("not a manifest", c.on_peer(1, "request-file", {"--manifest", file.string(), "--out", out.string()}), 1,
+                {"magic"});
     CHECK_FALSE(fs::exists(out));
   }
 
@@ -122,12 +124,14 @@ TEST_CASE("a damaged manifest file, a bad link or another central's link write n
 
   // A link naming a central server with another key: refused, naming both keys.
   const std::string other_fp(64, '7');
-  const auto refused = c.on_peer(1, "request-file", {"--link", with_param(link, "fp", other_fp), "--out", out.string()});
+  const auto refused =
+      c.on_peer(1, "request-file", {"--link", with_param(link, "fp", other_fp), "--out", out.string()});
   check_fails("another central's key", refused, 1, {other_fp, "fingerprint", c.central_addr()});
   CHECK_FALSE(fs::exists(out));
   // A link whose size is not the file's.
-  check_fails("wrong size", c.on_peer(1, "request-file", {"--link", with_param(link, "size", "7"), "--out", out.string()}),
-              1, {"7 bytes"});
+  check_fails("wrong size",
+              c.on_peer(1, "request-file", {"--link", with_param(link, "size", "7"), "--out", out.string()}), 1,
+              {"7 bytes"});
   CHECK_FALSE(fs::exists(out));
 
   // A link's name is a name, never a path: it lands in the download dir.

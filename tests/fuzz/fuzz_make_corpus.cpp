@@ -20,6 +20,7 @@
 
 #include "central.pb.h"
 #include "common.pb.h"
+#include "p2pshare/handoff.hpp"
 #include "p2pshare/manifest.hpp"
 #include "p2pshare/protocol.hpp"
 #include "p2pshare/wire.hpp"
@@ -345,6 +346,29 @@ void peer(const std::string& file_id) {
   }
 }
 
+// fuzz_handoff: the same bytes are tried as a link and as a manifest file.
+void handoff_seeds() {
+  Manifest m;
+  m.size = 3 * kMinChunkSize + 17;
+  m.chunk_size = kMinChunkSize;
+  for (std::uint8_t i = 0; i < 4; ++i) {
+    Sha256Digest d;
+    d.bytes.fill(static_cast<std::uint8_t>(0x11 * (i + 1)));
+    m.chunk_hashes.push_back(d);
+  }
+  m.name = "holiday photos & notes.tar";
+  handoff::Fingerprint fp{};
+  fp.fill(0xc3);
+  write("fuzz_handoff", "link", handoff::encode_link({m.file_id(), m.name, m.size, "127.0.0.1:7070", fp}));
+  write("fuzz_handoff", "link_ipv6_utf8",
+        handoff::encode_link({m.file_id(), "\xc3\xbcber \xe2\x80\xae.txt", 0, "[::1]:7070", fp}));
+  write("fuzz_handoff", "manifest_file", handoff::encode_manifest_file({m, "127.0.0.1:7070", fp}));
+  Manifest empty;
+  empty.size = 0;
+  empty.name = "empty";
+  write("fuzz_handoff", "manifest_file_empty", handoff::encode_manifest_file({empty, "central.example:7070", fp}));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -368,6 +392,7 @@ int main(int argc, char** argv) {
   const std::string id = to_bytes(build_manifest(file, 1).file_id());
   fs::remove(file);
   peer(id);
+  handoff_seeds();
   std::printf("wrote %d seeds under %s\n", g_count, g_root.c_str());
   return 0;
 }
