@@ -1,5 +1,6 @@
 #include "config.hpp"
 
+#include <array>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -88,8 +89,7 @@ std::vector<std::string> arguments_of(const Where& where, const OptionSpec& spec
     // The command line's own parser decides the type: "abc" for a number
     // fails here exactly as it would there.
     std::vector<std::string> trial_args{"p2pshare", "--" + spec.name + "=" + value};
-    std::vector<char*> trial_argv;
-    for (auto& a : trial_args) trial_argv.push_back(a.data());
+    std::array<char*, 2> trial_argv{trial_args[0].data(), trial_args[1].data()};
     try {
       (void)options.parse(static_cast<int>(trial_argv.size()), trial_argv.data());
     } catch (const cxxopts::exceptions::exception& e) {
