@@ -53,10 +53,14 @@ for stage in $stages; do
       ctest --preset "$stage" -j"$jobs" --timeout 900 "${exclude[@]}"
       ;;
     package)
+      # Packages build/release's binary (the release preset has Debian's
+      # hardening flags): after the release stage nothing is recompiled.
       section "Debian package: build and check"
       bash tests/package/check.sh
       ;;
     fuzz)
+      # The fuzz targets are built by the asan stage (build/asan, clang with
+      # -fsanitize=fuzzer-no-link): after it, this stage only runs them.
       section "fuzzing, ${fuzz_seconds}s per target"
       bash tests/fuzz/run.sh "$fuzz_seconds"
       ;;
