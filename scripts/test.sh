@@ -59,8 +59,6 @@ for stage in $stages; do
       bash tests/package/check.sh
       ;;
     fuzz)
-      # The fuzz targets are built by the asan stage (build/asan, clang with
-      # -fsanitize=fuzzer-no-link): after it, this stage only runs them.
       section "fuzzing, ${fuzz_seconds}s per target"
       bash tests/fuzz/run.sh "$fuzz_seconds"
       ;;

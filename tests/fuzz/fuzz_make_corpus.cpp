@@ -1,7 +1,7 @@
 // Writes the seed corpora under <dir>/<target>/. Run once by hand and
 // commit the output (the seeds are serialized protobufs, and python3 here
 // has no protobuf module):
-//   build/asan/tests/fuzz/fuzz_make_corpus tests/fuzz/corpus
+//   build/fuzz/tests/fuzz/fuzz_make_corpus tests/fuzz/corpus
 //
 // The server targets read their input through FuzzedDataProvider, which
 // takes integers from the end of the input and bytes from the front.

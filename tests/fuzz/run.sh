@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (in the "asan" preset's build, which compiles
-# everything with clang and -fsanitize=address,undefined,fuzzer-no-link, so
-# the asan stage of scripts/test.sh has built them already) and runs each for
-# a while.
+# Builds the libFuzzer targets (the "fuzz" preset) and runs each for a while.
 #
 #   tests/fuzz/run.sh [SECONDS] [TARGET...]     (from any directory)
 #
 # SECONDS per target, default 30; TARGETs default to all. Each target runs on
 # a copy of its seed corpus in a scratch dir, so runs do not grow the repo.
-# A crash's input is kept in build/asan/fuzz-artifacts/<target>/ and the
+# A crash's input is kept in build/fuzz/fuzz-artifacts/<target>/ and the
 # target's log tail is printed. Exit status: 0 if no target crashed, 1 if
 # any did, 2 on a build or usage problem.
 set -euo pipefail
@@ -22,7 +19,7 @@ fi
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 fuzz_dir=$root/tests/fuzz
-build_dir=$root/build/asan
+build_dir=$root/build/fuzz
 all_targets=(fuzz_frame_decoder fuzz_manifest fuzz_sanitize_name fuzz_central_server fuzz_peer_server)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${all_targets[@]}")
@@ -34,8 +31,7 @@ for target in "${targets[@]}"; do
 done
 
 cd "$root"
-# Only the targets asked for: run alone, this stage does not build the tests.
-if ! { cmake --preset asan >/dev/null && cmake --build --preset asan -j2 --target "${targets[@]}"; }; then
+if ! { cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j2; }; then
   echo "fuzz build failed" >&2
   exit 2
 fi
