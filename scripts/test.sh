@@ -53,6 +53,8 @@ for stage in $stages; do
       ctest --preset "$stage" -j"$jobs" --timeout 900 "${exclude[@]}"
       ;;
     package)
+      # Packages build/release's binary (the release preset has Debian's
+      # hardening flags): after the release stage nothing is recompiled.
       section "Debian package: build and check"
       bash tests/package/check.sh
       ;;
