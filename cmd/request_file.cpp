@@ -102,15 +102,16 @@ int stream_to_stdout(const cxxopts::ParseResult& args, const pb::ControlRequest&
     if (response.has_error()) throw_remote(response.error());
     if (response.has_downloaded()) {
       if (written != response.downloaded().size()) {
-        throw Error(Errc::protocol, fmt::format("the stream ended after {} of {} bytes", written,
-                                                response.downloaded().size()));
+        throw Error(Errc::protocol,
+                    fmt::format("the stream ended after {} of {} bytes", written, response.downloaded().size()));
       }
       return 0;
     }
     if (!response.has_stream_data()) throw Error(Errc::protocol, "unexpected answer from the peer-server");
     const auto& data = response.stream_data();
     if (data.offset() != written) {
-      throw Error(Errc::protocol, fmt::format("stream bytes out of order: offset {}, expected {}", data.offset(), written));
+      throw Error(Errc::protocol,
+                  fmt::format("stream bytes out of order: offset {}, expected {}", data.offset(), written));
     }
     if (!write_all(data.data())) return 0;
     written += data.data().size();

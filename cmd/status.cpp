@@ -78,9 +78,10 @@ int run_status(int argc, char** argv) {
   }
   print_table({"FILE ID", "NAME", "SIZE", "DONE", "STATE", "UPLOADED"}, rows);
   for (const auto& f : s.folders()) {
-    std::cout << fmt::format("\nshare-dir {}: {} files shared, {} waiting or hashing, {} skipped ({} hashed, {} "
-                             "unchanged since the last run)\n",
-                             f.path(), f.files(), f.pending(), f.skipped(), f.hashed(), f.reused());
+    std::cout << fmt::format(
+        "\nshare-dir {}: {} files shared, {} waiting or hashing, {} skipped ({} hashed, {} "
+        "unchanged since the last run)\n",
+        f.path(), f.files(), f.pending(), f.skipped(), f.hashed(), f.reused());
   }
   return 0;
 }

@@ -303,7 +303,8 @@ std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now,
 
 std::vector<ChunkIndex> Core::window_picks(const PeerState& peer, std::size_t wanted) const {
   std::vector<ChunkIndex> picks;
-  const std::uint64_t end = std::min<std::uint64_t>(chunk_count_, std::uint64_t{window_->first.value} + window_->length);
+  const std::uint64_t end =
+      std::min<std::uint64_t>(chunk_count_, std::uint64_t{window_->first.value} + window_->length);
   for (std::uint64_t i = window_->first.value; i < end && picks.size() < wanted; ++i) {
     const ChunkIndex index{static_cast<std::uint32_t>(i)};
     const ChunkState& chunk = chunks_[i];

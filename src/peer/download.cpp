@@ -42,8 +42,8 @@ std::optional<sched::Window> Swarm::window() {
   // Far enough ahead that the budget of chunks in flight, not the window,
   // limits the rate; on disk, not in memory.
   constexpr std::uint64_t kReadAheadBytes = std::uint64_t{16} * 1024 * 1024;
-  const auto length = static_cast<std::uint32_t>(
-      std::max<std::uint64_t>(2 * chunk_budget(), kReadAheadBytes / manifest_->chunk_size));
+  const auto length =
+      static_cast<std::uint32_t>(std::max<std::uint64_t>(2 * chunk_budget(), kReadAheadBytes / manifest_->chunk_size));
   if (!download.streams.empty()) {
     std::uint32_t first = download.streams.begin()->second;
     for (const auto& [token, next] : download.streams) first = std::min(first, next);

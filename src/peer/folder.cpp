@@ -16,8 +16,8 @@
 namespace p2pshare::peer {
 namespace {
 
-constexpr std::uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM |
-                                     IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW;
+constexpr std::uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO |
+                                     IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW;
 // Paths stat'ed per disk job, and files (or bytes) hashed per disk job: the
 // disk pool is shared with the transfers.
 constexpr std::size_t kExamineBatch = 256;
@@ -160,8 +160,7 @@ void FolderWatcher::drop_watches_under(const std::filesystem::path& dir) {
 void FolderWatcher::walk(const std::filesystem::path& dir, bool immediate) {
   add_watch(dir);
   std::error_code ec;
-  std::filesystem::recursive_directory_iterator it(dir, std::filesystem::directory_options::skip_permission_denied,
-                                                   ec);
+  std::filesystem::recursive_directory_iterator it(dir, std::filesystem::directory_options::skip_permission_denied, ec);
   if (ec) {
     log::warn("cannot list {}: {}", dir.string(), ec.message());
     return;
@@ -188,16 +187,16 @@ void FolderWatcher::rescan() {
 }
 
 void FolderWatcher::read_events() {
-  stream_->async_read_some(asio::buffer(buffer_), [self = shared_from_this()](const std::error_code& ec,
-                                                                              std::size_t bytes) {
-    if (self->stopped_) return;
-    if (ec) {
-      log::error("the shared folders are no longer watched: {}", ec.message());
-      return;
-    }
-    self->on_events(bytes);
-    self->read_events();
-  });
+  stream_->async_read_some(asio::buffer(buffer_),
+                           [self = shared_from_this()](const std::error_code& ec, std::size_t bytes) {
+                             if (self->stopped_) return;
+                             if (ec) {
+                               log::error("the shared folders are no longer watched: {}", ec.message());
+                               return;
+                             }
+                             self->on_events(bytes);
+                             self->read_events();
+                           });
 }
 
 void FolderWatcher::on_events(std::size_t bytes) {

@@ -43,14 +43,12 @@ namespace p2pshare::peer {
 // What the peer-server does for its folders (all on the network thread).
 struct FolderHost {
   // Share the file at `path` as the manifest says (hashed just now).
-  std::function<void(const std::filesystem::path& path, Manifest manifest, const store::FileIdentity& identity)>
-      share;
+  std::function<void(const std::filesystem::path& path, Manifest manifest, const store::FileIdentity& identity)> share;
   // `id` at `path` is gone or changed: withdraw it (if still shared from there).
   std::function<void(const FileId& id, const std::filesystem::path& path)> unshare;
   // The same bytes are now at `path` (renamed, or only their ctime moved):
   // shared from there without hashing. False if `id` is not shared any more.
-  std::function<bool(const FileId& id, const std::filesystem::path& path, const store::FileIdentity& identity)>
-      moved;
+  std::function<bool(const FileId& id, const std::filesystem::path& path, const store::FileIdentity& identity)> moved;
 };
 
 // A file shared from a folder, as it was when hashed.

@@ -721,7 +721,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     FolderHost host;
     std::weak_ptr<Impl> weak = weak_from_this();
     host.share = [weak](const std::filesystem::path& path, Manifest manifest, const store::FileIdentity& identity) {
-      if (auto self = weak.lock(); self && !self->stopping) self->add_shared(nullptr, path, std::move(manifest), identity);
+      if (auto self = weak.lock(); self && !self->stopping)
+        self->add_shared(nullptr, path, std::move(manifest), identity);
     };
     host.unshare = [weak](const FileId& id, const std::filesystem::path& path) {
       if (auto self = weak.lock(); self && !self->stopping) self->unshare(id, path);

@@ -84,11 +84,11 @@ class Stream : public std::enable_shared_from_this<Stream> {
     }
     if (!swarm_->have().test(ChunkIndex{next_}) || c->queued_bytes() >= kQueuedBytes) return;
     reading_ = true;
-    swarm_->read_chunk(ChunkIndex{next_}, [self = shared_from_this()](BufferPool::Buffer buffer,
-                                                                      std::optional<Failure> failure) {
-      self->reading_ = false;
-      self->on_read(std::move(buffer), std::move(failure));
-    });
+    swarm_->read_chunk(ChunkIndex{next_},
+                       [self = shared_from_this()](BufferPool::Buffer buffer, std::optional<Failure> failure) {
+                         self->reading_ = false;
+                         self->on_read(std::move(buffer), std::move(failure));
+                       });
   }
 
   void on_read(const BufferPool::Buffer& buffer, std::optional<Failure> failure) {
