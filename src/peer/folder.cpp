@@ -40,15 +40,15 @@ bool same_bytes(const store::FileIdentity& a, const store::FileIdentity& b) {
 
 FolderWatcher::FolderWatcher(asio::io_context& io, asio::thread_pool& disk, std::vector<std::filesystem::path> folders,
                              FolderHost host)
-    : io_(io), disk_(disk), host_(std::move(host)), buffer_(64 * 1024), timer_(io) {
+    : io_(io), disk_(disk), host_(std::move(host)), buffer_(std::size_t{64} * 1024), timer_(io) {
   for (auto& root : folders) folders_.push_back(Folder{std::move(root)});
 }
 
-void FolderWatcher::start(std::map<std::filesystem::path, KnownFile> known) {
+void FolderWatcher::start(const std::map<std::filesystem::path, KnownFile>& known) {
   fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd_ < 0) throw Error(Errc::io, fmt::format("cannot watch the shared folders: inotify: {}", errno_text(errno)));
   stream_ = std::make_unique<asio::posix::stream_descriptor>(io_, fd_);
-  for (auto& [path, file] : known) {
+  for (const auto& [path, file] : known) {
     if (folder_for(path) == nullptr) continue;
     remember(path, file);
     mark(path, false, true);  // deleted while we were down: withdrawn

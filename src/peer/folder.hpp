@@ -78,7 +78,7 @@ class FolderWatcher : public std::enable_shared_from_this<FolderWatcher> {
   // `known`: the files shared from these folders at the last run (peer.db).
   // Watches every folder and queues every file in it. Throws Error(io) when
   // inotify cannot be set up.
-  void start(std::map<std::filesystem::path, KnownFile> known);
+  void start(const std::map<std::filesystem::path, KnownFile>& known);
   void stop();
 
   std::vector<FolderStatus> status() const;

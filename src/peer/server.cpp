@@ -739,7 +739,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       known[swarm->path()] =
           KnownFile{id, identity == identities.end() ? std::nullopt : std::optional(identity->second)};
     }
-    folders->start(std::move(known));
+    folders->start(known);
   }
 };
 

@@ -85,9 +85,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
     if (!swarm_->have().test(ChunkIndex{next_}) || c->queued_bytes() >= kQueuedBytes) return;
     reading_ = true;
     swarm_->read_chunk(ChunkIndex{next_},
-                       [self = shared_from_this()](BufferPool::Buffer buffer, std::optional<Failure> failure) {
+                       [self = shared_from_this()](const BufferPool::Buffer& buffer, std::optional<Failure> failure) {
                          self->reading_ = false;
-                         self->on_read(std::move(buffer), std::move(failure));
+                         self->on_read(buffer, std::move(failure));
                        });
   }
 
