@@ -1,6 +1,7 @@
 #include "peer/stream.hpp"
 
 #include <algorithm>
+#include <map>
 #include <optional>
 
 #include "control.pb.h"
@@ -15,6 +16,9 @@ namespace {
 constexpr std::size_t kPieceBytes = std::size_t{1} << 20;
 // The next chunk is read only below this many unsent bytes.
 constexpr std::size_t kQueuedBytes = std::size_t{4} << 20;
+// Chunks being read or read ahead of the one sent next: at most this many
+// bytes (but always one chunk).
+constexpr std::uint64_t kReadBytes = std::uint64_t{4} << 20;
 // A reader may pause (a player paused) far longer than a write deadline
 // meant for a dead peer.
 constexpr auto kStreamWriteTimeout = std::chrono::hours(24);
@@ -70,42 +74,59 @@ class Stream : public std::enable_shared_from_this<Stream> {
     swarm_->set_stream_position(token_, std::nullopt);
   }
 
+  // Sends the chunks read so far in order, then starts more reads: several
+  // at once (a chunk just written is read back from the disk, not the page
+  // cache), at most kReadBytes held in all.
   void pump() {
     auto c = connection_.lock();
     if (!c || c->closed()) return release();
-    if (reading_ || ended_) return;
+    if (ended_) return;
     if (const auto* failure = outcome_ ? std::get_if<Failure>(&*outcome_) : nullptr) {
       return end(*c, error(failure->code, failure->message));
     }
-    const auto count = swarm_->manifest().chunk_count();
+    for (auto ready = ready_.find(next_); ready != ready_.end(); ready = ready_.find(next_)) {
+      send_chunk(*c, ready->second);
+      held_bytes_ -= ready->second->size();
+      ready_.erase(ready);
+      ++next_;
+      if (!released_ && !swarm_->complete()) swarm_->set_stream_position(token_, next_);
+    }
+    const auto& manifest = swarm_->manifest();
+    const auto count = manifest.chunk_count();
     if (next_ >= count) {
       if (!swarm_->complete() || swarm_->state() != SwarmState::seeding) return;  // Downloaded comes with finished
       return end(*c, downloaded());
     }
-    if (!swarm_->have().test(ChunkIndex{next_}) || c->queued_bytes() >= kQueuedBytes) return;
-    reading_ = true;
-    swarm_->read_chunk(ChunkIndex{next_},
-                       [self = shared_from_this()](const BufferPool::Buffer& buffer, std::optional<Failure> failure) {
-                         self->reading_ = false;
-                         self->on_read(buffer, std::move(failure));
-                       });
+    while (next_read_ < count && swarm_->have().test(ChunkIndex{next_read_}) && c->queued_bytes() < kQueuedBytes &&
+           (held_bytes_ == 0 || held_bytes_ + manifest.chunk_length(ChunkIndex{next_read_}) <= kReadBytes)) {
+      const std::uint32_t index = next_read_++;
+      held_bytes_ += manifest.chunk_length(ChunkIndex{index});
+      swarm_->read_chunk(ChunkIndex{index}, [self = shared_from_this(), index](const BufferPool::Buffer& buffer,
+                                                                               std::optional<Failure> failure) {
+        self->on_read(index, buffer, std::move(failure));
+      });
+      if (ended_) return;  // a read answered at once, and failed
+    }
   }
 
-  void on_read(const BufferPool::Buffer& buffer, std::optional<Failure> failure) {
+  void on_read(std::uint32_t index, const BufferPool::Buffer& buffer, std::optional<Failure> failure) {
     auto c = connection_.lock();
     if (!c || c->closed()) return release();
+    if (ended_) return;
     if (failure) return end(*c, error(failure->code, failure->message));
+    ready_[index] = buffer;
+    pump();
+  }
+
+  void send_chunk(wire::Connection& c, const BufferPool::Buffer& buffer) {
     const std::uint64_t offset = swarm_->manifest().chunk_offset(ChunkIndex{next_});
     for (std::size_t at = 0; at < buffer->size(); at += kPieceBytes) {
       pb::ControlResponse response;
       auto* data = response.mutable_stream_data();
       data->set_offset(offset + at);
       data->set_data(buffer->data() + at, std::min(kPieceBytes, buffer->size() - at));
-      c->send(response.SerializeAsString());
+      c.send(response.SerializeAsString());
     }
-    ++next_;
-    if (!released_ && !swarm_->complete()) swarm_->set_stream_position(token_, next_);
-    pump();
   }
 
   pb::ControlResponse downloaded() const {
@@ -139,8 +160,10 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::weak_ptr<wire::Connection> connection_;
   std::shared_ptr<Swarm> swarm_;
   std::uint64_t token_;
-  std::uint32_t next_ = 0;
-  bool reading_ = false;
+  std::uint32_t next_ = 0;                             // the next chunk to send
+  std::uint32_t next_read_ = 0;                        // the next chunk to read
+  std::map<std::uint32_t, BufferPool::Buffer> ready_;  // read, waiting for the chunks before them
+  std::uint64_t held_bytes_ = 0;                       // being read or in ready_
   bool ended_ = false;
   bool released_ = false;
   std::optional<DownloadOutcome> outcome_;
