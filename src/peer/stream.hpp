@@ -7,7 +7,7 @@
 // less than kQueuedBytes unsent, and the download fetches only a read-ahead
 // window past the stream's position (Swarm::set_stream_position). A reader
 // that stops stops the download once the window is on disk; memory holds at
-// most one chunk and the queue, whatever the file's size.
+// most 4 MiB of chunks being read and the queue, whatever the file's size.
 //
 // Threading: network thread only; the chunk reads go to the disk pool
 // through Swarm::read_chunk.
