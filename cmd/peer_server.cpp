@@ -1,7 +1,10 @@
 // p2pshare peer-server
 #include <asio.hpp>
 
+#include <fmt/format.h>
+
 #include "command.hpp"
+#include "p2pshare/error.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/peer_server.hpp"
 #include "servers.hpp"
@@ -31,6 +34,8 @@ int run_peer_server(int argc, char** argv) {
        cxxopts::value<unsigned>()->default_value("15000"))
       ("holder-refresh", "Milliseconds between asking the central server for new holders while downloading",
        cxxopts::value<unsigned>()->default_value("2000"))
+      ("share-dir", "Share every file under this folder, and keep it shared as files come, change and go "
+       "(may be given more than once)", cxxopts::value<std::vector<std::string>>())
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -51,6 +56,16 @@ int run_peer_server(int argc, char** argv) {
   config.sched.request_timeout = std::chrono::milliseconds(args["request-timeout"].as<unsigned>());
   config.holder_refresh = std::chrono::milliseconds(args["holder-refresh"].as<unsigned>());
   config.central_fingerprint = parse_fingerprint_option(args);
+  if (args.count("share-dir")) {
+    for (const auto& dir : args["share-dir"].as<std::vector<std::string>>()) {
+      std::error_code ec;
+      auto canonical = std::filesystem::canonical(dir, ec);
+      if (ec || !std::filesystem::is_directory(canonical)) {
+        throw Error(Errc::usage, fmt::format("--share-dir {}: not a folder", dir));
+      }
+      config.share_dirs.push_back(std::move(canonical));
+    }
+  }
 
   asio::io_context io(1);
   peer::PeerServer server(io, config);

@@ -1,7 +1,8 @@
-// p2pshare request-file --file-id ID | --link LINK | --manifest FILE.p2ps [--out PATH]
+// p2pshare request-file --file-id ID | --link LINK | --manifest FILE.p2ps [--out PATH] [--stdout] [--sequential]
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -37,6 +38,8 @@ FileId target_of(const cxxopts::ParseResult& args, pb::RequestFile& request);
 
 // Sends the request and prints the answer once the download ends.
 int wait_for_download(const cxxopts::ParseResult& args, const FileId& id, const pb::ControlRequest& request, bool json);
+// --stdout: writes the streamed bytes to stdout as they come.
+int stream_to_stdout(const cxxopts::ParseResult& args, const pb::ControlRequest& request);
 
 }  // namespace
 
@@ -51,7 +54,9 @@ int run_request_file(int argc, char** argv) {
        cxxopts::value<std::string>())
       ("out", "Where the finished file goes (default: the peer's download dir, under the file's name)",
        cxxopts::value<std::string>())
-      ("wait", "While no peer holding the file is live, wait for one instead of failing");
+      ("wait", "While no peer holding the file is live, wait for one instead of failing")
+      ("stdout", "Write the file's bytes to stdout, in order, each chunk verified first, while it downloads")
+      ("sequential", "Fetch the chunks in order first (the file still goes to disk)");
   // clang-format on
   add_control_options(options);
   auto args = parse(options, argc, argv);
@@ -66,6 +71,12 @@ int run_request_file(int argc, char** argv) {
     request.mutable_request_file()->set_out_path(out.string());
   }
   request.mutable_request_file()->set_wait_for_holders(args.count("wait") > 0);
+  request.mutable_request_file()->set_sequential(args.count("sequential") > 0);
+  if (args.count("stdout")) {
+    if (args.count("json")) throw Error(Errc::usage, "--stdout and --json both want stdout: give one");
+    request.mutable_request_file()->set_stream(true);
+    return stream_to_stdout(args, request);
+  }
   const bool json = args.count("json") > 0;
   try {
     return wait_for_download(args, id, request, json);
@@ -119,6 +130,47 @@ FileId target_of(const cxxopts::ParseResult& args, pb::RequestFile& request) {
   request.set_central_addr(file.central);
   request.set_central_fingerprint(std::string(file.central_fingerprint.begin(), file.central_fingerprint.end()));
   return file.manifest.file_id();
+}
+
+// False when the reader went away (EPIPE): the stream ends, quietly.
+bool write_all(std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(STDOUT_FILENO, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EPIPE) return false;
+    if (n < 0) throw Error(Errc::io, fmt::format("cannot write to stdout: {}", errno_text(errno)));
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+int stream_to_stdout(const cxxopts::ParseResult& args, const pb::ControlRequest& request) {
+  // A reader that closes early (`| head -c N`) is an EPIPE from write(), not a signal.
+  std::signal(SIGPIPE, SIG_IGN);
+  auto control = connect_control(args);
+  control.send(request);
+  std::uint64_t written = 0;
+  while (true) {
+    // Nothing arrives while no holder sends (or the file is verified first).
+    auto response = control.receive(std::chrono::minutes(10));
+    if (response.has_progress()) continue;
+    if (response.has_error()) throw_remote(response.error());
+    if (response.has_downloaded()) {
+      if (written != response.downloaded().size()) {
+        throw Error(Errc::protocol,
+                    fmt::format("the stream ended after {} of {} bytes", written, response.downloaded().size()));
+      }
+      return 0;
+    }
+    if (!response.has_stream_data()) throw Error(Errc::protocol, "unexpected answer from the peer-server");
+    const auto& data = response.stream_data();
+    if (data.offset() != written) {
+      throw Error(Errc::protocol,
+                  fmt::format("stream bytes out of order: offset {}, expected {}", data.offset(), written));
+    }
+    if (!write_all(data.data())) return 0;
+    written += data.data().size();
+  }
 }
 
 int wait_for_download(const cxxopts::ParseResult& args, const FileId& id, const pb::ControlRequest& request,

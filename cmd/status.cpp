@@ -32,7 +32,17 @@ int run_status(int argc, char** argv) {
                         {"name", f.name()},
                         {"path", f.path()},
                         {"size", f.size()},
-                        {"uploaded", f.uploaded()}});
+                        {"uploaded", f.uploaded()},
+                        {"folder", f.folder()}});
+    }
+    nlohmann::json folders = nlohmann::json::array();
+    for (const auto& f : s.folders()) {
+      folders.push_back({{"path", f.path()},
+                         {"files", f.files()},
+                         {"pending", f.pending()},
+                         {"skipped", f.skipped()},
+                         {"hashed", f.hashed()},
+                         {"reused", f.reused()}});
     }
     nlohmann::json downloads = nlohmann::json::array();
     for (const auto& d : s.downloads()) {
@@ -49,7 +59,8 @@ int run_status(int argc, char** argv) {
                 {"addr", s.listen_addr()},
                 {"central_connected", s.central_connected()},
                 {"shared", shared},
-                {"downloads", downloads}});
+                {"downloads", downloads},
+                {"folders", folders}});
     return 0;
   }
   std::cout << fmt::format("peer {} on {}, central server {}\n\n", hex(s.peer_id()), s.listen_addr(),
@@ -66,6 +77,12 @@ int run_status(int argc, char** argv) {
                     fmt::format("{} ({} peers)", d.state(), d.peers()), "-"});
   }
   print_table({"FILE ID", "NAME", "SIZE", "DONE", "STATE", "UPLOADED"}, rows);
+  for (const auto& f : s.folders()) {
+    std::cout << fmt::format(
+        "\nshare-dir {}: {} files shared, {} waiting or hashing, {} skipped ({} hashed, {} "
+        "unchanged since the last run)\n",
+        f.path(), f.files(), f.pending(), f.skipped(), f.hashed(), f.reused());
+  }
   return 0;
 }
 

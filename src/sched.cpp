@@ -255,21 +255,33 @@ std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now,
   if (state.outstanding.size() >= target || limit == 0) return picks;
   const std::size_t wanted = std::min(target - state.outstanding.size(), limit);
 
-  // Rarest first. A seed matches the first entry; a peer lacking the rarest
-  // chunks skips them, but only once until open_ changes under it.
-  // Collected first because requesting moves a chunk out of open_.
-  auto it = open_.begin();
-  if (state.scan_from && state.scan_epoch == open_epoch_) it = open_.lower_bound(*state.scan_from);
-  PoolKey last_pick{};
-  for (; it != open_.end() && picks.size() < wanted; ++it) {
-    if (!state.has.test(ChunkIndex{it->index}) || state.deferred.contains(ChunkIndex{it->index})) continue;
-    picks.push_back(ChunkIndex{it->index});
-    last_pick = *it;
+  // The priority window first, in order. Taking chunks out of open_ moves
+  // nothing earlier in it, so scan_from stays valid.
+  if (window_) {
+    picks = window_picks(state, wanted);
+    for (ChunkIndex chunk : picks) add_request(peer, state, chunk, now);
+    if (picks.size() == wanted) return picks;
   }
-  // Short of picks means it has nothing left in open_: the next scan starts at the end.
-  state.scan_from = picks.size() == wanted ? last_pick : PoolKey{~0u, ~0u, ~0u};
-  for (ChunkIndex chunk : picks) add_request(peer, state, chunk, now);
-  state.scan_epoch = open_epoch_;
+  if (!window_ || !window_->exclusive) {
+    // Rarest first. A seed matches the first entry; a peer lacking the rarest
+    // chunks skips them, but only once until open_ changes under it.
+    // Collected first because requesting moves a chunk out of open_.
+    const std::size_t first_rare = picks.size();
+    auto it = open_.begin();
+    if (state.scan_from && state.scan_epoch == open_epoch_) it = open_.lower_bound(*state.scan_from);
+    PoolKey last_pick{};
+    for (; it != open_.end() && picks.size() < wanted; ++it) {
+      if (!state.has.test(ChunkIndex{it->index}) || state.deferred.contains(ChunkIndex{it->index})) continue;
+      picks.push_back(ChunkIndex{it->index});
+      last_pick = *it;
+    }
+    // Short of picks means it has nothing left in open_: the next scan starts at the end.
+    state.scan_from = picks.size() == wanted ? last_pick : PoolKey{~0u, ~0u, ~0u};
+    for (std::size_t i = first_rare; i < picks.size(); ++i) add_request(peer, state, picks[i], now);
+    state.scan_epoch = open_epoch_;
+  }
+  // An exclusive window reaches the endgame only at the file's tail (open_
+  // then holds nothing a peer has), so copies stay inside it.
   if (picks.size() == wanted || !endgame_allowed()) return picks;
 
   // Endgame: the chunks with the fewest requests first, so the copies spread
@@ -285,6 +297,22 @@ std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now,
   }
   for (std::size_t i = first_copy; i < picks.size(); ++i) {
     add_request(peer, state, picks[i], now);
+  }
+  return picks;
+}
+
+std::vector<ChunkIndex> Core::window_picks(const PeerState& peer, std::size_t wanted) const {
+  std::vector<ChunkIndex> picks;
+  const std::uint64_t end =
+      std::min<std::uint64_t>(chunk_count_, std::uint64_t{window_->first.value} + window_->length);
+  for (std::uint64_t i = window_->first.value; i < end && picks.size() < wanted; ++i) {
+    const ChunkIndex index{static_cast<std::uint32_t>(i)};
+    const ChunkState& chunk = chunks_[i];
+    if (chunk.status != ChunkStatus::kMissing || !chunk.requesters.empty() || !peer.has.test(index) ||
+        peer.deferred.contains(index)) {
+      continue;
+    }
+    picks.push_back(index);
   }
   return picks;
 }
@@ -551,6 +579,10 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   auto picks = core_->next_requests(peer, now, limit);
   checked();
   return picks;
+}
+
+void Scheduler::set_window(std::optional<Window> window) {
+  core_->window_ = window;
 }
 
 std::size_t Scheduler::total_outstanding() const {

@@ -1120,3 +1120,66 @@ TEST_CASE("sched: the invariant check names a count that disagrees", "[sched]") 
     REQUIRE(core.check_invariants());
   }
 }
+
+TEST_CASE("sched: a priority window is taken in order, and an exclusive one alone", "[sched]") {
+  using p2pshare::sched::Window;
+  Config wide;
+  wide.min_pipeline = 4;
+  wide.initial_pipeline = 4;
+  wide.max_pipeline = 4;
+  const std::uint32_t n = 20;
+  Bitfield all(n);
+  for (std::uint32_t i = 0; i < n; ++i) all.set(ChunkIndex{i});
+
+  SECTION("exclusive: nothing outside the window, and it moves on") {
+    Scheduler scheduler(n, Bitfield(n), wide);
+    REQUIRE(scheduler.add_peer(1, all));
+    scheduler.set_window(Window{ChunkIndex{4}, 3, true});
+    CHECK(values(scheduler.next_requests(1, kStart)) == std::vector<std::uint32_t>{4, 5, 6});
+    // The window is all asked for: a reader that stops stops the download.
+    CHECK(scheduler.next_requests(1, kStart).empty());
+    REQUIRE(scheduler.on_chunk_arrived(1, ChunkIndex{4}, kStart + 10ms));
+    scheduler.on_chunk_done(ChunkIndex{4});
+    scheduler.set_window(Window{ChunkIndex{5}, 3, true});
+    CHECK(values(scheduler.next_requests(1, kStart + 10ms)) == std::vector<std::uint32_t>{7});
+  }
+  SECTION("a chunk the peer lacks or already asked is skipped, in order after it") {
+    Scheduler scheduler(n, Bitfield(n), wide);
+    REQUIRE(scheduler.add_peer(1, bits(n, {0, 2, 3, 9})));
+    REQUIRE(scheduler.add_peer(2, all));
+    scheduler.set_window(Window{ChunkIndex{0}, 4, true});
+    CHECK(values(scheduler.next_requests(1, kStart)) == std::vector<std::uint32_t>{0, 2, 3});
+    CHECK(values(scheduler.next_requests(2, kStart)) == std::vector<std::uint32_t>{1});
+  }
+  SECTION("not exclusive (--sequential): the window first, then the usual rarest first") {
+    Scheduler scheduler(n, Bitfield(n), wide);
+    REQUIRE(scheduler.add_peer(1, all));
+    REQUIRE(scheduler.add_peer(2, bits(n, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17})));
+    scheduler.set_window(Window{ChunkIndex{0}, 2, false});
+    const auto picks = values(scheduler.next_requests(1, kStart));
+    REQUIRE(picks.size() == 4);
+    CHECK(picks[0] == 0);
+    CHECK(picks[1] == 1);
+    // Chunks 18 and 19 have one holder: rarest.
+    CHECK(std::set<std::uint32_t>(picks.begin() + 2, picks.end()) == std::set<std::uint32_t>{18, 19});
+  }
+  SECTION("cleared: back to rarest first over the whole file") {
+    Scheduler scheduler(n, Bitfield(n), wide);
+    REQUIRE(scheduler.add_peer(1, all));
+    scheduler.set_window(Window{ChunkIndex{0}, 1, true});
+    CHECK(values(scheduler.next_requests(1, kStart)) == std::vector<std::uint32_t>{0});
+    scheduler.set_window(std::nullopt);
+    CHECK(scheduler.next_requests(1, kStart).size() == 3);
+  }
+  SECTION("an exclusive window at the tail gets its endgame copies") {
+    Scheduler scheduler(4, Bitfield(4), wide);
+    Bitfield four(4);
+    for (std::uint32_t i = 0; i < 4; ++i) four.set(ChunkIndex{i});
+    REQUIRE(scheduler.add_peer(1, four));
+    REQUIRE(scheduler.add_peer(2, four));
+    scheduler.set_window(Window{ChunkIndex{2}, 8, true});
+    CHECK(values(scheduler.next_requests(1, kStart)) == std::vector<std::uint32_t>{2, 3});
+    // 0 and 1 lie outside the window: no endgame yet for peer 2.
+    CHECK(scheduler.next_requests(2, kStart).empty());
+  }
+}

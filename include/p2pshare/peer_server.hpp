@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include <asio.hpp>
 
@@ -35,6 +36,8 @@ struct PeerConfig {
   // --central-fingerprint: the central server's key, pinned (nothing is
   // recorded in known_centrals then).
   std::optional<tls::KeyHash> central_fingerprint;
+  // --share-dir: folders whose files are all shared, and kept so (absolute, canonical).
+  std::vector<std::filesystem::path> share_dirs;
 };
 
 class PeerServer {

@@ -62,6 +62,16 @@ struct Config {
   std::uint64_t random_seed = 0;
 };
 
+// A priority window (streaming, --sequential): chunks [first, first + length)
+// are picked before any other, in index order. `exclusive`: nothing outside
+// the window is picked at all (a stream's read-ahead: a reader that stops
+// stops the download once the window is fetched).
+struct Window {
+  ChunkIndex first{0};
+  std::uint32_t length = 0;
+  bool exclusive = false;
+};
+
 struct Cancel {
   PeerKey peer;
   ChunkIndex chunk;
@@ -96,6 +106,9 @@ class Scheduler {
   // for unknown or banned peers, or when it has nothing we need.
   std::vector<ChunkIndex> next_requests(PeerKey peer, Clock::time_point now,
                                         std::size_t limit = static_cast<std::size_t>(-1));
+  // Sets (or with nullopt clears) the priority window; later next_requests
+  // calls follow it. Requests already made stay.
+  void set_window(std::optional<Window> window);
   // Requests outstanding at every peer together.
   std::size_t total_outstanding() const;
   // Peers whose oldest outstanding request is older than request_timeout.

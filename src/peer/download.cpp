@@ -23,6 +23,39 @@ void Swarm::add_observer(Observer observer) {
   download_->observers.push_back(std::move(observer));
 }
 
+void Swarm::set_stream_position(std::uint64_t token, std::optional<std::uint32_t> next) {
+  if (!download_) return;
+  if (next) {
+    download_->streams[token] = *next;
+  } else {
+    download_->streams.erase(token);
+  }
+  fill_all();
+}
+
+void Swarm::set_sequential() {
+  if (download_) download_->sequential = true;
+}
+
+std::optional<sched::Window> Swarm::window() {
+  auto& download = *download_;
+  // Far enough ahead that the budget of chunks in flight, not the window,
+  // limits the rate; on disk, not in memory.
+  constexpr std::uint64_t kReadAheadBytes = std::uint64_t{16} * 1024 * 1024;
+  const auto length =
+      static_cast<std::uint32_t>(std::max<std::uint64_t>(2 * chunk_budget(), kReadAheadBytes / manifest_->chunk_size));
+  if (!download.streams.empty()) {
+    std::uint32_t first = download.streams.begin()->second;
+    for (const auto& [token, next] : download.streams) first = std::min(first, next);
+    return sched::Window{ChunkIndex{first}, length, true};
+  }
+  if (!download.sequential) return std::nullopt;
+  while (download.first_missing < manifest_->chunk_count() && have_.test(ChunkIndex{download.first_missing})) {
+    ++download.first_missing;
+  }
+  return sched::Window{ChunkIndex{download.first_missing}, length, false};
+}
+
 void Swarm::notify_finished(const DownloadOutcome& outcome) {
   if (!download_) return;
   auto observers = std::move(download_->observers);
@@ -165,6 +198,7 @@ void Swarm::fill(PeerLink& link) {
   const std::size_t used = scheduler.total_outstanding() + download_->disk_jobs;
   const std::size_t budget = chunk_budget();
   if (used >= budget) return;
+  scheduler.set_window(window());
   for (ChunkIndex chunk : scheduler.next_requests(link.key(), sched::Clock::now(), budget - used)) {
     link.send_request(chunk);
   }
@@ -271,6 +305,10 @@ void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok
   have_.set(chunk);
   download_->resume_dirty = true;
   for (const auto& link : links_) link->send_have(chunk);
+  for (const auto& o : download_->observers) {
+    if (o.chunk_done) o.chunk_done(chunk);
+  }
+  if (!download_ || !download_->scheduler) return;  // an observer stopped it
   if (scheduler.complete()) {
     finish();
     return;

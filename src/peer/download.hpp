@@ -35,6 +35,8 @@ struct Observer {
   std::function<void(const pb::Progress&)> progress;
   // Once, when the download finishes, fails or is stopped.
   std::function<void(const DownloadOutcome&)> finished;
+  // Optional: a chunk was verified and written (streams wait on it).
+  std::function<void(ChunkIndex)> chunk_done{};
 };
 
 struct Download {
@@ -63,6 +65,13 @@ struct Download {
   std::uint64_t bytes_received = 0;
   Clock::time_point started;
 
+  // Streams (request-file --stdout) reading the file, each at the next chunk
+  // it will read: the scheduler takes only the read-ahead window after the
+  // slowest of them. --sequential: a window after the first missing chunk,
+  // ahead of (not instead of) rarest first.
+  std::map<std::uint64_t, std::uint32_t> streams;
+  bool sequential = false;
+  std::uint32_t first_missing = 0;
   // Resume state.
   bool saving = false;
   bool resume_dirty = false;

@@ -15,7 +15,9 @@
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "peer/central_link.hpp"
+#include "peer/folder.hpp"
 #include "peer/state.hpp"
+#include "peer/stream.hpp"
 #include "peer/swarm.hpp"
 
 namespace p2pshare::peer {
@@ -102,6 +104,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   std::map<FileId, std::vector<std::function<void()>>> file_checks;
   std::unique_ptr<asio::steady_timer> file_timer;
   bool sweeping = false;
+  // --share-dir: its files are checked by the watcher (inotify), not the sweep.
+  std::shared_ptr<FolderWatcher> folders;
+
+  bool in_folder(const std::filesystem::path& path) const { return folders && folders->folder_of(path); }
 
   static bool seeding(const Swarm& swarm) { return swarm.complete() && !swarm.downloading(); }
 
@@ -119,7 +125,9 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   // network thread once it is kept, re-verified or withdrawn.
   void check_file(const FileId& id, std::function<void()> then) {
     auto swarm = lookup(id);
-    if (!swarm || !seeding(*swarm)) {
+    if (!swarm || !seeding(*swarm) || in_folder(swarm->path())) {
+      // A folder's file: the watcher looks at it (a rename must keep its id, not lose it here).
+      if (swarm && folders) folders->touch(swarm->path());
       if (then) then();
       return;
     }
@@ -182,7 +190,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     if (sweeping) return;
     std::vector<std::tuple<FileId, std::filesystem::path, std::optional<store::FileIdentity>>> files;
     for (const auto& [id, swarm] : swarms) {
-      if (!seeding(*swarm) || file_checks.count(id)) continue;
+      if (!seeding(*swarm) || file_checks.count(id) || in_folder(swarm->path())) continue;
       auto known = identities.find(id);
       files.emplace_back(id, swarm->path(), known == identities.end() ? std::nullopt : std::optional(known->second));
     }
@@ -443,6 +451,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     try {
       state->put_shared(SharedRecord{manifest, path, existing ? existing->uploaded() : 0});
     } catch (const Error& e) {
+      if (!c) return log::error("cannot share {}: {}", path.string(), e.what());
       return c->send(encode(error_response(e.code(), e.what())));
     }
     if (existing) {
@@ -454,6 +463,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     remember_identity(id, identity);
     swarm->announce();
     log::info("sharing {} as {}", path.string(), to_hex(id));
+    if (!c) return;  // from a shared folder
     pb::ControlResponse response;
     auto* out = response.mutable_registered();
     out->set_file_id(to_bytes(id));
@@ -485,6 +495,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       });
       return;
     }
+    if (swarm && seeding(*swarm) && request.stream()) {
+      start_stream(c, swarm);
+      return;
+    }
     if (swarm && seeding(*swarm)) {
       if (!out.empty() && out != swarm->path()) {
         throw Error(Errc::bad_request, fmt::format("this peer already has the file at {}", swarm->path().string()));
@@ -498,7 +512,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       return;
     }
     if (swarm) {
-      watch(c, swarm);
+      watch(c, swarm, request);
       swarm->start_download(request.wait_for_holders());
       return;
     }
@@ -531,7 +545,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         return c->send(encode(error_response(Errc::verification, *refused)));
       }
       if (auto again = self->lookup(id)) {  // started meanwhile by another request
-        self->watch(c, again);
+        self->watch(c, again, request);
         again->start_download(request.wait_for_holders());
         return;
       }
@@ -553,7 +567,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       record.have = Bitfield(record.manifest.chunk_count());
       auto started = Swarm::download(*self->services, std::move(record));
       self->swarms[id] = started;
-      self->watch(c, started);
+      self->watch(c, started, request);
       started->start_download(request.wait_for_holders());
     });
   }
@@ -596,7 +610,9 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     return std::nullopt;
   }
 
-  void watch(const std::shared_ptr<wire::Connection>& c, const std::shared_ptr<Swarm>& swarm) {
+  void watch(const std::shared_ptr<wire::Connection>& c, const std::shared_ptr<Swarm>& swarm,
+             const pb::RequestFile& request) {
+    if (request.sequential()) swarm->set_sequential();
     std::weak_ptr<wire::Connection> weak = c;
     // The identity a finished download is held to, taken as it finishes. One
     // that finishes with nobody watching (resumed at start) has none: the
@@ -614,6 +630,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       }
     };
     swarm->add_observer(std::move(stamp));
+    if (request.stream()) {
+      start_stream(c, swarm);
+      return;
+    }
     Observer observer;
     observer.progress = [weak](const pb::Progress& progress) {
       auto conn = weak.lock();
@@ -645,6 +665,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     auto swarm = lookup(*id);
     if (!swarm) throw Error(Errc::not_found, fmt::format("this peer does not share {}", to_hex(*id)));
     const bool was_download = swarm->downloading() || !swarm->complete();
+    if (folders && !was_download) folders->forget(swarm->path());
     swarm->shutdown(true);
     swarms.erase(*id);
     identities.erase(*id);
@@ -702,6 +723,9 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         shared->set_path(swarm->path().string());
         shared->set_size(swarm->manifest().size);
         shared->set_uploaded(swarm->uploaded());
+        if (folders) {
+          if (auto folder = folders->folder_of(swarm->path())) shared->set_folder(folder->string());
+        }
       } else {
         auto* download = out->add_downloads();
         download->set_file_id(to_bytes(id));
@@ -714,7 +738,79 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         download->set_bytes_received(swarm->bytes_received());
       }
     }
+    if (folders) {
+      for (const auto& f : folders->status()) {
+        auto* folder = out->add_folders();
+        folder->set_path(f.path.string());
+        folder->set_files(f.files);
+        folder->set_pending(f.pending);
+        folder->set_skipped(f.skipped);
+        folder->set_hashed(f.hashed);
+        folder->set_reused(f.reused);
+      }
+    }
     c->send(encode(response));
+  }
+
+  // --- shared folders ----------------------------------------------------
+
+  void unshare(const FileId& id, const std::filesystem::path& path) {
+    auto swarm = lookup(id);
+    // The same bytes may be shared from another path too (a copy): only this one goes.
+    if (!swarm || !seeding(*swarm) || swarm->path() != path) return;
+    log::info("share-dir: {} is gone or changed: no longer shared as {}", path.string(), to_hex(id));
+    swarm->shutdown(false);
+    swarms.erase(id);
+    identities.erase(id);
+    try {
+      state->remove_shared(id);
+    } catch (const Error& e) {
+      log::error("cannot forget {}: {}", to_hex(id), e.what());
+    }
+    withdraw(id);
+  }
+
+  bool move_shared(const FileId& id, const std::filesystem::path& path, const store::FileIdentity& identity) {
+    auto swarm = lookup(id);
+    if (!swarm || !seeding(*swarm)) return false;
+    swarm->save_uploaded();
+    try {
+      state->put_shared(SharedRecord{swarm->manifest(), path, swarm->uploaded()});
+    } catch (const Error& e) {
+      log::error("cannot record {} at {}: {}", to_hex(id), path.string(), e.what());
+      return false;
+    }
+    // A fresh seed: its reader is held to the new path and identity.
+    swarm->shutdown(false);
+    swarms[id] = Swarm::seed(*services, swarm->manifest(), path, swarm->uploaded());
+    remember_identity(id, identity);
+    return true;
+  }
+
+  void start_folders() {
+    if (config.share_dirs.empty()) return;
+    FolderHost host;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    host.share = [weak](const std::filesystem::path& path, Manifest manifest, const store::FileIdentity& identity) {
+      if (auto self = weak.lock(); self && !self->stopping)
+        self->add_shared(nullptr, path, std::move(manifest), identity);
+    };
+    host.unshare = [weak](const FileId& id, const std::filesystem::path& path) {
+      if (auto self = weak.lock(); self && !self->stopping) self->unshare(id, path);
+    };
+    host.moved = [weak](const FileId& id, const std::filesystem::path& path, const store::FileIdentity& identity) {
+      auto self = weak.lock();
+      return self && !self->stopping && self->move_shared(id, path, identity);
+    };
+    folders = std::make_shared<FolderWatcher>(io, disk, config.share_dirs, std::move(host));
+    std::map<std::filesystem::path, KnownFile> known;
+    for (const auto& [id, swarm] : swarms) {
+      if (!seeding(*swarm) || !folders->folder_of(swarm->path())) continue;
+      auto identity = identities.find(id);
+      known[swarm->path()] =
+          KnownFile{id, identity == identities.end() ? std::nullopt : std::optional(identity->second)};
+    }
+    folders->start(known);
   }
 };
 
@@ -750,6 +846,7 @@ cli::Address PeerServer::start() {
   impl.save_uploads_periodically();
   impl.file_timer = std::make_unique<asio::steady_timer>(impl.io);
   impl.check_files_periodically();
+  impl.start_folders();
   // Unfinished downloads go on by themselves.
   for (const auto& swarm : resumed) swarm->start_download(false);
   return impl.bound;
@@ -763,6 +860,7 @@ void PeerServer::stop() {
     impl->acceptor.close(ignored);
     if (impl->upload_timer) impl->upload_timer->cancel();
     if (impl->file_timer) impl->file_timer->cancel();
+    if (impl->folders) impl->folders->stop();
     for (const auto& [id, swarm] : impl->swarms) swarm->shutdown(true);
     auto connections = impl->connections;
     for (const auto& c : connections) c->close("server shutting down");

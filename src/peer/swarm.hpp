@@ -75,6 +75,11 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   // resume state claims first unless the last stop was clean.
   void start_download(bool wait_for_holders);
   void add_observer(Observer observer);
+  // request-file --stdout: stream `token` reads `next` next (nullopt: it
+  // ended). While any stream is open only its read-ahead window is fetched.
+  void set_stream_position(std::uint64_t token, std::optional<std::uint32_t> next);
+  // request-file --sequential: chunks in order first.
+  void set_sequential();
   // Stops serving and downloading; closes every link. Partial data stays.
   void shutdown(bool persist_clean);
   // What the central server should hear about this file.
@@ -120,6 +125,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
 
   // --- the download's life (download.cpp) --------------------------------
   std::size_t chunk_budget() const;
+  std::optional<sched::Window> window();
   void fill(PeerLink& link);
   void fill_all();
   void on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok, std::optional<Failure> write_error);

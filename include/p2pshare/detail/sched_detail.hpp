@@ -97,6 +97,8 @@ class Core {
   void rebuild_open();
   void record_delivery(PeerState& peer, Clock::time_point requested_at, Clock::time_point now);
   unsigned target_for(const PeerState& peer) const;
+  // The window's open chunks the peer has, in index order, at most `wanted`.
+  std::vector<ChunkIndex> window_picks(const PeerState& peer, std::size_t wanted) const;
   bool endgame_allowed() const;
 
   std::uint32_t chunk_count_;
@@ -111,6 +113,7 @@ class Core {
   std::set<PoolKey> open_;
   // Missing chunks asked of someone, fewest requests first: (requests, tiebreak, index).
   std::set<PoolKey> requested_;
+  std::optional<Window> window_;
   // Bumped whenever a chunk enters open_ or moves earlier in it.
   std::uint64_t open_epoch_ = 0;
 };
