@@ -1,4 +1,6 @@
 // p2pshare peer-server
+#include <iostream>
+
 #include <asio.hpp>
 
 #include "command.hpp"
@@ -31,6 +33,8 @@ int run_peer_server(int argc, char** argv) {
        cxxopts::value<unsigned>()->default_value("15000"))
       ("holder-refresh", "Milliseconds between asking the central server for new holders while downloading",
        cxxopts::value<unsigned>()->default_value("2000"))
+      ("http-addr", "Serve the dashboard, /metrics, the JSON API and /files/ID over plain HTTP on HOST:PORT "
+       "(loopback, or behind a TLS proxy); every request needs the control cookie", cxxopts::value<std::string>())
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -51,10 +55,12 @@ int run_peer_server(int argc, char** argv) {
   config.sched.request_timeout = std::chrono::milliseconds(args["request-timeout"].as<unsigned>());
   config.holder_refresh = std::chrono::milliseconds(args["holder-refresh"].as<unsigned>());
   config.central_fingerprint = parse_fingerprint_option(args);
+  if (args.count("http-addr")) config.http = cli::parse_address(args["http-addr"].as<std::string>());
 
   asio::io_context io(1);
   peer::PeerServer server(io, config);
   const auto bound = server.start();
+  if (auto http = server.http_address()) std::cout << "http on " << http->to_string() << std::endl;
   return serve(io, bound, [&] { server.stop(); });
 }
 

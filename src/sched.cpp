@@ -255,6 +255,21 @@ std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now,
   if (state.outstanding.size() >= target || limit == 0) return picks;
   const std::size_t wanted = std::min(target - state.outstanding.size(), limit);
 
+  // The priority window first, in order: someone is waiting on those bytes.
+  std::vector<ChunkIndex> urgent;
+  while (priority_first_ < priority_end_ && chunks_[priority_first_].status == ChunkStatus::kHave) ++priority_first_;
+  for (std::uint32_t index = priority_first_; index < priority_end_ && urgent.size() < wanted; ++index) {
+    const ChunkIndex chunk{index};
+    const ChunkState& entry = chunks_[index];
+    if (entry.status != ChunkStatus::kMissing || !entry.requesters.empty()) continue;
+    if (!state.has.test(chunk) || state.deferred.contains(chunk)) continue;
+    urgent.push_back(chunk);
+  }
+  for (ChunkIndex chunk : urgent) add_request(peer, state, chunk, now);
+  if (urgent.size() == wanted) return urgent;
+  picks = std::move(urgent);
+  const std::size_t first_rarest = picks.size();
+
   // Rarest first. A seed matches the first entry; a peer lacking the rarest
   // chunks skips them, but only once until open_ changes under it.
   // Collected first because requesting moves a chunk out of open_.
@@ -268,7 +283,7 @@ std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now,
   }
   // Short of picks means it has nothing left in open_: the next scan starts at the end.
   state.scan_from = picks.size() == wanted ? last_pick : PoolKey{~0u, ~0u, ~0u};
-  for (ChunkIndex chunk : picks) add_request(peer, state, chunk, now);
+  for (std::size_t i = first_rarest; i < picks.size(); ++i) add_request(peer, state, picks[i], now);
   state.scan_epoch = open_epoch_;
   if (picks.size() == wanted || !endgame_allowed()) return picks;
 
@@ -287,6 +302,11 @@ std::vector<ChunkIndex> Core::next_requests(PeerKey peer, Clock::time_point now,
     add_request(peer, state, picks[i], now);
   }
   return picks;
+}
+
+void Core::prioritize(ChunkIndex first, ChunkIndex end) {
+  priority_first_ = std::min(first.value, chunk_count_);
+  priority_end_ = std::clamp(end.value, priority_first_, chunk_count_);
 }
 
 std::vector<PeerKey> Core::stalled_peers(Clock::time_point now) const {
@@ -551,6 +571,11 @@ std::vector<ChunkIndex> Scheduler::next_requests(PeerKey peer, Clock::time_point
   auto picks = core_->next_requests(peer, now, limit);
   checked();
   return picks;
+}
+
+void Scheduler::prioritize(ChunkIndex first, ChunkIndex end) {
+  core_->prioritize(first, end);
+  checked();
 }
 
 std::size_t Scheduler::total_outstanding() const {

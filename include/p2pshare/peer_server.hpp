@@ -35,6 +35,8 @@ struct PeerConfig {
   // --central-fingerprint: the central server's key, pinned (nothing is
   // recorded in known_centrals then).
   std::optional<tls::KeyHash> central_fingerprint;
+  // --http-addr: the dashboard, /metrics, the JSON API and the gateway (plain HTTP).
+  std::optional<cli::Address> http;
 };
 
 class PeerServer {
@@ -46,6 +48,8 @@ class PeerServer {
   cli::Address start();
   // Closes the listener and every connection, saves resume state (clean).
   void stop();
+  // The HTTP side's bound address, once start() returned (nullopt: no --http-addr).
+  std::optional<cli::Address> http_address() const;
 
  private:
   struct Impl;

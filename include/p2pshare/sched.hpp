@@ -23,6 +23,9 @@
 //   getting it from the seed) is not asked for that chunk again for
 //   `defer_period`; other peers are, and its bit stays set meanwhile, so the
 //   chunk keeps a source.
+// - Priority: a window of chunks set by prioritize() (someone reads the file
+//   while it downloads, e.g. the HTTP gateway) is asked for first, in index
+//   order, before rarest first picks the rest.
 // - Strikes: a chunk that fails its hash is a strike against the peer that
 //   sent it; at `max_strikes` the peer is banned from this download (it is
 //   never asked again, even if it reconnects with the same key).
@@ -96,6 +99,10 @@ class Scheduler {
   // for unknown or banned peers, or when it has nothing we need.
   std::vector<ChunkIndex> next_requests(PeerKey peer, Clock::time_point now,
                                         std::size_t limit = static_cast<std::size_t>(-1));
+  // Chunks [first, end) are wanted before any other, lowest index first;
+  // the window replaces the previous one (first == end: no priority). Keep it
+  // small (tens of chunks): every next_requests() walks it.
+  void prioritize(ChunkIndex first, ChunkIndex end);
   // Requests outstanding at every peer together.
   std::size_t total_outstanding() const;
   // Peers whose oldest outstanding request is older than request_timeout.

@@ -23,6 +23,14 @@ void Swarm::add_observer(Observer observer) {
   download_->observers.push_back(std::move(observer));
 }
 
+void Swarm::prioritize(ChunkIndex first, ChunkIndex end) {
+  if (!download_) return;
+  download_->priority = {first, end};
+  if (!download_->scheduler) return;
+  download_->scheduler->prioritize(first, end);
+  fill_all();
+}
+
 void Swarm::notify_finished(const DownloadOutcome& outcome) {
   if (!download_) return;
   auto observers = std::move(download_->observers);
@@ -137,6 +145,7 @@ void Swarm::begin_transfer() {
   config.chunk_size = manifest_->chunk_size;
   random_bytes(std::span(reinterpret_cast<std::uint8_t*>(&config.random_seed), sizeof(config.random_seed)));
   download.scheduler.emplace(manifest_->chunk_count(), have_, config);
+  download.scheduler->prioritize(download.priority.first, download.priority.second);
   // Peers that connected to us while we verified.
   for (const auto& link : links_) download.scheduler->add_peer(link->key(), link->remote_have());
   if (complete()) return finish();
@@ -217,6 +226,7 @@ bool Swarm::on_piece_header(PeerLink& link, ChunkIndex chunk) {
 }
 
 void Swarm::on_received(std::uint64_t bytes) {
+  services_.metrics->bytes_down.add(bytes);
   if (download_) download_->bytes_received += bytes;
 }
 
@@ -232,19 +242,23 @@ void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buff
   auto writer = download_->writer;
   auto self = shared_from_this();
   ++download_->disk_jobs;
+  const auto arrived = std::chrono::steady_clock::now();
   // Any disk thread hashes; the writer gathers verified neighbours into one
   // write (store::ChunkWriter), so hashing never waits on the disk.
-  asio::post(services_.disk, [self, manifest, writer, buffer, chunk, from] {
+  asio::post(services_.disk, [self, manifest, writer, buffer, chunk, from, arrived] {
     const auto digest = Sha256::digest(std::span<const std::uint8_t>(buffer->data(), buffer->size()));
     if (digest != manifest->chunk_hashes[chunk.value]) {
       asio::post(self->services_.io, [self, from, chunk] { self->on_chunk_checked(from, chunk, false, std::nullopt); });
       return;
     }
-    writer->submit(manifest->chunk_offset(chunk), buffer, [self, from, chunk](std::optional<Failure> write_error) {
-      asio::post(self->services_.io, [self, from, chunk, write_error = std::move(write_error)] {
-        self->on_chunk_checked(from, chunk, true, write_error);
-      });
-    });
+    writer->submit(manifest->chunk_offset(chunk), buffer,
+                   [self, from, chunk, arrived](std::optional<Failure> write_error) {
+                     self->services_.metrics->chunk_seconds.observe(
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - arrived).count());
+                     asio::post(self->services_.io, [self, from, chunk, write_error = std::move(write_error)] {
+                       self->on_chunk_checked(from, chunk, true, write_error);
+                     });
+                   });
   });
 }
 
@@ -254,8 +268,10 @@ void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok
   if (!download_->scheduler) return;
   auto& scheduler = *download_->scheduler;
   if (!hash_ok) {
+    services_.metrics->chunks_failed.add();
     log::warn("chunk {} of {} from peer {:016x} failed its hash", chunk.value, to_hex(id_), from);
     if (scheduler.on_bad_chunk(from, chunk)) {
+      services_.metrics->bans.add();
       log::warn("peer {:016x} banned from {} after {} bad chunks", from, to_hex(id_), scheduler.strikes(from));
       if (auto it = by_key_.find(from); it != by_key_.end()) it->second->close("banned for sending bad data");
     }
@@ -269,6 +285,7 @@ void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok
   }
   scheduler.on_chunk_done(chunk);
   have_.set(chunk);
+  services_.metrics->chunks_verified.add();
   download_->resume_dirty = true;
   for (const auto& link : links_) link->send_have(chunk);
   if (scheduler.complete()) {

@@ -69,12 +69,16 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   std::uint64_t uploaded() const { return serving_.uploaded; }
   std::uint64_t bytes_received() const { return download_ ? download_->bytes_received : 0; }
   std::size_t link_count() const { return links_.size(); }
+  const std::set<std::shared_ptr<PeerLink>>& links() const { return links_; }
   std::uint64_t have_bytes() const;
 
   // Starts (or restarts after a failure) the download; verifies what the
   // resume state claims first unless the last stop was clean.
   void start_download(bool wait_for_holders);
   void add_observer(Observer observer);
+  // A reader waits for chunks [first, end): they are asked for before any
+  // other (sched::Scheduler::prioritize). Nothing for a seed.
+  void prioritize(ChunkIndex first, ChunkIndex end);
   // Stops serving and downloading; closes every link. Partial data stays.
   void shutdown(bool persist_clean);
   // What the central server should hear about this file.

@@ -28,6 +28,7 @@ class Core {
   void on_have(PeerKey peer, ChunkIndex chunk);
   std::vector<ChunkIndex> remove_peer(PeerKey peer);
   std::vector<ChunkIndex> next_requests(PeerKey peer, Clock::time_point now, std::size_t limit);
+  void prioritize(ChunkIndex first, ChunkIndex end);
   std::size_t total_outstanding() const;
   std::vector<PeerKey> stalled_peers(Clock::time_point now) const;
   std::optional<std::vector<Cancel>> on_chunk_arrived(PeerKey peer, ChunkIndex chunk, Clock::time_point now);
@@ -113,6 +114,9 @@ class Core {
   std::set<PoolKey> requested_;
   // Bumped whenever a chunk enters open_ or moves earlier in it.
   std::uint64_t open_epoch_ = 0;
+  // prioritize(): chunks [priority_first_, priority_end_) go before rarest first.
+  std::uint32_t priority_first_ = 0;
+  std::uint32_t priority_end_ = 0;
 };
 
 }  // namespace p2pshare::sched::detail
