@@ -19,7 +19,7 @@ th{background:#eee} .num{text-align:right;font-variant-numeric:tabular-nums}
 .bar{background:#e3e3e3;height:12px;width:160px;display:inline-block;vertical-align:middle}
 .bar>span{display:block;height:12px;background:#3a7}
 .muted{color:#777} .id{font-family:monospace;font-size:12px}
-.chunks{display:flex;flex-wrap:wrap;gap:1px;max-width:640px}
+.chunks{display:flex;flex-wrap:wrap;gap:1px;max-width:640px;margin-bottom:2px}
 .chunks>span{width:8px;height:14px;display:inline-block}
 #status{margin-bottom:.5em}
 </style>
@@ -174,8 +174,10 @@ function chunks(info) {
     box.appendChild(s);
   });
   const min = info.chunk_copies.length ? Math.min(...info.chunk_copies) : 0;
-  box.appendChild(document.createTextNode(" min " + min));
-  return box;
+  const wrap = document.createElement("span");
+  wrap.appendChild(box);
+  wrap.appendChild(document.createTextNode("fewest copies: " + min));
+  return wrap;
 }
 async function refresh() {
   const [files, peers] = await Promise.all([api("/api/files"), api("/api/peers")]);

@@ -405,16 +405,30 @@ struct Connection : Exchange, std::enable_shared_from_this<Connection> {
     head = make_head(status, content_type, headers, content_length);
   }
 
-  void write(std::string bytes, std::function<void(bool ok)> written) override {
+  void write(std::string_view bytes, std::shared_ptr<const void> owner, std::function<void(bool ok)> written) override {
     if (is_closed || writing) {
       asio::post(socket.get_executor(), [written = std::move(written)] { written(false); });
       return;
     }
-    if (!head.empty()) {
-      bytes.insert(0, head);
-      head.clear();
+    writing = true;
+    arm(limits.write_timeout);
+    // The headers of a streamed answer go out with its first piece.
+    auto head_bytes = std::make_shared<std::string>(std::exchange(head, {}));
+    const std::array<asio::const_buffer, 2> buffers{asio::buffer(*head_bytes),
+                                                    asio::buffer(bytes.data(), bytes.size())};
+    asio::async_write(socket, buffers,
+                      [self = shared_from_this(), head_bytes, owner = std::move(owner), written = std::move(written)](
+                          const std::error_code& ec, std::size_t) { self->finish_write(ec, written); });
+  }
+
+  void finish_write(const std::error_code& ec, const std::function<void(bool)>& written) {
+    writing = false;
+    if (ec || is_closed) {
+      close();
+      return written(false);
     }
-    send(std::move(bytes), std::move(written));
+    arm(limits.answer_timeout);
+    written(true);
   }
 
   void end() override {
@@ -432,17 +446,9 @@ struct Connection : Exchange, std::enable_shared_from_this<Connection> {
     writing = true;
     arm(limits.write_timeout);
     auto data = std::make_shared<std::string>(std::move(bytes));
-    asio::async_write(
-        socket, asio::buffer(*data),
-        [self = shared_from_this(), data, written = std::move(written)](const std::error_code& ec, std::size_t) {
-          self->writing = false;
-          if (ec || self->is_closed) {
-            self->close();
-            return written(false);
-          }
-          self->arm(self->limits.answer_timeout);
-          written(true);
-        });
+    asio::async_write(socket, asio::buffer(*data),
+                      [self = shared_from_this(), data, written = std::move(written)](
+                          const std::error_code& ec, std::size_t) { self->finish_write(ec, written); });
   }
 
   void close() {
@@ -504,7 +510,7 @@ Server::~Server() = default;
 
 cli::Address Server::start(const cli::Address& address) {
   impl_->on_answered = on_answered;
-  const auto bound = listen_on(impl_->acceptor, address);
+  auto bound = listen_on(impl_->acceptor, address);
   accept_each(
       impl_->acceptor, [impl = impl_] { return impl->stopping; },
       [impl = impl_](asio::ip::tcp::socket socket) { impl->on_accept(std::move(socket)); });

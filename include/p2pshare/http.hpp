@@ -28,8 +28,8 @@ namespace p2pshare::http {
 
 struct Limits {
   std::size_t max_connections = 256;  // open at once; more are closed at accept
-  std::size_t max_header_bytes = 16 * 1024;
-  std::size_t max_body_bytes = 64 * 1024;
+  std::size_t max_header_bytes = std::size_t{16} * 1024;
+  std::size_t max_body_bytes = std::size_t{64} * 1024;
   std::chrono::milliseconds request_timeout{10000};  // the whole request must arrive by then
   std::chrono::milliseconds write_timeout{30000};    // each write of the answer must finish by then
   // After the request: the handler must start answering by then (a gateway
@@ -94,7 +94,9 @@ class Exchange {
   // Headers of a streamed answer of exactly `content_length` body bytes.
   virtual void begin(int status, std::string content_type, std::vector<std::pair<std::string, std::string>> headers,
                      std::uint64_t content_length) = 0;
-  virtual void write(std::string bytes, std::function<void(bool ok)> written) = 0;
+  // `bytes` stay valid while `owner` lives; they are sent without a copy.
+  virtual void write(std::string_view bytes, std::shared_ptr<const void> owner,
+                     std::function<void(bool ok)> written) = 0;
   virtual void end() = 0;
   virtual bool closed() const = 0;
   virtual bool answered() const = 0;  // respond() or begin() was called

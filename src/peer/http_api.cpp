@@ -21,7 +21,7 @@ using nlohmann::json;
 constexpr std::uint32_t kPriorityWindow = 32;
 // How often a reader waiting for a chunk looks again, and how long it may
 // wait for one chunk before the answer is cut short.
-constexpr auto kChunkPoll = std::chrono::milliseconds(20);
+constexpr auto kChunkPoll = std::chrono::milliseconds(5);
 constexpr auto kChunkWait = std::chrono::seconds(60);
 
 std::string dump(const json& value) {
@@ -290,10 +290,18 @@ struct Router {
 // One GET /files/ID: waits for the file's swarm (started through the
 // request-file handler when this peer lacks the file), then sends each chunk
 // of the range once it is verified, asking the scheduler for the chunks
-// ahead of the reader first.
+// ahead of the reader first. One chunk is read ahead while the previous one
+// is written, and the pooled buffer is written as it is (no copy).
 struct Gateway : std::enable_shared_from_this<Gateway> {
   Gateway(const std::shared_ptr<PeerHttpHost>& peer_host, const std::shared_ptr<http::Exchange>& ex, FileId file)
       : host(peer_host), exchange(ex), id(file), timer(peer_host->services->io) {}
+
+  // The part of a read chunk that the range needs.
+  struct Slice {
+    BufferPool::Buffer buffer;
+    std::size_t from = 0;
+    std::size_t length = 0;
+  };
 
   std::shared_ptr<PeerHttpHost> host;
   std::weak_ptr<http::Exchange> exchange;
@@ -302,8 +310,12 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
   std::optional<std::string> range_header;
   bool head_only = false;
   std::optional<std::string> failure;  // the request-file handler's error, before the swarm existed
-  std::uint64_t position = 0;
-  std::uint64_t last = 0;  // inclusive
+  std::uint64_t read_position = 0;     // the next byte to read
+  std::uint64_t last = 0;              // inclusive
+  std::optional<Slice> ready;          // read, not yet written
+  bool reading = false;
+  bool writing = false;
+  bool polling = false;
   std::chrono::steady_clock::time_point waiting_since = std::chrono::steady_clock::now();
 
   void wait_for_swarm() {
@@ -323,10 +335,13 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
       }
       return;
     }
+    polling = true;
     timer.expires_after(kChunkPoll);
     timer.async_wait([weak = weak_from_this(), next](const std::error_code& ec) {
       auto self = weak.lock();
-      if (!ec && self) next(*self);
+      if (!self) return;
+      self->polling = false;
+      if (!ec) next(*self);
     });
   }
 
@@ -335,7 +350,7 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
     const std::string etag = fmt::format("\"{}\"", to_hex(id));
     std::vector<std::pair<std::string, std::string>> headers{{"ETag", etag}, {"Accept-Ranges", "bytes"}};
     int status = 200;
-    position = 0;
+    read_position = 0;
     last = size == 0 ? 0 : size - 1;
     if (range_header) {
       auto range = http::parse_range(*range_header, size);
@@ -345,46 +360,69 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
         return ex.respond(std::move(refused));
       }
       status = 206;
-      position = range->first;
+      read_position = range->first;
       last = range->last;
-      headers.emplace_back("Content-Range", fmt::format("bytes {}-{}/{}", position, last, size));
+      headers.emplace_back("Content-Range", fmt::format("bytes {}-{}/{}", read_position, last, size));
     }
-    const std::uint64_t length = size == 0 ? 0 : last - position + 1;
+    const std::uint64_t length = size == 0 ? 0 : last - read_position + 1;
     ex.begin(status, "application/octet-stream", std::move(headers), length);
     if (length == 0 || head_only) return ex.end();
     waiting_since = std::chrono::steady_clock::now();
-    next_chunk();
+    pump();
   }
 
-  void next_chunk() {
+  void pump() {
     auto ex = exchange.lock();
     if (!ex || ex->closed()) return;
-    if (position > last) return ex->end();
+    if (!writing && ready) {
+      Slice slice = std::move(*ready);
+      ready.reset();
+      writing = true;
+      const std::string_view bytes(reinterpret_cast<const char*>(slice.buffer->data()) + slice.from, slice.length);
+      ex->write(bytes, slice.buffer, [weak = weak_from_this()](bool ok) {
+        auto self = weak.lock();
+        if (!self) return;
+        self->writing = false;
+        if (ok) self->pump();
+      });
+    }
+    if (!reading && !ready && read_position <= last) read_next();
+    if (!writing && !reading && !ready && read_position > last) ex->end();
+  }
+
+  void read_next() {
+    auto ex = exchange.lock();
     auto swarm = host->lookup(id);
     if (!swarm || swarm->state() == SwarmState::failed || swarm->state() == SwarmState::stopped) {
-      return ex->end();  // the length promised cannot be kept: the client sees a short body
+      // The length promised cannot be kept: the client sees a short body.
+      if (ex && !writing) ex->end();
+      return;
     }
     const auto& manifest = swarm->manifest();
-    const ChunkIndex chunk{static_cast<std::uint32_t>(position / manifest.chunk_size)};
+    const ChunkIndex chunk{static_cast<std::uint32_t>(read_position / manifest.chunk_size)};
     if (!swarm->have().test(chunk)) {
       swarm->prioritize(chunk, ChunkIndex{chunk.value + kPriorityWindow});
-      return later([](Gateway& self) { self.next_chunk(); });
+      if (!polling) later([](Gateway& self) { self.pump(); });
+      return;
     }
-    swarm->read_chunk(chunk, [weak = weak_from_this(), chunk, offset = manifest.chunk_offset(chunk)](
-                                 const BufferPool::Buffer& buffer, std::optional<Failure> read_failure) {
+    reading = true;
+    swarm->read_chunk(chunk, [weak = weak_from_this(), offset = manifest.chunk_offset(chunk)](
+                                 const BufferPool::Buffer& buffer, const std::optional<Failure>& read_failure) {
       auto self = weak.lock();
       if (!self) return;
+      self->reading = false;
       auto ex = self->exchange.lock();
       if (!ex || ex->closed()) return;
-      if (read_failure) return ex->end();
-      const std::uint64_t from = self->position - offset;
+      if (read_failure) {
+        if (!self->writing) ex->end();
+        return;
+      }
+      const std::uint64_t from = self->read_position - offset;
       const std::uint64_t until = std::min<std::uint64_t>(buffer->size(), self->last - offset + 1);
-      std::string bytes(reinterpret_cast<const char*>(buffer->data()) + from, until - from);
-      self->position += bytes.size();
+      self->ready = Slice{buffer, static_cast<std::size_t>(from), static_cast<std::size_t>(until - from)};
+      self->read_position += until - from;
       self->waiting_since = std::chrono::steady_clock::now();
-      ex->write(std::move(bytes), [weak](bool ok) {
-        if (auto again = weak.lock(); again && ok) again->next_chunk();
-      });
+      self->pump();
     });
   }
 };

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -72,7 +73,8 @@ TEST_CASE("http: the peer's API needs the cookie, and does what the control comm
   const std::string http = http_of(c.peer(1));
 
   // No token, a wrong one, a token of the wrong length: 401 everywhere.
-  for (const auto& target : {"/api/status", "/", "/metrics", "/files/" + std::string(64, 'a')}) {
+  for (const std::string& target :
+       std::vector<std::string>{"/api/status", "/", "/metrics", "/files/" + std::string(64, 'a')}) {
     INFO(target);
     const auto none = http_request(http, "GET", target);
     CHECK(none.status == 401);
@@ -195,7 +197,8 @@ TEST_CASE("http: the gateway serves a file the peer did not have, whole and by r
   CHECK(head.status == 200);
   CHECK(head.header("content-length") == std::to_string(size));
   CHECK(head.body.empty());
-  for (const std::string bad : {"bytes=abc", "bytes=" + std::to_string(size) + "-", "bytes=5-2", "items=0-1",
+  for (const std::string& bad :
+       std::vector<std::string>{"bytes=abc", "bytes=" + std::to_string(size) + "-", "bytes=5-2", "items=0-1",
                                 "bytes=0-1,4-5", "bytes=-0", "bytes=99999999999999999999-"}) {
     INFO(bad);
     const auto refused = http_request(whole_http, "GET", "/files/" + id, {bearer(c.peer(2)), "Range: " + bad});
@@ -268,7 +271,7 @@ TEST_CASE("http: /metrics after a download count what moved, and promtool accept
   int index = 0;
   for (const auto& text : {seed, downloader, central.body}) {
     const auto path = c.path("metrics" + std::to_string(index++) + ".txt");
-    write_file(path, text);
+    std::ofstream(path, std::ios::binary) << text;
     const auto r = run({"sh", "-c", "promtool check metrics < " + path.string()}, c.logs());
     INFO(r.out << r.err << text);
     CHECK(r.exit_code == 0);
