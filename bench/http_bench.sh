@@ -31,14 +31,17 @@ wait_line() {
 bench_bg "$BIN" central-server --addr 127.0.0.1:0 --data-dir central --heartbeat-interval 500 >central.out 2>central.err
 CENTRAL=$(wait_line central.out "listening on ")
 
-# start_peer NAME : a peer-server with an HTTP side; sets ADDR and HTTP.
+# start_peer NAME : a peer-server with an HTTP side; sets ADDR, HTTP and PEER_PID.
+# Each is stopped once used (stop_peer), so runs do not pile up servers.
 start_peer() {
     bench_bg "$BIN" peer-server --central-server-addr "$CENTRAL" --addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
         --data-dir "$1" --download-dir "$1/downloads" --holder-refresh 200 >"$1.out" 2>"$1.err"
+    PEER_PID=$BENCH_LAST_PID
     ADDR=$(wait_line "$1.out" "listening on ")
     HTTP=$(wait_line "$1.out" "http on ")
 }
 token() { xxd -p -c 32 "$1/control.cookie"; }
+stop_peer() { kill "$PEER_PID" && wait "$PEER_PID" 2>/dev/null || true; }
 
 log "making a $SIZE file"
 make_file data.bin "$SIZE"
@@ -57,6 +60,7 @@ for run in $(seq "$BENCH_RUNS"); do
     request_times+=("$(echo "$(date +%s.%N) - $t0" | bc)")
     cmp -s data.bin "r$run.out" || die "request-file copy differs"
     rm -f "r$run.out" "r$run/downloads/"*
+    stop_peer
     # the gateway of another fresh peer, read by curl
     start_peer "g$run"
     t0=$(date +%s.%N)
@@ -69,6 +73,7 @@ for run in $(seq "$BENCH_RUNS"); do
     [ "$got" = "$(stat -c %s data.bin)" ] || die "gateway sent $got bytes"
     cmp -s data.bin "g$run/downloads/data.bin" || die "gateway peer's copy differs"
     rm -f "g$run/downloads/"*
+    stop_peer
     log "run $run: request-file ${request_times[-1]} s, gateway ${gateway_times[-1]} s"
 
     # the same transfer without and with /metrics scraped every second on both ends
@@ -87,6 +92,7 @@ for run in $(seq "$BENCH_RUNS"); do
         [ -n "$scraper" ] && kill "$scraper" && wait "$scraper" 2>/dev/null || true
         if [ "$mode" = plain ]; then plain_times+=("$elapsed"); else scraped_times+=("$elapsed"); fi
         rm -f "$mode$run.out" "$mode$run/downloads/"*
+        stop_peer
     done
     log "run $run: transfer ${plain_times[-1]} s plain, ${scraped_times[-1]} s scraped every second"
 done

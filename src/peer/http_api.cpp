@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -19,6 +20,8 @@ using nlohmann::json;
 
 // The gateway asks the scheduler for this many chunks ahead of the reader.
 constexpr std::uint32_t kPriorityWindow = 32;
+// Chunks read ahead of the socket (each a pooled chunk buffer).
+constexpr std::size_t kReadAhead = 8;
 // How often a reader waiting for a chunk looks again, and how long it may
 // wait for one chunk before the answer is cut short.
 constexpr auto kChunkPoll = std::chrono::milliseconds(5);
@@ -309,13 +312,17 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
   asio::steady_timer timer;
   std::optional<std::string> range_header;
   bool head_only = false;
-  std::optional<std::string> failure;  // the request-file handler's error, before the swarm existed
-  std::uint64_t read_position = 0;     // the next byte to read
-  std::uint64_t last = 0;              // inclusive
-  std::optional<Slice> ready;          // read, not yet written
-  bool reading = false;
+  std::optional<std::string> failure;    // the request-file handler's error, before the swarm existed
+  std::uint64_t read_position = 0;       // the next byte to read
+  std::uint64_t write_position = 0;      // the next byte to write
+  std::uint64_t last = 0;                // inclusive
+  std::map<std::uint64_t, Slice> ready;  // read, not yet written, by their first byte
+  std::size_t reads_in_flight = 0;
   bool writing = false;
   bool polling = false;
+  bool failed = false;
+  bool pumping = false;
+  bool pump_again = false;
   std::chrono::steady_clock::time_point waiting_since = std::chrono::steady_clock::now();
 
   void wait_for_swarm() {
@@ -350,7 +357,7 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
     const std::string etag = fmt::format("\"{}\"", to_hex(id));
     std::vector<std::pair<std::string, std::string>> headers{{"ETag", etag}, {"Accept-Ranges", "bytes"}};
     int status = 200;
-    read_position = 0;
+    read_position = write_position = 0;
     last = size == 0 ? 0 : size - 1;
     if (range_header) {
       auto range = http::parse_range(*range_header, size);
@@ -360,7 +367,7 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
         return ex.respond(std::move(refused));
       }
       status = 206;
-      read_position = range->first;
+      read_position = write_position = range->first;
       last = range->last;
       headers.emplace_back("Content-Range", fmt::format("bytes {}-{}/{}", read_position, last, size));
     }
@@ -371,59 +378,82 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
     pump();
   }
 
+  // Re-entrant calls (a read answered at once from the page cache) run the
+  // loop again instead of nesting.
   void pump() {
-    auto ex = exchange.lock();
-    if (!ex || ex->closed()) return;
-    if (!writing && ready) {
-      Slice slice = std::move(*ready);
-      ready.reset();
-      writing = true;
-      const std::string_view bytes(reinterpret_cast<const char*>(slice.buffer->data()) + slice.from, slice.length);
-      ex->write(bytes, slice.buffer, [weak = weak_from_this()](bool ok) {
-        auto self = weak.lock();
-        if (!self) return;
-        self->writing = false;
-        if (ok) self->pump();
-      });
+    if (pumping) {
+      pump_again = true;
+      return;
     }
-    if (!reading && !ready && read_position <= last) read_next();
-    if (!writing && !reading && !ready && read_position > last) ex->end();
+    pumping = true;
+    do {
+      pump_again = false;
+      step();
+    } while (pump_again);
+    pumping = false;
   }
 
-  void read_next() {
+  void step() {
     auto ex = exchange.lock();
+    if (!ex || ex->closed()) return;
+    if (!writing && !failed) {
+      if (auto it = ready.find(write_position); it != ready.end()) {
+        Slice slice = std::move(it->second);
+        ready.erase(it);
+        write_position += slice.length;
+        writing = true;
+        const std::string_view bytes(reinterpret_cast<const char*>(slice.buffer->data()) + slice.from, slice.length);
+        ex->write(bytes, slice.buffer, [weak = weak_from_this()](bool ok) {
+          auto self = weak.lock();
+          if (!self) return;
+          self->writing = false;
+          if (ok) self->pump();
+        });
+      }
+    }
+    while (!failed && reads_in_flight + ready.size() < kReadAhead && read_position <= last) {
+      if (!read_next()) break;
+    }
+    // Done, or cut short (the length promised cannot be kept: the client
+    // sees a short body).
+    if (!writing && reads_in_flight == 0 && (failed || write_position > last)) ex->end();
+  }
+
+  // Starts reading the chunk at read_position; false when it is not here yet
+  // (then it is asked for first, and looked at again shortly).
+  bool read_next() {
     auto swarm = host->lookup(id);
     if (!swarm || swarm->state() == SwarmState::failed || swarm->state() == SwarmState::stopped) {
-      // The length promised cannot be kept: the client sees a short body.
-      if (ex && !writing) ex->end();
-      return;
+      failed = true;
+      return false;
     }
     const auto& manifest = swarm->manifest();
     const ChunkIndex chunk{static_cast<std::uint32_t>(read_position / manifest.chunk_size)};
     if (!swarm->have().test(chunk)) {
       swarm->prioritize(chunk, ChunkIndex{chunk.value + kPriorityWindow});
       if (!polling) later([](Gateway& self) { self.pump(); });
-      return;
+      return false;
     }
-    reading = true;
-    swarm->read_chunk(chunk, [weak = weak_from_this(), offset = manifest.chunk_offset(chunk)](
+    const std::uint64_t offset = manifest.chunk_offset(chunk);
+    const std::uint64_t first = read_position;
+    const std::uint64_t until = std::min<std::uint64_t>(offset + manifest.chunk_length(chunk), last + 1);
+    read_position = until;
+    ++reads_in_flight;
+    swarm->read_chunk(chunk, [weak = weak_from_this(), offset, first, until](
                                  const BufferPool::Buffer& buffer, const std::optional<Failure>& read_failure) {
       auto self = weak.lock();
       if (!self) return;
-      self->reading = false;
-      auto ex = self->exchange.lock();
-      if (!ex || ex->closed()) return;
+      --self->reads_in_flight;
       if (read_failure) {
-        if (!self->writing) ex->end();
-        return;
+        self->failed = true;
+      } else {
+        self->ready.emplace(
+            first, Slice{buffer, static_cast<std::size_t>(first - offset), static_cast<std::size_t>(until - first)});
+        self->waiting_since = std::chrono::steady_clock::now();
       }
-      const std::uint64_t from = self->read_position - offset;
-      const std::uint64_t until = std::min<std::uint64_t>(buffer->size(), self->last - offset + 1);
-      self->ready = Slice{buffer, static_cast<std::size_t>(from), static_cast<std::size_t>(until - from)};
-      self->read_position += until - from;
-      self->waiting_since = std::chrono::steady_clock::now();
       self->pump();
     });
+    return true;
   }
 };
 
