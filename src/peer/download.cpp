@@ -31,6 +31,14 @@ void Swarm::prioritize(ChunkIndex first, ChunkIndex end) {
   fill_all();
 }
 
+void Swarm::add_chunk_tap(ChunkTap tap) {
+  chunk_taps_.push_back(std::move(tap));
+}
+
+void Swarm::tap_chunk(ChunkIndex chunk, const BufferPool::Buffer& buffer) {
+  std::erase_if(chunk_taps_, [&](const ChunkTap& tap) { return !tap(chunk, buffer); });
+}
+
 void Swarm::notify_finished(const DownloadOutcome& outcome) {
   if (!download_) return;
   auto observers = std::move(download_->observers);
@@ -252,11 +260,13 @@ void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buff
       return;
     }
     writer->submit(manifest->chunk_offset(chunk), buffer,
-                   [self, from, chunk, arrived](std::optional<Failure> write_error) {
+                   [self, from, chunk, arrived, buffer](std::optional<Failure> write_error) {
                      self->services_.metrics->chunk_seconds.observe(
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - arrived).count());
-                     asio::post(self->services_.io, [self, from, chunk, write_error = std::move(write_error)] {
+                     asio::post(self->services_.io, [self, from, chunk, buffer, write_error = std::move(write_error)] {
+                       const bool written = !write_error;
                        self->on_chunk_checked(from, chunk, true, write_error);
+                       if (written) self->tap_chunk(chunk, buffer);
                      });
                    });
   });

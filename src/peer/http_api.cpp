@@ -22,6 +22,8 @@ using nlohmann::json;
 constexpr std::uint32_t kPriorityWindow = 32;
 // Chunks read ahead of the socket (each a pooled chunk buffer).
 constexpr std::size_t kReadAhead = 8;
+// Verified chunks kept for the reader, at most, from where it reads on.
+constexpr std::uint32_t kTapWindow = 16;
 // How often a reader waiting for a chunk looks again, and how long it may
 // wait for one chunk before the answer is cut short.
 constexpr auto kChunkPoll = std::chrono::milliseconds(5);
@@ -317,6 +319,10 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
   std::uint64_t write_position = 0;      // the next byte to write
   std::uint64_t last = 0;                // inclusive
   std::map<std::uint64_t, Slice> ready;  // read, not yet written, by their first byte
+  // Chunks the download verified just now (Swarm::add_chunk_tap), kept if
+  // the reader will need them soon: no read back from the disk.
+  std::map<std::uint32_t, BufferPool::Buffer> tapped;
+  bool tapping = false;
   std::size_t reads_in_flight = 0;
   bool writing = false;
   bool polling = false;
@@ -375,6 +381,20 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
     ex.begin(status, "application/octet-stream", std::move(headers), length);
     if (length == 0 || head_only) return ex.end();
     waiting_since = std::chrono::steady_clock::now();
+    if (swarm.downloading() && !tapping) {
+      tapping = true;
+      swarm.add_chunk_tap([weak = weak_from_this(), chunk_size = swarm.manifest().chunk_size](
+                              ChunkIndex chunk, const BufferPool::Buffer& buffer) {
+        auto self = weak.lock();
+        if (!self) return false;
+        const std::uint64_t next = self->read_position / chunk_size;
+        if (chunk.value >= next && chunk.value < next + kTapWindow && self->tapped.size() < kTapWindow) {
+          self->tapped.emplace(chunk.value, buffer);
+          self->pump();
+        }
+        return self->read_position <= self->last;
+      });
+    }
     pump();
   }
 
@@ -438,6 +458,14 @@ struct Gateway : std::enable_shared_from_this<Gateway> {
     const std::uint64_t first = read_position;
     const std::uint64_t until = std::min<std::uint64_t>(offset + manifest.chunk_length(chunk), last + 1);
     read_position = until;
+    // Drop what the reader has passed; take this chunk from the tap if it is there.
+    tapped.erase(tapped.begin(), tapped.lower_bound(chunk.value));
+    if (auto it = tapped.find(chunk.value); it != tapped.end()) {
+      ready.emplace(
+          first, Slice{it->second, static_cast<std::size_t>(first - offset), static_cast<std::size_t>(until - first)});
+      tapped.erase(it);
+      return true;
+    }
     ++reads_in_flight;
     swarm->read_chunk(chunk, [weak = weak_from_this(), offset, first, until](
                                  const BufferPool::Buffer& buffer, const std::optional<Failure>& read_failure) {

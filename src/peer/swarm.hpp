@@ -79,6 +79,12 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   // A reader waits for chunks [first, end): they are asked for before any
   // other (sched::Scheduler::prioritize). Nothing for a seed.
   void prioritize(ChunkIndex first, ChunkIndex end);
+  // A reader of the file while it downloads (the gateway) sees each chunk's
+  // bytes as they are verified and written: the partial file is written
+  // O_DIRECT, so reading it back would go to the disk. A tap that returns
+  // false is removed.
+  using ChunkTap = std::function<bool(ChunkIndex, const BufferPool::Buffer&)>;
+  void add_chunk_tap(ChunkTap tap);
   // Stops serving and downloading; closes every link. Partial data stays.
   void shutdown(bool persist_clean);
   // What the central server should hear about this file.
@@ -137,6 +143,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   void fail(Failure failure);
   void notify_progress();
   void notify_finished(const DownloadOutcome& outcome);
+  void tap_chunk(ChunkIndex chunk, const BufferPool::Buffer& buffer);
 
   Services& services_;
   std::shared_ptr<const Manifest> manifest_;
@@ -150,6 +157,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   std::set<std::shared_ptr<PeerLink>> links_;          // past the handshake
   std::set<std::shared_ptr<PeerLink>> pending_links_;  // dialled, handshake under way
   std::unordered_map<sched::PeerKey, PeerLink*> by_key_;
+  std::vector<ChunkTap> chunk_taps_;
 };
 
 }  // namespace p2pshare::peer
