@@ -31,7 +31,7 @@ bool have_chromium() {
 }
 
 std::vector<std::string> chromium(const std::string& url) {
-  return {"chromium",
+  return {kChromium,
           "--headless",
           "--no-sandbox",
           "--disable-gpu",
@@ -45,7 +45,9 @@ std::string dump_dom(const Cluster& c, const std::string& url) {
   auto args = chromium(url);
   args.insert(args.end() - 1, "--dump-dom");
   const auto r = run(args, c.logs(), 90s);
-  if (r.exit_code != 0) throw std::runtime_error("chromium failed: " + r.err);
+  if (r.exit_code != 0) {
+    throw std::runtime_error("chromium failed (exit " + std::to_string(r.exit_code) + "): " + r.err + r.out);
+  }
   return r.out;
 }
 
