@@ -2,6 +2,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <iostream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -37,6 +38,8 @@ int run_central_server(int argc, char** argv) {
        cxxopts::value<std::uint32_t>()->default_value("60"))
       ("forget-after", "Forget peers not seen for this long, and files nobody holds (7d, 12h, 30m, 90s)",
        cxxopts::value<std::string>()->default_value("7d"))
+      ("http-addr", "Serve the dashboard, /metrics and the read-only JSON API over plain HTTP on HOST:PORT",
+       cxxopts::value<std::string>())
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -61,9 +64,12 @@ int run_central_server(int argc, char** argv) {
     throw Error(Errc::usage, "--forget-after must be at least 1s and 4 heartbeat intervals");
   }
 
+  if (args.count("http-addr")) config.http = cli::parse_address(args["http-addr"].as<std::string>());
+
   asio::io_context io(1);
   central::CentralServer server(io, config);
   const auto bound = server.start();
+  if (auto http = server.http_address()) std::cout << "http on " << http->to_string() << std::endl;
   return serve(
       io, bound, [&] { server.stop(); }, server.fingerprint());
 }

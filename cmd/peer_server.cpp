@@ -1,4 +1,6 @@
 // p2pshare peer-server
+#include <iostream>
+
 #include <asio.hpp>
 
 #include <fmt/format.h>
@@ -36,6 +38,8 @@ int run_peer_server(int argc, char** argv) {
        cxxopts::value<unsigned>()->default_value("2000"))
       ("share-dir", "Share every file under this folder, and keep it shared as files come, change and go "
        "(may be given more than once)", cxxopts::value<std::vector<std::string>>())
+      ("http-addr", "Serve the dashboard, /metrics, the JSON API and /files/ID over plain HTTP on HOST:PORT "
+       "(loopback, or behind a TLS proxy); every request needs the control cookie", cxxopts::value<std::string>())
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -66,10 +70,12 @@ int run_peer_server(int argc, char** argv) {
       config.share_dirs.push_back(std::move(canonical));
     }
   }
+  if (args.count("http-addr")) config.http = cli::parse_address(args["http-addr"].as<std::string>());
 
   asio::io_context io(1);
   peer::PeerServer server(io, config);
   const auto bound = server.start();
+  if (auto http = server.http_address()) std::cout << "http on " << http->to_string() << std::endl;
   return serve(io, bound, [&] { server.stop(); });
 }
 

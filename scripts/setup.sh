@@ -10,6 +10,8 @@ packages=(
   libtomlplusplus-dev   # the config file (TOML)
   xxd   # scripts/file_id.sh, the independent file-id check
   dpkg-dev lintian help2man bash-completion man-db systemd   # scripts/package.sh, the package stage
+  libhttp-parser-dev   # the HTTP side's request parser (--http-addr)
+  prometheus chromium   # tests: promtool check metrics; the dashboards in a headless browser
 )
 
 missing=()

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "central.pb.h"
+#include "central_http.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
@@ -92,6 +93,31 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   std::vector<HeldAnswer> held;
   bool commit_posted = false;
   bool stopping = false;
+  std::shared_ptr<CentralMetrics> metrics = std::make_shared<CentralMetrics>();
+  std::unique_ptr<http::Server> http_server;
+  std::optional<cli::Address> http_bound;
+
+  void start_http() {
+    auto host = std::make_shared<CentralHttpHost>();
+    host->registry = &registry;
+    host->metrics = metrics;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    host->connections = [weak] {
+      auto self = weak.lock();
+      return self ? self->sessions.size() : 0;
+    };
+    host->registered_peers = [weak] {
+      auto self = weak.lock();
+      return self ? self->bound.size() : 0;
+    };
+    host->http_connections = [weak] {
+      auto self = weak.lock();
+      return self && self->http_server ? self->http_server->connections() : 0;
+    };
+    http_server = std::make_unique<http::Server>(io, http::Limits{}, make_central_http_handler(host));
+    http_server->on_answered = [m = metrics](double seconds) { m->http_seconds.observe(seconds); };
+    http_bound = http_server->start(*config.http);
+  }
 
   void accept() {
     accept_each(
@@ -154,14 +180,25 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     }
     pb::CentralResponse response;
     response.set_request_id(request.request_id());
+    metrics->requests.add();
+    const auto started = std::chrono::steady_clock::now();
+    const auto observe = [&] {
+      metrics->request_seconds.observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    };
     try {
       handle(session, request, response);
+      observe();
     } catch (const Error& e) {
+      observe();
+      metrics->request_errors.add();
       // A bad request gets an error answer; the connection stays unless the
       // peer broke the protocol itself.
       reply_error(session, request.request_id(), e.code(), e.what(), e.code() == Errc::protocol);
       return;
     } catch (const std::exception& e) {
+      observe();
+      metrics->request_errors.add();
       log::error("central: request failed: {}", e.what());
       reply_error(session, request.request_id(), Errc::unavailable, "internal error", false);
       return;
@@ -273,6 +310,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         bound[id] = session_ptr;
         session.peer = id;
         session.connection->set_limits(protocol::kCentralPeerRequestLimits);
+        metrics->registrations.add();
         auto* out = response.mutable_registered();
         out->set_peer_id(to_bytes(id));
         out->set_heartbeat_interval_ms(static_cast<std::uint32_t>(config.heartbeat_interval.count()));
@@ -289,6 +327,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         }
         registry.touch_peer(peer, now);
         registry.announce(peer, manifest, std::move(partial));
+        metrics->announces.add();
         response.mutable_ok();
         return;
       }
@@ -297,6 +336,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         auto id = file_id_from_bytes(request.withdraw().file_id());
         if (!id) throw Error(Errc::bad_request, "file id must be 32 bytes");
         registry.withdraw(peer, *id);
+        metrics->withdrawals.add();
         response.mutable_ok();
         return;
       }
@@ -411,6 +451,7 @@ std::string CentralServer::fingerprint() const {
 cli::Address CentralServer::start() {
   auto bound = listen_on(impl_->acceptor, impl_->config.listen);
   impl_->accept();
+  if (impl_->config.http) impl_->start_http();
   impl_->schedule_flush();
   return bound;
 }
@@ -421,6 +462,7 @@ void CentralServer::stop() {
     impl->stopping = true;
     std::error_code ignored;
     impl->acceptor.close(ignored);
+    if (impl->http_server) impl->http_server->stop();
     impl->flush_timer.cancel();
     // Whatever was written is committed, with the heartbeats, before the
     // connections close.
@@ -428,6 +470,10 @@ void CentralServer::stop() {
     auto sessions = impl->sessions;
     for (const auto& s : sessions) s->connection->close("server shutting down");
   });
+}
+
+std::optional<cli::Address> CentralServer::http_address() const {
+  return impl_->http_bound;
 }
 
 }  // namespace p2pshare::central

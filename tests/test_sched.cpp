@@ -1181,5 +1181,40 @@ TEST_CASE("sched: a priority window is taken in order, and an exclusive one alon
     CHECK(values(scheduler.next_requests(1, kStart)) == std::vector<std::uint32_t>{2, 3});
     // 0 and 1 lie outside the window: no endgame yet for peer 2.
     CHECK(scheduler.next_requests(2, kStart).empty());
+static Bitfield all_chunks(std::uint32_t size) {
+  Bitfield field(size);
+  for (std::uint32_t i = 0; i < size; ++i) field.set(ChunkIndex{i});
+  return field;
+}
+
+TEST_CASE("sched: the priority window is asked for first, in order, then rarest first", "[sched]") {
+  Config wide;
+  wide.initial_pipeline = 4;
+  Scheduler scheduler(20, bits(20, {11}), wide);
+  REQUIRE(scheduler.add_peer(1, all_chunks(20)));
+  REQUIRE(scheduler.add_peer(2, bits(20, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13})));
+  // A reader wants bytes from chunk 10 on: 10, 12, 13 (11 is had), in order.
+  scheduler.set_window(p2pshare::sched::Window{ChunkIndex{10}, 4, false});
+  const auto first = values(scheduler.next_requests(1, kStart));
+  REQUIRE(first.size() == 4);
+  CHECK(std::vector<std::uint32_t>(first.begin(), first.begin() + 3) == std::vector<std::uint32_t>{10, 12, 13});
+  // The fourth comes from rarest first: a chunk only peer 1 has (14..19).
+  CHECK(first[3] >= 14);
+  // The window is taken: peer 2 gets rarest-first picks among what it has.
+  for (auto chunk : values(scheduler.next_requests(2, kStart))) CHECK(chunk < 10);
+
+  SECTION("without a window nothing changes: rarest first") {
+    Scheduler plain(20, bits(20, {11}), wide);
+    plain.add_peer(1, all_chunks(20));
+    plain.add_peer(2, bits(20, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13}));
+    for (auto chunk : values(plain.next_requests(1, kStart))) CHECK((chunk >= 10 && chunk != 11 && chunk != 13));
+  }
+  SECTION("a window past the end is clamped") {
+    Scheduler clamped(20, Bitfield(20), wide);
+    clamped.add_peer(1, all_chunks(20));
+    clamped.set_window(p2pshare::sched::Window{ChunkIndex{18}, 382, false});
+    const auto picks = values(clamped.next_requests(1, kStart));
+    REQUIRE(picks.size() == 4);
+    CHECK(std::vector<std::uint32_t>(picks.begin(), picks.begin() + 2) == std::vector<std::uint32_t>{18, 19});
   }
 }

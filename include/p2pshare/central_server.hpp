@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <asio.hpp>
@@ -28,6 +29,8 @@ struct ServerConfig {
   std::size_t max_connections = 4096;
   // What one peer and one address may hold, and when stale entries go.
   Limits limits;
+  // --http-addr: the dashboard, /metrics and the read-only JSON API (plain HTTP).
+  std::optional<cli::Address> http;
 };
 
 class CentralServer {
@@ -41,6 +44,8 @@ class CentralServer {
   std::string fingerprint() const;
   // Closes the listener and every connection, flushes the registry.
   void stop();
+  // The HTTP side's bound address, once start() returned (nullopt: no --http-addr).
+  std::optional<cli::Address> http_address() const;
 
  private:
   struct Impl;

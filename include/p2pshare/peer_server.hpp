@@ -38,6 +38,8 @@ struct PeerConfig {
   std::optional<tls::KeyHash> central_fingerprint;
   // --share-dir: folders whose files are all shared, and kept so (absolute, canonical).
   std::vector<std::filesystem::path> share_dirs;
+  // --http-addr: the dashboard, /metrics, the JSON API and the gateway (plain HTTP).
+  std::optional<cli::Address> http;
 };
 
 class PeerServer {
@@ -49,6 +51,8 @@ class PeerServer {
   cli::Address start();
   // Closes the listener and every connection, saves resume state (clean).
   void stop();
+  // The HTTP side's bound address, once start() returned (nullopt: no --http-addr).
+  std::optional<cli::Address> http_address() const;
 
  private:
   struct Impl;

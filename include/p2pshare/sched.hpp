@@ -23,6 +23,10 @@
 //   getting it from the seed) is not asked for that chunk again for
 //   `defer_period`; other peers are, and its bit stays set meanwhile, so the
 //   chunk keeps a source.
+// - Priority: a window of chunks set by set_window() (someone reads the file
+//   while it downloads: request-file --stdout, --sequential, the HTTP
+//   gateway) is asked for first, in index order, before rarest first picks
+//   the rest; an exclusive window (a stream) is all that is asked for.
 // - Strikes: a chunk that fails its hash is a strike against the peer that
 //   sent it; at `max_strikes` the peer is banned from this download (it is
 //   never asked again, even if it reconnects with the same key).

@@ -49,11 +49,29 @@ std::optional<sched::Window> Swarm::window() {
     for (const auto& [token, next] : download.streams) first = std::min(first, next);
     return sched::Window{ChunkIndex{first}, length, true};
   }
+  // A gateway reader (Swarm::prioritize): its chunks first, then rarest first.
+  const auto [first, end] = download.priority;
+  if (first.value < end.value) return sched::Window{first, end.value - first.value, false};
   if (!download.sequential) return std::nullopt;
   while (download.first_missing < manifest_->chunk_count() && have_.test(ChunkIndex{download.first_missing})) {
     ++download.first_missing;
   }
   return sched::Window{ChunkIndex{download.first_missing}, length, false};
+}
+
+void Swarm::prioritize(ChunkIndex first, ChunkIndex end) {
+  if (!download_) return;
+  download_->priority = {first, end};
+  if (!download_->scheduler) return;
+  fill_all();
+}
+
+void Swarm::add_chunk_tap(ChunkTap tap) {
+  chunk_taps_.push_back(std::move(tap));
+}
+
+void Swarm::tap_chunk(ChunkIndex chunk, const BufferPool::Buffer& buffer) {
+  std::erase_if(chunk_taps_, [&](const ChunkTap& tap) { return !tap(chunk, buffer); });
 }
 
 void Swarm::notify_finished(const DownloadOutcome& outcome) {
@@ -251,6 +269,7 @@ bool Swarm::on_piece_header(PeerLink& link, ChunkIndex chunk) {
 }
 
 void Swarm::on_received(std::uint64_t bytes) {
+  services_.metrics->bytes_down.add(bytes);
   if (download_) download_->bytes_received += bytes;
 }
 
@@ -266,19 +285,25 @@ void Swarm::on_payload(PeerLink& link, ChunkIndex chunk, BufferPool::Buffer buff
   auto writer = download_->writer;
   auto self = shared_from_this();
   ++download_->disk_jobs;
+  const auto arrived = std::chrono::steady_clock::now();
   // Any disk thread hashes; the writer gathers verified neighbours into one
   // write (store::ChunkWriter), so hashing never waits on the disk.
-  asio::post(services_.disk, [self, manifest, writer, buffer, chunk, from] {
+  asio::post(services_.disk, [self, manifest, writer, buffer, chunk, from, arrived] {
     const auto digest = Sha256::digest(std::span<const std::uint8_t>(buffer->data(), buffer->size()));
     if (digest != manifest->chunk_hashes[chunk.value]) {
       asio::post(self->services_.io, [self, from, chunk] { self->on_chunk_checked(from, chunk, false, std::nullopt); });
       return;
     }
-    writer->submit(manifest->chunk_offset(chunk), buffer, [self, from, chunk](std::optional<Failure> write_error) {
-      asio::post(self->services_.io, [self, from, chunk, write_error = std::move(write_error)] {
-        self->on_chunk_checked(from, chunk, true, write_error);
-      });
-    });
+    writer->submit(manifest->chunk_offset(chunk), buffer,
+                   [self, from, chunk, arrived, buffer](std::optional<Failure> write_error) {
+                     self->services_.metrics->chunk_seconds.observe(
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - arrived).count());
+                     asio::post(self->services_.io, [self, from, chunk, buffer, write_error = std::move(write_error)] {
+                       const bool written = !write_error;
+                       self->on_chunk_checked(from, chunk, true, write_error);
+                       if (written) self->tap_chunk(chunk, buffer);
+                     });
+                   });
   });
 }
 
@@ -288,8 +313,10 @@ void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok
   if (!download_->scheduler) return;
   auto& scheduler = *download_->scheduler;
   if (!hash_ok) {
+    services_.metrics->chunks_failed.add();
     log::warn("chunk {} of {} from peer {:016x} failed its hash", chunk.value, to_hex(id_), from);
     if (scheduler.on_bad_chunk(from, chunk)) {
+      services_.metrics->bans.add();
       log::warn("peer {:016x} banned from {} after {} bad chunks", from, to_hex(id_), scheduler.strikes(from));
       if (auto it = by_key_.find(from); it != by_key_.end()) it->second->close("banned for sending bad data");
     }
@@ -303,6 +330,7 @@ void Swarm::on_chunk_checked(sched::PeerKey from, ChunkIndex chunk, bool hash_ok
   }
   scheduler.on_chunk_done(chunk);
   have_.set(chunk);
+  services_.metrics->chunks_verified.add();
   download_->resume_dirty = true;
   for (const auto& link : links_) link->send_have(chunk);
   for (const auto& o : download_->observers) {

@@ -64,6 +64,8 @@ struct Download {
   std::size_t fill_cursor = 0;
   std::uint64_t bytes_received = 0;
   Clock::time_point started;
+  // Swarm::prioritize(): chunks a reader waits for, handed to the scheduler.
+  std::pair<ChunkIndex, ChunkIndex> priority{};
 
   // Streams (request-file --stdout) reading the file, each at the next chunk
   // it will read: the scheduler takes only the read-ahead window after the

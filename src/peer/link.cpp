@@ -321,6 +321,7 @@ void PeerLink::serve_more() {
       piece.mutable_piece()->set_index(chunk.value);
       const auto bytes = std::span<const std::uint8_t>(buffer->data(), buffer->size());
       current->on_sent(bytes.size());
+      link->uploaded_ += bytes.size();
       link->connection_->send(encode(piece), wire::Payload{bytes, buffer});
       link->serve_more();
     });

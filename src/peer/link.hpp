@@ -109,6 +109,7 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   // It asked us for the chunk and we accepted (queued or sent).
   bool promised(ChunkIndex chunk) const { return promised_.test(chunk); }
   std::uint64_t downloaded() const { return downloaded_; }
+  std::uint64_t uploaded() const { return uploaded_; }  // chunk bytes we sent it
 
  private:
   struct ChunkIndexHash {
@@ -144,6 +145,7 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   Bitfield deferred_;  // chunks we answered "busy" to it once
   bool verified_ = false;
   std::uint64_t downloaded_ = 0;
+  std::uint64_t uploaded_ = 0;
 };
 
 }  // namespace p2pshare::peer

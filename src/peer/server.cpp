@@ -11,11 +11,13 @@
 #include "control.pb.h"
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
+#include "p2pshare/http.hpp"
 #include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "peer/central_link.hpp"
 #include "peer/folder.hpp"
+#include "peer/http_api.hpp"
 #include "peer/state.hpp"
 #include "peer/stream.hpp"
 #include "peer/swarm.hpp"
@@ -70,6 +72,28 @@ pb::ControlResponse error_response(Errc code, const std::string& text) {
   return response;
 }
 
+// The control plane's sink: answers go to the control connection (held
+// weakly: a client that left gets nothing more).
+class ConnectionSink : public ControlSink {
+ public:
+  explicit ConnectionSink(const std::shared_ptr<wire::Connection>& connection) : connection_(connection) {}
+  void send(std::string bytes) override {
+    if (auto c = connection_.lock()) c->send(std::move(bytes));
+  }
+  bool closed() const override {
+    auto c = connection_.lock();
+    return !c || c->closed();
+  }
+  std::size_t queued_bytes() const override {
+    auto c = connection_.lock();
+    return c ? c->queued_bytes() : 0;
+  }
+  std::shared_ptr<wire::Connection> connection() const override { return connection_.lock(); }
+
+ private:
+  std::weak_ptr<wire::Connection> connection_;
+};
+
 }  // namespace
 
 std::filesystem::path cookie_path(const std::filesystem::path& data_dir) {
@@ -108,6 +132,42 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   std::shared_ptr<FolderWatcher> folders;
 
   bool in_folder(const std::filesystem::path& path) const { return folders && folders->folder_of(path); }
+  std::unique_ptr<http::Server> http_server;
+  std::optional<cli::Address> http_bound;
+
+  void start_http() {
+    auto host = std::make_shared<PeerHttpHost>();
+    host->services = services.get();
+    host->cookie = cookie;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    host->control = [weak](const std::shared_ptr<ControlSink>& sink, const pb::ControlRequest& request) {
+      if (auto self = weak.lock(); self && !self->stopping) self->handle_control(sink, request);
+    };
+    host->lookup = [weak](const FileId& id) -> std::shared_ptr<Swarm> {
+      auto self = weak.lock();
+      return self ? self->lookup(id) : nullptr;
+    };
+    host->swarms = [weak] {
+      std::vector<std::shared_ptr<Swarm>> all;
+      if (auto self = weak.lock()) {
+        for (const auto& [id, swarm] : self->swarms) all.push_back(swarm);
+      }
+      return all;
+    };
+    host->listen_address = [weak] {
+      auto self = weak.lock();
+      return self ? self->bound.to_string() : std::string{};
+    };
+    host->http_connections = [weak] {
+      auto self = weak.lock();
+      return self && self->http_server ? self->http_server->connections() : 0;
+    };
+    http_server = std::make_unique<http::Server>(io, http::Limits{}, make_peer_http_handler(host));
+    http_server->on_answered = [metrics = services->metrics](double seconds) {
+      metrics->http_seconds.observe(seconds);
+    };
+    http_bound = http_server->start(*config.http);
+  }
 
   static bool seeding(const Swarm& swarm) { return swarm.complete() && !swarm.downloading(); }
 
@@ -363,8 +423,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     quiet.idle = std::chrono::hours(24 * 365);
     c->set_timeouts(quiet);
     std::weak_ptr<wire::Connection> weak = c;
+    // Lives as long as the connection's handler: the answers' weak way back.
+    auto sink = std::make_shared<ConnectionSink>(c);
     c->start(
-        [self = shared_from_this(), weak](std::string_view message, std::uint32_t) {
+        [self = shared_from_this(), weak, sink](std::string_view message, std::uint32_t) {
           auto conn = weak.lock();
           if (!conn) return;
           pb::ControlRequest request;
@@ -372,7 +434,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
             conn->send_and_close(encode(error_response(Errc::protocol, "malformed control request")), "malformed");
             return;
           }
-          self->handle_control(conn, request);
+          self->handle_control(sink, request);
         },
         [self = shared_from_this(), weak](const std::string&) {
           if (auto conn = weak.lock()) self->connections.erase(conn);
@@ -382,7 +444,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     c->send(encode(accepted));
   }
 
-  void handle_control(const std::shared_ptr<wire::Connection>& c, const pb::ControlRequest& request) {
+  void handle_control(const std::shared_ptr<ControlSink>& c, const pb::ControlRequest& request) {
     try {
       switch (request.body_case()) {
         case pb::ControlRequest::kRegisterFile:
@@ -404,7 +466,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
   }
 
-  void register_file(const std::shared_ptr<wire::Connection>& c, const std::string& path_text) {
+  void register_file(const std::shared_ptr<ControlSink>& c, const std::string& path_text) {
     const std::filesystem::path path(path_text);
     if (!path.is_absolute()) throw Error(Errc::bad_request, "the path must be absolute");
     // Hashing a large file takes seconds: off the network thread.
@@ -436,7 +498,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     });
   }
 
-  void add_shared(const std::shared_ptr<wire::Connection>& c, const std::filesystem::path& path, Manifest manifest,
+  void add_shared(const std::shared_ptr<ControlSink>& c, const std::filesystem::path& path, Manifest manifest,
                   const store::FileIdentity& identity) {
     const FileId id = manifest.file_id();
     auto existing = lookup(id);
@@ -477,12 +539,15 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   // `checked`: the file this peer shares was just checked against the disk
   // (a file deleted or changed under us is withdrawn and fetched again, never
   // answered with its stale path).
-  void request_file(const std::shared_ptr<wire::Connection>& c, const pb::RequestFile& request, bool checked = false) {
+  void request_file(const std::shared_ptr<ControlSink>& c, const pb::RequestFile& request, bool checked = false) {
     auto id = file_id_from_bytes(request.file_id());
     if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
     std::filesystem::path out(request.out_path());
     if (!out.empty() && (!out.is_absolute() || !out.has_filename())) {
       throw Error(Errc::bad_request, "--out must name a file");
+    }
+    if (request.stream() && !c->connection()) {
+      throw Error(Errc::bad_request, "a stream is answered on the control plane only; over HTTP, GET /files/ID");
     }
     auto swarm = lookup(*id);
     if (swarm && seeding(*swarm) && !checked) {
@@ -496,7 +561,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       return;
     }
     if (swarm && seeding(*swarm) && request.stream()) {
-      start_stream(c, swarm);
+      start_stream(c->connection(), swarm);
       return;
     }
     if (swarm && seeding(*swarm)) {
@@ -610,10 +675,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     return std::nullopt;
   }
 
-  void watch(const std::shared_ptr<wire::Connection>& c, const std::shared_ptr<Swarm>& swarm,
+  void watch(const std::shared_ptr<ControlSink>& c, const std::shared_ptr<Swarm>& swarm,
              const pb::RequestFile& request) {
     if (request.sequential()) swarm->set_sequential();
-    std::weak_ptr<wire::Connection> weak = c;
+    std::weak_ptr<ControlSink> weak = c;
     // The identity a finished download is held to, taken as it finishes. One
     // that finishes with nobody watching (resumed at start) has none: the
     // next sweep hashes it once and records it.
@@ -631,7 +696,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     };
     swarm->add_observer(std::move(stamp));
     if (request.stream()) {
-      start_stream(c, swarm);
+      start_stream(c->connection(), swarm);
       return;
     }
     Observer observer;
@@ -659,7 +724,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     swarm->add_observer(std::move(observer));
   }
 
-  void stop_sharing(const std::shared_ptr<wire::Connection>& c, const std::string& raw_id) {
+  void stop_sharing(const std::shared_ptr<ControlSink>& c, const std::string& raw_id) {
     auto id = file_id_from_bytes(raw_id);
     if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
     auto swarm = lookup(*id);
@@ -686,7 +751,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
 
   // share-link and export-manifest: a file this peer shares or downloads,
   // and the central server it uses, with the key that server proved.
-  void describe_file(const std::shared_ptr<wire::Connection>& c, const std::string& raw_id) {
+  void describe_file(const std::shared_ptr<ControlSink>& c, const std::string& raw_id) {
     auto id = file_id_from_bytes(raw_id);
     if (!id) throw Error(Errc::bad_request, "the file id must be 64 hex digits");
     auto swarm = lookup(*id);
@@ -709,7 +774,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     c->send(encode(response));
   }
 
-  void status(const std::shared_ptr<wire::Connection>& c) {
+  void status(const std::shared_ptr<ControlSink>& c) {
     pb::ControlResponse response;
     auto* out = response.mutable_status();
     out->set_peer_id(to_bytes(services->self));
@@ -841,6 +906,7 @@ cli::Address PeerServer::start() {
     resumed.push_back(swarm);
   }
   impl.accept();
+  if (impl.config.http) impl.start_http();
   impl.services->central->start();
   impl.upload_timer = std::make_unique<asio::steady_timer>(impl.io);
   impl.save_uploads_periodically();
@@ -858,6 +924,7 @@ void PeerServer::stop() {
     impl->stopping = true;
     std::error_code ignored;
     impl->acceptor.close(ignored);
+    if (impl->http_server) impl->http_server->stop();
     if (impl->upload_timer) impl->upload_timer->cancel();
     if (impl->file_timer) impl->file_timer->cancel();
     if (impl->folders) impl->folders->stop();
@@ -866,6 +933,10 @@ void PeerServer::stop() {
     for (const auto& c : connections) c->close("server shutting down");
     if (impl->services) impl->services->central->stop();
   });
+}
+
+std::optional<cli::Address> PeerServer::http_address() const {
+  return impl_->http_bound;
 }
 
 }  // namespace p2pshare::peer

@@ -15,6 +15,7 @@
 #include <asio.hpp>
 #include <asio/ssl.hpp>
 
+#include "p2pshare/metrics.hpp"
 #include "p2pshare/rate.hpp"
 #include "p2pshare/sched.hpp"
 #include "p2pshare/store.hpp"
@@ -38,6 +39,17 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   std::vector<std::unique_ptr<store::ChunkBytes>> free_;
 };
 
+// What /metrics counts on a peer-server (the gauges are read at scrape time).
+struct PeerMetrics {
+  metrics::Counter bytes_up;         // chunk payload bytes handed to other peers' sockets
+  metrics::Counter bytes_down;       // chunk payload bytes read from other peers
+  metrics::Counter chunks_verified;  // matched their hash and were written
+  metrics::Counter chunks_failed;    // failed their hash
+  metrics::Counter bans;             // peers banned from a download for bad chunks
+  metrics::Histogram chunk_seconds;  // payload in -> hashed and written
+  metrics::Histogram http_seconds;   // HTTP request in -> answer begun
+};
+
 struct Services {
   asio::io_context& io;
   asio::thread_pool& disk;
@@ -58,6 +70,7 @@ struct Services {
   std::function<void(const FileId&)> on_unreadable{};
   // TLS for the links we open: presents our certificate (peer plane).
   std::shared_ptr<asio::ssl::context> client_tls{};
+  std::shared_ptr<PeerMetrics> metrics = std::make_shared<PeerMetrics>();
 };
 
 }  // namespace p2pshare::peer

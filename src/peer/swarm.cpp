@@ -287,6 +287,7 @@ void Swarm::read_chunk(ChunkIndex chunk, ReadDone done) {
 }
 
 void Swarm::on_sent(std::uint64_t bytes) {
+  services_.metrics->bytes_up.add(bytes);
   serving_.uploaded += bytes;
   serving_.uploaded_unsaved += bytes;
 }

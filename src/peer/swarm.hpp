@@ -69,6 +69,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   std::uint64_t uploaded() const { return serving_.uploaded; }
   std::uint64_t bytes_received() const { return download_ ? download_->bytes_received : 0; }
   std::size_t link_count() const { return links_.size(); }
+  const std::set<std::shared_ptr<PeerLink>>& links() const { return links_; }
   std::uint64_t have_bytes() const;
 
   // Starts (or restarts after a failure) the download; verifies what the
@@ -80,6 +81,16 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   void set_stream_position(std::uint64_t token, std::optional<std::uint32_t> next);
   // request-file --sequential: chunks in order first.
   void set_sequential();
+  // A reader waits for chunks [first, end): they are asked for before any
+  // other (a sched::Window; a --stdout stream's window goes first). Nothing
+  // for a seed.
+  void prioritize(ChunkIndex first, ChunkIndex end);
+  // A reader of the file while it downloads (the gateway) sees each chunk's
+  // bytes as they are verified and written: the partial file is written
+  // O_DIRECT, so reading it back would go to the disk. A tap that returns
+  // false is removed.
+  using ChunkTap = std::function<bool(ChunkIndex, const BufferPool::Buffer&)>;
+  void add_chunk_tap(ChunkTap tap);
   // Stops serving and downloading; closes every link. Partial data stays.
   void shutdown(bool persist_clean);
   // What the central server should hear about this file.
@@ -139,6 +150,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   void fail(Failure failure);
   void notify_progress();
   void notify_finished(const DownloadOutcome& outcome);
+  void tap_chunk(ChunkIndex chunk, const BufferPool::Buffer& buffer);
 
   Services& services_;
   std::shared_ptr<const Manifest> manifest_;
@@ -152,6 +164,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   std::set<std::shared_ptr<PeerLink>> links_;          // past the handshake
   std::set<std::shared_ptr<PeerLink>> pending_links_;  // dialled, handshake under way
   std::unordered_map<sched::PeerKey, PeerLink*> by_key_;
+  std::vector<ChunkTap> chunk_taps_;
 };
 
 }  // namespace p2pshare::peer

@@ -1,0 +1,39 @@
+// The central server's HTTP side (--http-addr): the dashboard at /,
+// /metrics, and a read-only JSON API (/api/files, /api/peers,
+// /api/files/ID). Everything here is what `list-files`, `list-peers` and
+// `file-info` already show anyone, so no token is asked.
+//
+// Threading: network thread only (the Registry is touched there alone).
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+
+#include "p2pshare/http.hpp"
+#include "p2pshare/metrics.hpp"
+#include "p2pshare/registry.hpp"
+
+namespace p2pshare::central {
+
+struct CentralMetrics {
+  metrics::Counter requests;        // central-plane requests handled
+  metrics::Counter request_errors;  // answered with an error
+  metrics::Counter registrations;
+  metrics::Counter announces;
+  metrics::Counter withdrawals;
+  metrics::Histogram request_seconds;  // handling one central-plane request (before the group commit)
+  metrics::Histogram http_seconds;
+};
+
+struct CentralHttpHost {
+  const Registry* registry = nullptr;
+  std::shared_ptr<CentralMetrics> metrics;
+  std::function<std::size_t()> connections;       // central-plane connections open
+  std::function<std::size_t()> registered_peers;  // connections speaking for a registered peer
+  std::function<std::size_t()> http_connections;
+};
+
+http::Handler make_central_http_handler(std::shared_ptr<CentralHttpHost> host);
+
+}  // namespace p2pshare::central
