@@ -104,7 +104,7 @@ cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, con
 }
 
 void check_option_value(const std::string& name, const std::string& value) {
-  if (name == "addr" || name == "peer-addr" || name == "central-server-addr") {
+  if (name == "addr" || name == "peer-addr" || name == "central-server-addr" || name == "http-addr") {
     (void)cli::parse_address(value);
   } else if (name == "upload-limit" || name == "download-limit") {
     (void)cli::parse_rate(value);
