@@ -1181,6 +1181,9 @@ TEST_CASE("sched: a priority window is taken in order, and an exclusive one alon
     CHECK(values(scheduler.next_requests(1, kStart)) == std::vector<std::uint32_t>{2, 3});
     // 0 and 1 lie outside the window: no endgame yet for peer 2.
     CHECK(scheduler.next_requests(2, kStart).empty());
+  }
+}
+
 static Bitfield all_chunks(std::uint32_t size) {
   Bitfield field(size);
   for (std::uint32_t i = 0; i < size; ++i) field.set(ChunkIndex{i});
