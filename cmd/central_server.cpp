@@ -59,6 +59,9 @@ int run_central_server(int argc, char** argv) {
        cxxopts::value<std::uint32_t>()->default_value("60"))
       ("forget-after", "Forget peers not seen for this long, and files nobody holds (7d, 12h, 30m, 90s)",
        cxxopts::value<std::string>()->default_value("7d"))
+      ("capability-lifetime", "How long a group capability is valid: the most a holder may go on serving a user who "
+       "left the group (5m, 90s; 2s to 1h)",
+       cxxopts::value<std::string>()->default_value("5m"))
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -81,6 +84,11 @@ int run_central_server(int argc, char** argv) {
   if (config.limits.forget_after <
       std::max<std::chrono::milliseconds>(config.heartbeat_interval * 4, std::chrono::seconds(1))) {
     throw Error(Errc::usage, "--forget-after must be at least 1s and 4 heartbeat intervals");
+  }
+
+  config.capability_lifetime = parse_duration("--capability-lifetime", args["capability-lifetime"].as<std::string>());
+  if (config.capability_lifetime < std::chrono::seconds(2) || config.capability_lifetime > std::chrono::hours(1)) {
+    throw Error(Errc::usage, "--capability-lifetime must be from 2s to 1h");
   }
 
   asio::io_context io(1);

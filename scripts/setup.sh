@@ -7,6 +7,7 @@ packages=(
   clang clang-format clang-tidy libclang-rt-14-dev   # fuzzing, sanitizers, style
   libasio-dev libprotobuf-dev protobuf-compiler libcxxopts-dev libfmt-dev
   catch2 nlohmann-json3-dev libssl-dev libsqlite3-dev
+  libsodium-dev   # Argon2id password hashes, Ed25519 capability checks (accounts)
   xxd   # scripts/file_id.sh, the independent file-id check
   dpkg-dev lintian help2man bash-completion man-db systemd   # scripts/package.sh, the package stage
 )

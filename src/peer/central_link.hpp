@@ -49,6 +49,10 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   bool registered() const { return registered_; }
   const PeerId& peer_id() const { return peer_id_; }
   const cli::Address& address() const { return central_; }
+  // The central server's key hash we trust (pinned, recorded in
+  // known_centrals, or accepted at the last handshake): capabilities are
+  // checked against it, also while the central server is unreachable.
+  std::optional<tls::KeyHash> trusted_key();
 
  private:
   void connect();
@@ -86,6 +90,7 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   std::deque<Waiting> waiting_;
   asio::steady_timer waiting_timer_;
   std::string last_error_ = "not connected yet";
+  std::optional<tls::KeyHash> trusted_key_;
 };
 
 }  // namespace p2pshare::peer
