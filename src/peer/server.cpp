@@ -717,6 +717,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     // checked against the id we asked for before anything is trusted.
     pb::CentralRequest get;
     get.mutable_get_file()->set_file_id(to_bytes(*id));
+    if (!services->session.empty()) get.set_session(services->session);  // a group's file: members only
     auto self = shared_from_this();
     services->central->request(std::move(get), [self, c, id = *id, out, request](auto response,
                                                                                  const std::string& error) {
