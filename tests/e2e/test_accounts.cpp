@@ -209,6 +209,7 @@ std::string raw_id(const std::string& hex) {
 }  // namespace
 
 TEST_CASE("accounts: a holder refuses every misused capability, spoken to directly") {
+  // One cluster, one check after another (each on a fresh connection).
   Cluster c(2);  // peer0: alice holds a group's file; peer1: bob, a member
   create_and_login(c, 0, "alice");
   create_and_login(c, 1, "bob");
@@ -228,45 +229,58 @@ TEST_CASE("accounts: a holder refuses every misused capability, spoken to direct
   };
   const auto holder = c.peer(0).addr;
 
-  SECTION("a good capability is served") {
+  {  // a good capability is served
     RawPeer p(holder, mallory);
     const auto reply = p.interested(id, {sign(central, mallory.peer_id(), kGroup, now + std::chrono::minutes(1))});
     CHECK(reply.has_bitfield());
   }
-  SECTION("none") {
+  {  // none
     check_refused(RawPeer(holder, mallory).interested(id, {}), "present a capability");
   }
-  SECTION("forged: signed by another key") {
+  {  // forged: signed by another key
     const auto forger = tls::make_identity();
     check_refused(RawPeer(holder, mallory)
                       .interested(id, {sign(forger, mallory.peer_id(), kGroup, now + std::chrono::minutes(1))}),
                   "not signed by the central server");
   }
-  SECTION("forged: a bad signature") {
+  {  // forged: a bad signature
     auto capability = sign(central, mallory.peer_id(), kGroup, now + std::chrono::minutes(1));
     std::string signature = capability.signature();
     signature[0] = static_cast<char>(signature[0] ^ 0x40);
     capability.set_signature(signature);
     check_refused(RawPeer(holder, mallory).interested(id, {capability}), "bad signature");
   }
-  SECTION("expired") {
+  {  // expired
     check_refused(RawPeer(holder, mallory)
                       .interested(id, {sign(central, mallory.peer_id(), kGroup, now - std::chrono::seconds(1))}),
                   "expired");
   }
-  SECTION("issued to another peer id") {
+  {  // issued to another peer id
     PeerId other = mallory.peer_id();
     other.bytes[3] ^= 1;
     check_refused(
         RawPeer(holder, mallory).interested(id, {sign(central, other, kGroup, now + std::chrono::minutes(1))}),
         "another peer");
   }
-  SECTION("for another group") {
+  {  // for another group
     check_refused(RawPeer(holder, mallory)
                       .interested(id, {sign(central, mallory.peer_id(), "other", now + std::chrono::minutes(1))}),
                   "another group");
   }
-  SECTION("a real capability replayed by a peer that is not its subject") {
+  {  // an open link stops being served when its capability expires
+    RawPeer p(holder, mallory);
+    const auto expires = std::chrono::system_clock::now() + std::chrono::seconds(2);
+    REQUIRE(p.interested(id, {sign(central, mallory.peer_id(), kGroup, expires)}).has_bitfield());
+    pb::PeerMessage request;
+    request.mutable_request()->set_index(0);
+    CHECK(p.send(request).has_piece());
+    while (std::chrono::system_clock::now() <= expires + std::chrono::milliseconds(100)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    request.mutable_request()->set_index(1);
+    check_refused(p.send(request), "capability expired");
+  }
+  {  // a real capability replayed by a peer that is not its subject
     // What the central server gives bob's peer (its key, its session)...
     const auto bob = tls::load_or_create_identity(c.peer(1).data_dir, false);
     std::ifstream session(c.peer(1).data_dir / "session");
@@ -287,18 +301,5 @@ TEST_CASE("accounts: a holder refuses every misused capability, spoken to direct
     // ...is refused from mallory, and served to bob's key.
     check_refused(RawPeer(holder, mallory).interested(id, {real}), "another peer");
     CHECK(RawPeer(holder, bob).interested(id, {real}).has_bitfield());
-  }
-  SECTION("an open link stops being served when its capability expires") {
-    RawPeer p(holder, mallory);
-    const auto expires = std::chrono::system_clock::now() + std::chrono::seconds(2);
-    REQUIRE(p.interested(id, {sign(central, mallory.peer_id(), kGroup, expires)}).has_bitfield());
-    pb::PeerMessage request;
-    request.mutable_request()->set_index(0);
-    CHECK(p.send(request).has_piece());
-    while (std::chrono::system_clock::now() <= expires + std::chrono::milliseconds(100)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    request.mutable_request()->set_index(1);
-    check_refused(p.send(request), "capability expired");
   }
 }
