@@ -116,10 +116,10 @@ void save_session(const std::filesystem::path& path, const SavedSession& saved) 
                   to_hex(std::span(reinterpret_cast<const std::uint8_t*>(saved.token.data()), saved.token.size())));
   const auto temp = path.string() + ".tmp";
   store::FileHandle out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, std::strerror(errno)));
+  if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, errno_text(errno)));
   if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fsync(out.get()) != 0 ||
       ::rename(temp.c_str(), path.c_str()) != 0) {
-    throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), std::strerror(errno)));
+    throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
   }
 }
 
@@ -607,8 +607,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
 
   // A group share needs the central server's word that the user is a
   // member before it is kept: asked first, with the announcement itself.
-  void add_group_share(const std::shared_ptr<wire::Connection>& c, const std::filesystem::path& path, Manifest manifest,
-                       const store::FileIdentity& identity, const std::string& group) {
+  void add_group_share(const std::shared_ptr<wire::Connection>& c, const std::filesystem::path& path,
+                       const Manifest& manifest, const store::FileIdentity& identity, const std::string& group) {
     const FileId id = manifest.file_id();
     std::vector<std::string> groups{group};
     if (auto existing = lookup(id); existing && seeding(*existing)) {
