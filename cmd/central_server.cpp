@@ -40,6 +40,9 @@ int run_central_server(int argc, char** argv) {
        cxxopts::value<std::string>()->default_value("7d"))
       ("http-addr", "Serve the dashboard, /metrics and the read-only JSON API over plain HTTP on HOST:PORT",
        cxxopts::value<std::string>())
+      ("capability-lifetime", "How long a group capability is valid: the most a holder may go on serving a user who "
+       "left the group (5m, 90s; 2s to 1h)",
+       cxxopts::value<std::string>()->default_value("5m"))
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -65,6 +68,10 @@ int run_central_server(int argc, char** argv) {
   }
 
   if (args.count("http-addr")) config.http = cli::parse_address(args["http-addr"].as<std::string>());
+  config.capability_lifetime = parse_duration("--capability-lifetime", args["capability-lifetime"].as<std::string>());
+  if (config.capability_lifetime < std::chrono::seconds(2) || config.capability_lifetime > std::chrono::hours(1)) {
+    throw Error(Errc::usage, "--capability-lifetime must be from 2s to 1h");
+  }
 
   asio::io_context io(1);
   central::CentralServer server(io, config);

@@ -25,6 +25,17 @@ int run_stop_sharing(int, char**);
 int run_status(int, char**);
 int run_share_link(int, char**);
 int run_export_manifest(int, char**);
+int run_create_user(int, char**);
+int run_login(int, char**);
+int run_logout(int, char**);
+int run_whoami(int, char**);
+int run_create_group(int, char**);
+int run_list_groups(int, char**);
+int run_join_group(int, char**);
+int run_list_requests(int, char**);
+int run_accept_request(int, char**);
+int run_reject_request(int, char**);
+int run_leave_group(int, char**);
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
@@ -39,6 +50,17 @@ const std::vector<Command>& commands() {
       {"status", "Show what your peer-server shares and downloads", run_status},
       {"share-link", "Print a p2pshare:// link to a file you share", run_share_link},
       {"export-manifest", "Write a .p2ps manifest file for a file you share", run_export_manifest},
+      {"create-user", "Create an account on the central server", run_create_user},
+      {"login", "Log your peer-server in as a user", run_login},
+      {"logout", "Log your peer-server out", run_logout},
+      {"whoami", "Print the user your peer-server is logged in as", run_whoami},
+      {"create-group", "Create a group you own", run_create_group},
+      {"list-groups", "List every group and whether you are a member", run_list_groups},
+      {"join-group", "Ask to join a group", run_join_group},
+      {"list-requests", "List the requests to join a group you own", run_list_requests},
+      {"accept-request", "Accept a request to join a group you own", run_accept_request},
+      {"reject-request", "Reject a request to join a group you own", run_reject_request},
+      {"leave-group", "Leave a group", run_leave_group},
   };
   return table;
 }

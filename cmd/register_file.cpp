@@ -11,7 +11,9 @@ namespace p2pshare::cmd {
 
 int run_register_file(int argc, char** argv) {
   cxxopts::Options options("p2pshare register-file", "Hash FILE; your peer-server starts serving and announcing it.");
-  options.add_options()("path", "The file to share", cxxopts::value<std::string>());
+  options.add_options()("path", "The file to share", cxxopts::value<std::string>())(
+      "group", "Share it with this group's members only (you must be logged in and a member)",
+      cxxopts::value<std::string>());
   add_control_options(options);
   auto args = parse(options, argc, argv, {"path"});
   // The peer-server runs elsewhere in the file tree: it gets an absolute path,
@@ -26,6 +28,7 @@ int run_register_file(int argc, char** argv) {
   auto control = connect_control(args);
   pb::ControlRequest request;
   request.mutable_register_file()->set_path(path.string());
+  if (args.count("group")) request.mutable_register_file()->set_group(args["group"].as<std::string>());
   control.send(request);
   // Hashing a large file takes a while on the peer-server's side.
   auto response = control.receive(std::chrono::minutes(30));

@@ -58,6 +58,7 @@ int run_status(int argc, char** argv) {
     print_json({{"peer_id", hex(s.peer_id())},
                 {"addr", s.listen_addr()},
                 {"central_connected", s.central_connected()},
+                {"user", s.user()},
                 {"shared", shared},
                 {"downloads", downloads},
                 {"folders", folders}});
@@ -65,6 +66,7 @@ int run_status(int argc, char** argv) {
   }
   std::cout << fmt::format("peer {} on {}, central server {}\n\n", hex(s.peer_id()), s.listen_addr(),
                            s.central_connected() ? "connected" : "NOT connected");
+  std::cout << fmt::format("logged in as: {}\n\n", s.user().empty() ? "nobody" : s.user());
   std::vector<std::vector<std::string>> rows;
   for (const auto& f : s.shared()) {
     rows.push_back(

@@ -8,6 +8,7 @@ packages=(
   libasio-dev libprotobuf-dev protobuf-compiler libcxxopts-dev libfmt-dev
   catch2 nlohmann-json3-dev libssl-dev libsqlite3-dev
   libtomlplusplus-dev   # the config file (TOML)
+  libsodium-dev   # Argon2id password hashes, Ed25519 capability checks (accounts)
   xxd   # scripts/file_id.sh, the independent file-id check
   dpkg-dev lintian help2man bash-completion man-db systemd   # scripts/package.sh, the package stage
   libhttp-parser-dev   # the HTTP side's request parser (--http-addr)

@@ -6,8 +6,12 @@
 
 #include <fmt/format.h>
 
+#include <sodium.h>
+
 #include "central.pb.h"
 #include "central_http.hpp"
+#include "p2pshare/account_store.hpp"
+#include "p2pshare/accounts.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
@@ -24,6 +28,15 @@ constexpr std::size_t kMaxHoldersPerAnswer = 200;
 // Rows one forgetting step may delete before the waiting requests run: a
 // step of 500 took a median 4 ms on the test machine, one of 2,000 took 14.
 constexpr std::size_t kForgetBatchRows = 500;
+// Password guesses: the first 5 failures for a user name or an address are
+// free (typos), then each waits twice as long, up to 15 minutes. 4,096
+// keys each: a few hundred KiB at most, whatever an attacker sends.
+constexpr std::size_t kThrottleKeys = 4096;
+constexpr std::uint32_t kFreeFailures = 5;
+constexpr std::chrono::milliseconds kThrottleBase{1000};
+constexpr std::chrono::milliseconds kThrottleMax{15 * 60 * 1000};
+constexpr int kMaxAnnounceGroups = 8;
+constexpr const char* kWrongLogin = "wrong user or password";
 
 std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
   auto address = endpoint.address();
@@ -77,7 +90,13 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         flush_timer(io),
         registry(config.data_dir, config.heartbeat_interval * 3, config.limits),
         identity(tls::load_or_create_identity(config.data_dir, false)),
-        context(tls::make_context(tls::Side::server, &identity)) {}
+        context(tls::make_context(tls::Side::server, &identity)),
+        accounts(registry),
+        hash_pool(std::max(1U, config.hash_threads)),
+        failures_by_user(kThrottleKeys, kFreeFailures, kThrottleBase, kThrottleMax),
+        failures_by_address(kThrottleKeys, kFreeFailures, kThrottleBase, kThrottleMax) {
+    accounts::init_sodium();
+  }
 
   asio::io_context& io;
   ServerConfig config;
@@ -86,6 +105,12 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   Registry registry;
   tls::Identity identity;
   std::shared_ptr<asio::ssl::context> context;
+  AccountStore accounts;
+  // Password hashing runs here, never on the network thread.
+  asio::thread_pool hash_pool;
+  std::size_t hashes_queued = 0;
+  accounts::Throttle failures_by_user;
+  accounts::Throttle failures_by_address;
   std::set<std::shared_ptr<Session>> sessions;
   std::map<PeerId, std::weak_ptr<Session>> bound;  // who speaks for each peer id now
   // Group commit: answers given while registry writes are uncommitted wait
@@ -176,6 +201,10 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     pb::CentralRequest request;
     if (!request.ParseFromArray(message.data(), static_cast<int>(message.size()))) {
       reply_error(session, 0, Errc::protocol, "malformed request", true);
+      return;
+    }
+    if (request.has_create_user() || request.has_login()) {
+      password_request(session, request);
       return;
     }
     pb::CentralResponse response;
@@ -278,6 +307,201 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     }
   }
 
+  accounts::PasswordCost password_cost() const { return {config.password_opslimit, config.password_memlimit}; }
+
+  // CreateUser and Login: the Argon2id work runs on hash_pool (at most
+  // hash_threads at once, so at most that many x memlimit of memory), then
+  // the answer is made back on this thread. An unknown user costs one
+  // verification against a dummy hash, like a wrong password.
+  void password_request(const std::shared_ptr<Session>& session, const pb::CentralRequest& request) {
+    const bool login = request.has_login();
+    const std::uint64_t id = request.request_id();
+    const std::string user = login ? request.login().user() : request.create_user().user();
+    auto password =
+        std::make_shared<std::string>(login ? request.login().password() : request.create_user().password());
+    const std::string address = registration_source(session->connection->remote());
+    const auto now = std::chrono::steady_clock::now();
+    if (auto error = accounts::name_error("user", user))
+      return reply_error(session, id, Errc::bad_request, *error, false);
+    if (password->size() < accounts::kMinPassword || password->size() > accounts::kMaxPassword) {
+      if (login) return reply_error(session, id, Errc::unauthorized, kWrongLogin, false);
+      return reply_error(
+          session, id, Errc::bad_request,
+          fmt::format("a password must be {} to {} bytes", accounts::kMinPassword, accounts::kMaxPassword), false);
+    }
+    if (login) {
+      const auto wait = std::max(failures_by_user.wait(user, now), failures_by_address.wait(address, now));
+      if (wait.count() > 0) {
+        return reply_error(session, id, Errc::unavailable,
+                           fmt::format("too many failed logins; try again in {} s",
+                                       std::chrono::ceil<std::chrono::seconds>(wait).count()),
+                           false);
+      }
+    }
+    if (hashes_queued >= config.max_queued_hashes) {
+      return reply_error(session, id, Errc::unavailable, "the central server is busy; retry", false);
+    }
+    std::optional<User> known;
+    std::string stored;
+    if (login) {
+      if (auto found = accounts.password_hash(user)) {
+        known = found->first;
+        stored = std::move(found->second);
+      } else {
+        stored = accounts::dummy_hash(password_cost());
+      }
+    } else if (accounts.password_hash(user)) {
+      return reply_error(session, id, Errc::bad_request, fmt::format("user {} already exists", user), false);
+    }
+    ++hashes_queued;
+    const auto cost = password_cost();
+    std::weak_ptr<Session> weak = session;
+    // The pool holds no strong reference: the last one must never be
+    // dropped on a pool thread (its destructor joins the pool).
+    std::weak_ptr<Impl> weak_self = shared_from_this();
+    asio::post(hash_pool, [&io = io, weak_self, weak, id, login, user, known, stored, password, address, cost] {
+      std::string result;  // login: "1" if it matched; create: the hash
+      try {
+        if (login) {
+          result = accounts::verify_password(stored, *password) ? "1" : "";
+        } else {
+          result = accounts::hash_password(*password, cost);
+        }
+      } catch (const std::exception&) {
+        result.clear();
+      }
+      sodium_memzero(password->data(), password->size());
+      asio::post(io, [weak_self, weak, id, login, user, known, result, address] {
+        auto self = weak_self.lock();
+        if (!self) return;
+        --self->hashes_queued;
+        auto s = weak.lock();
+        if (!s || self->stopping) return;
+        self->finish_password_request(s, id, login, user, known, result, address);
+      });
+    });
+  }
+
+  void finish_password_request(const std::shared_ptr<Session>& session, std::uint64_t id, bool login,
+                               const std::string& user, const std::optional<User>& known, const std::string& result,
+                               const std::string& address) {
+    pb::CentralResponse response;
+    response.set_request_id(id);
+    try {
+      const auto now = std::chrono::system_clock::now();
+      if (login) {
+        if (!known || result != "1") {
+          const auto steady = std::chrono::steady_clock::now();
+          failures_by_user.failed(user, steady);
+          failures_by_address.failed(address, steady);
+          throw Error(Errc::unauthorized, kWrongLogin);
+        }
+        failures_by_user.succeeded(user);
+        auto* out = response.mutable_logged_in();
+        out->set_user(known->name);
+        out->set_session(accounts.create_session(*known, now));
+      } else {
+        if (result.empty()) throw Error(Errc::unavailable, "could not hash the password; retry");
+        accounts.create_user(user, result, now);
+        response.mutable_ok();
+      }
+    } catch (const Error& e) {
+      return reply_error(session, id, e.code(), e.what(), false);
+    } catch (const std::exception& e) {
+      log::error("central: account request failed: {}", e.what());
+      return reply_error(session, id, Errc::unavailable, "internal error", false);
+    }
+    answer(session, id, response.SerializeAsString(), std::nullopt);
+  }
+
+  User require_user(const pb::CentralRequest& request) {
+    auto user = accounts.session_user(request.session());
+    if (!user) throw Error(Errc::unauthorized, "not logged in (or the session ended): log in first");
+    return *user;
+  }
+
+  void fill_file_list(pb::FileList* out, const std::vector<FileSummary>& files) {
+    for (const auto& f : files) {
+      auto* entry = out->add_files();
+      entry->set_file_id(to_bytes(f.id));
+      entry->set_name(f.name);
+      entry->set_size(f.size);
+      entry->set_holders(f.live_holders);
+    }
+  }
+
+  // Returns true if the request was an account request (answered in `response`).
+  bool handle_account(Session& session, const pb::CentralRequest& request, pb::CentralResponse& response,
+                      std::chrono::system_clock::time_point now) {
+    switch (request.body_case()) {
+      case pb::CentralRequest::kLogout:
+        if (!accounts.session_user(request.session())) throw Error(Errc::unauthorized, "not logged in");
+        accounts.delete_session(request.session());
+        response.mutable_ok();
+        return true;
+      case pb::CentralRequest::kWhoami:
+        response.mutable_account()->set_user(require_user(request).name);
+        return true;
+      case pb::CentralRequest::kCreateGroup:
+        accounts.create_group(require_user(request), request.create_group().group(), now);
+        response.mutable_ok();
+        return true;
+      case pb::CentralRequest::kListGroups: {
+        auto* out = response.mutable_group_list();
+        for (const auto& g : accounts.list_groups(require_user(request))) {
+          auto* entry = out->add_groups();
+          entry->set_name(g.name);
+          entry->set_owner(g.owner);
+          entry->set_members(g.members);
+          entry->set_member(g.member);
+          entry->set_pending(g.pending);
+        }
+        return true;
+      }
+      case pb::CentralRequest::kJoinGroup:
+        accounts.request_join(require_user(request), request.join_group().group(), now);
+        response.mutable_ok();
+        return true;
+      case pb::CentralRequest::kListRequests: {
+        auto* out = response.mutable_user_list();
+        for (auto& name : accounts.requests(require_user(request), request.list_requests().group())) {
+          out->add_users(std::move(name));
+        }
+        return true;
+      }
+      case pb::CentralRequest::kAcceptRequest:
+      case pb::CentralRequest::kRejectRequest: {
+        const bool accept = request.has_accept_request();
+        const auto& decide = accept ? request.accept_request() : request.reject_request();
+        accounts.decide(require_user(request), decide.group(), decide.user(), accept, now);
+        response.mutable_ok();
+        return true;
+      }
+      case pb::CentralRequest::kLeaveGroup:
+        accounts.leave(require_user(request), request.leave_group().group());
+        response.mutable_ok();
+        return true;
+      case pb::CentralRequest::kGetCapabilities: {
+        // Issued to the peer id this connection proved and registered: a
+        // capability is worth nothing on another peer.
+        const PeerId& peer = require_peer(session);
+        const User user = require_user(request);
+        auto file = file_id_from_bytes(request.get_capabilities().file_id());
+        if (!file) throw Error(Errc::bad_request, "file id must be 32 bytes");
+        const auto groups = accounts.member_groups_of(user, *file);
+        if (groups.empty()) throw Error(Errc::unauthorized, "not a member of a group this file is in");
+        auto* out = response.mutable_capabilities();
+        for (const auto& group : groups) {
+          *out->add_capabilities() = accounts::sign_capability(
+              accounts::Capability{user.name, peer, group, now + config.capability_lifetime}, identity.key.get());
+        }
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
   const PeerId& require_peer(const Session& session) {
     if (!session.peer) throw Error(Errc::unauthorized, "register first");
     return *session.peer;
@@ -287,6 +511,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
               pb::CentralResponse& response) {
     Session& session = *session_ptr;
     const auto now = std::chrono::system_clock::now();
+    if (handle_account(session, request, response, now)) return;
     switch (request.body_case()) {
       case pb::CentralRequest::kRegister: {
         const auto& reg = request.register_();
@@ -325,9 +550,18 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           partial = Bitfield::from_wire(request.announce().bitfield(), manifest.chunk_count());
           if (!partial) throw Error(Errc::bad_request, "bitfield does not match the manifest");
         }
+        const auto& groups = request.announce().groups();
+        if (groups.size() > kMaxAnnounceGroups) throw Error(Errc::bad_request, "a file may be in at most 8 groups");
+        std::vector<std::int64_t> group_ids;
+        if (!groups.empty()) {
+          const User user = require_user(request);
+          for (const auto& group : groups) group_ids.push_back(accounts.require_member(user, group));
+        }
         registry.touch_peer(peer, now);
-        registry.announce(peer, manifest, std::move(partial));
+        const FileId id = registry.announce(peer, manifest, std::move(partial));
         metrics->announces.add();
+        for (const auto group : group_ids) accounts.add_file_to_group(id, group);
+        if (group_ids.empty()) accounts.mark_public(id);
         response.mutable_ok();
         return;
       }
@@ -354,17 +588,31 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         }
         std::uint32_t limit = request.list_files().limit();
         if (limit == 0 || limit > kMaxPageSize) limit = kMaxPageSize;
-        auto files = registry.list_files(after, limit + 1, now);
         auto* out = response.mutable_file_list();
+        if (!request.list_files().group().empty()) {
+          // A group's files, to its members only.
+          const auto group = accounts.require_member(require_user(request), request.list_files().group());
+          auto ids = accounts.group_files(group, after, limit + 1);
+          out->set_more(ids.size() > limit);
+          if (ids.size() > limit) ids.resize(limit);
+          std::vector<FileSummary> files;
+          for (const auto& id : ids) {
+            if (auto summary = registry.summary(id, now)) files.push_back(std::move(*summary));
+          }
+          if (!ids.empty()) out->set_resume_after(to_bytes(ids.back()));
+          fill_file_list(out, files);
+          return;
+        }
+        // Public: a group's file is skipped unless someone registered the
+        // same bytes publicly too.
+        auto files = registry.list_files(after, limit + 1, now);
         out->set_more(files.size() > limit);
         if (files.size() > limit) files.resize(limit);
-        for (const auto& f : files) {
-          auto* entry = out->add_files();
-          entry->set_file_id(to_bytes(f.id));
-          entry->set_name(f.name);
-          entry->set_size(f.size);
-          entry->set_holders(f.live_holders);
-        }
+        const std::size_t scanned = files.size();
+        const std::string last = files.empty() ? std::string() : to_bytes(files.back().id);
+        std::erase_if(files, [this](const FileSummary& f) { return accounts.hidden(f.id); });
+        if (files.size() != scanned) out->set_resume_after(last);
+        fill_file_list(out, files);
         return;
       }
       case pb::CentralRequest::kListPeers: {
@@ -381,9 +629,24 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         auto id = file_id_from_bytes(request.get_file().file_id());
         if (!id) throw Error(Errc::bad_request, "file id must be 32 bytes");
         auto details = registry.file(*id, now);
-        if (!details) throw Error(Errc::not_found, fmt::format("unknown file id {}", to_hex(*id)));
+        // A group's file is described to its members only; to anyone else
+        // it is as unknown as a file id nobody registered.
+        const bool visible = details && (!accounts.hidden(*id) || [&] {
+                               auto user = accounts.session_user(request.session());
+                               return user && !accounts.member_groups_of(*user, *id).empty();
+                             }());
+        if (!visible) throw Error(Errc::not_found, fmt::format("unknown file id {}", to_hex(*id)));
         auto* out = response.mutable_file();
         manifest_to_wire(details->manifest, out->mutable_manifest());
+        if (session.peer && !request.session().empty()) {
+          if (auto user = accounts.session_user(request.session())) {
+            for (const auto& group : accounts.member_groups_of(*user, *id)) {
+              *out->add_capabilities() = accounts::sign_capability(
+                  accounts::Capability{user->name, *session.peer, group, now + config.capability_lifetime},
+                  identity.key.get());
+            }
+          }
+        }
         for (const auto& name : details->names) out->add_names(name);
         // Bounded answer: a download needs some sources, not all (each
         // partial holder costs up to 8 KiB of bitfield).
@@ -396,7 +659,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         }
         return;
       }
-      case pb::CentralRequest::BODY_NOT_SET:
+      default:
         break;
     }
     throw Error(Errc::protocol, "unknown request");
@@ -467,6 +730,7 @@ void CentralServer::stop() {
     // Whatever was written is committed, with the heartbeats, before the
     // connections close.
     impl->commit(true);
+    impl->hash_pool.stop();
     auto sessions = impl->sessions;
     for (const auto& s : sessions) s->connection->close("server shutting down");
   });

@@ -23,7 +23,7 @@
 namespace p2pshare::central {
 namespace {
 
-constexpr std::int64_t kSchemaVersion = 1;
+constexpr std::int64_t kSchemaVersion = 2;
 // Names are metadata anyone can add to; the cap keeps a popular file's row
 // (and every FileDetails reply) bounded.
 constexpr std::size_t kMaxNamesPerFile = 16;
@@ -61,6 +61,48 @@ CREATE TABLE holders (
 ) WITHOUT ROWID;
 -- Lets deleting a file check its foreign keys without scanning all holders.
 CREATE INDEX holders_by_file ON holders (file_id);
+)sql",
+    // 2: accounts, groups and private files (account_store.hpp).
+    R"sql(
+CREATE TABLE users (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,      -- checked by accounts::name_error
+  password_hash TEXT NOT NULL,    -- Argon2id, libsodium's encoded form
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+  token_hash BLOB PRIMARY KEY NOT NULL,  -- SHA-256 of the 32-byte token
+  user_id INTEGER NOT NULL REFERENCES users (id),
+  created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE user_groups (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  owner_id INTEGER NOT NULL REFERENCES users (id),
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE members (
+  group_id INTEGER NOT NULL REFERENCES user_groups (id),
+  user_id INTEGER NOT NULL REFERENCES users (id),
+  joined_ms INTEGER NOT NULL,
+  PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user_id);
+CREATE TABLE join_requests (
+  group_id INTEGER NOT NULL REFERENCES user_groups (id),
+  user_id INTEGER NOT NULL REFERENCES users (id),
+  requested_ms INTEGER NOT NULL,
+  PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+-- A file registered into a group. A file id in here is listed publicly only
+-- if it is also in public_files (someone registered the same bytes publicly).
+CREATE TABLE file_groups (
+  file_id BLOB NOT NULL,
+  group_id INTEGER NOT NULL REFERENCES user_groups (id),
+  PRIMARY KEY (file_id, group_id)
+) WITHOUT ROWID;
+CREATE INDEX file_groups_by_group ON file_groups (group_id);
+CREATE TABLE public_files (file_id BLOB PRIMARY KEY NOT NULL) WITHOUT ROWID;
 )sql",
 };
 
@@ -622,6 +664,14 @@ std::vector<FileSummary> Registry::list_files(std::optional<FileId> after, std::
   return page;
 }
 
+std::optional<FileSummary> Registry::summary(const FileId& id, SystemClock::time_point now) const {
+  const auto it = impl_->files.find(id);
+  if (it == impl_->files.end()) return std::nullopt;
+  const Impl::File& file = it->second;
+  return FileSummary{id, file.names.empty() ? std::string() : file.names.front(), file.size,
+                     impl_->count_live_holders(file, to_unix_ms(now))};
+}
+
 std::size_t Registry::file_count() const noexcept {
   return impl_->files.size();
 }
@@ -704,6 +754,14 @@ void Registry::flush_last_seen() {
     impl_->dirty_peers.clear();
   }
   commit();
+}
+
+sqlite::Database& Registry::database() {
+  return impl_->db;
+}
+
+void Registry::write(const std::function<void()>& statements) {
+  impl_->write(statements);
 }
 
 bool Registry::has_uncommitted() const noexcept {

@@ -31,6 +31,16 @@ struct ServerConfig {
   Limits limits;
   // --http-addr: the dashboard, /metrics and the read-only JSON API (plain HTTP).
   std::optional<cli::Address> http;
+  // Accounts: how long a capability is valid (the bound on how late a
+  // leave or a rejection takes effect at the holders), the Argon2id cost,
+  // and the password hashes that may run at once (each holds memlimit
+  // bytes) on their own threads; more waiting than max_queued_hashes are
+  // refused as busy.
+  std::chrono::milliseconds capability_lifetime{std::chrono::minutes(5)};
+  unsigned long long password_opslimit = 2;               // crypto_pwhash_OPSLIMIT_INTERACTIVE
+  std::size_t password_memlimit = std::size_t{64} << 20;  // crypto_pwhash_MEMLIMIT_INTERACTIVE
+  unsigned hash_threads = 2;
+  std::size_t max_queued_hashes = 32;
 };
 
 class CentralServer {

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -32,6 +33,9 @@
 #include "p2pshare/types.hpp"
 
 struct sqlite3;
+namespace p2pshare::sqlite {
+class Database;
+}
 
 namespace p2pshare::central {
 
@@ -119,6 +123,8 @@ class Registry {
   std::vector<FileSummary> list_files(std::optional<FileId> after, std::size_t limit,
                                       SystemClock::time_point now) const;
   std::size_t file_count() const noexcept;
+  // One file's summary, as list_files gives it.
+  std::optional<FileSummary> summary(const FileId& id, SystemClock::time_point now) const;
   // Live peers; with `file`, only the live holders of that file.
   std::vector<PeerRecord> live_peers(std::optional<FileId> file, SystemClock::time_point now) const;
   std::optional<FileDetails> file(const FileId& id, SystemClock::time_point now) const;
@@ -131,6 +137,12 @@ class Registry {
   // refilled (a full bucket and none are the same).
   Forgotten forget_stale(SystemClock::time_point now, std::size_t max_rows);
   std::size_t peer_count() const noexcept;
+
+  // The accounts store (account_store.hpp) keeps its tables in this
+  // database: `statements` runs in the open batch, under the rules above
+  // (committed by commit(); if it throws, the batch is rolled back).
+  sqlite::Database& database();
+  void write(const std::function<void()>& statements);
 
   // Writes the heartbeats kept in memory, then commits.
   void flush_last_seen();

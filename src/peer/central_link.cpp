@@ -1,5 +1,7 @@
 #include "peer/central_link.hpp"
 
+#include <fstream>
+
 #include <fmt/format.h>
 
 #include "p2pshare/error.hpp"
@@ -7,6 +9,27 @@
 #include "p2pshare/protocol.hpp"
 
 namespace p2pshare::peer {
+namespace {
+
+// The key recorded for `address` in DATA_DIR/known_centrals, if any.
+std::optional<tls::KeyHash> recorded_key(const std::filesystem::path& data_dir, const std::string& address) {
+  std::ifstream in(data_dir / tls::kKnownCentralsFile);
+  std::string line;
+  for (int lines = 0; lines < 10000 && std::getline(in, line); ++lines) {
+    const auto space = line.find(' ');
+    if (space != std::string::npos && line.substr(0, space) == address) {
+      return tls::key_hash_from_fingerprint(line.substr(space + 1));
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<tls::KeyHash> CentralLink::trusted_key() {
+  if (!trusted_key_) trusted_key_ = trust_.pinned ? trust_.pinned : recorded_key(trust_.data_dir, central_.to_string());
+  return trusted_key_;
+}
 
 CentralLink::CentralLink(asio::io_context& io, cli::Address central, Trust trust, std::uint16_t listen_port,
                          std::function<void()> on_registered)
@@ -103,6 +126,7 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
       log::error("{}", refused);
     } else {
       self->central_key_ = *c.peer_key();
+      self->trusted_key_ = *c.peer_key();
     }
     return refused;
   });

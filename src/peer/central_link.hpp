@@ -52,6 +52,10 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   // The key the central server proved on the latest connection we accepted;
   // nullopt before the first one.
   const std::optional<tls::KeyHash>& central_key() const { return central_key_; }
+  // The central server's key hash we trust (pinned, recorded in
+  // known_centrals, or accepted at the last handshake): capabilities are
+  // checked against it, also while the central server is unreachable.
+  std::optional<tls::KeyHash> trusted_key();
 
  private:
   void connect();
@@ -90,6 +94,7 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   asio::steady_timer waiting_timer_;
   std::string last_error_ = "not connected yet";
   std::optional<tls::KeyHash> central_key_;
+  std::optional<tls::KeyHash> trusted_key_;
 };
 
 }  // namespace p2pshare::peer

@@ -389,6 +389,7 @@ void Swarm::refresh_holders() {
   download_->last_refresh = std::chrono::steady_clock::now();
   pb::CentralRequest request;
   request.mutable_get_file()->set_file_id(to_bytes(id_));
+  if (!services_.session.empty()) request.set_session(services_.session);
   services_.central->request(std::move(request), [self = shared_from_this()](auto response, const std::string& error) {
     if (!self->download_) return;  // finished meanwhile
     auto& download = *self->download_;
@@ -399,6 +400,22 @@ void Swarm::refresh_holders() {
                  response && response->has_error() ? response->error().message() : error);
       return;
     }
+    const bool first_answer = !self->visibility_known_;
+    self->visibility_known_ = true;
+    if (!response->file().capabilities().empty()) {
+      // Renewed well ahead of expiry (each refresh brings fresh ones): the
+      // holders we are linked to get them too.
+      self->capabilities_.assign(response->file().capabilities().begin(), response->file().capabilities().end());
+      if (self->capabilities_.size() > 8) self->capabilities_.resize(8);
+      // A download of a group's file becomes a share in the same groups.
+      self->groups_.clear();
+      for (const auto& capability : self->capabilities_) {
+        pb::CapabilityBody body;
+        if (body.ParseFromString(capability.body())) self->groups_.push_back(body.group());
+      }
+      for (const auto& link : self->links_) link->send_renew(self->capabilities_);
+    }
+    if (first_answer) self->announce();
     const auto now = std::chrono::steady_clock::now();
     for (const auto& holder : response->file().holders()) {
       auto peer = peer_id_from_bytes(holder.peer_id());
@@ -529,7 +546,7 @@ void Swarm::finish() {
       self->serving_.reader.reset();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       try {
-        SharedRecord shared{*self->manifest_, final_path, self->serving_.uploaded};
+        SharedRecord shared{*self->manifest_, final_path, self->serving_.uploaded, self->groups_};
         self->services_.state.put_shared(shared);
         self->services_.state.remove_download(self->id_);
       } catch (const std::exception& e) {

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "p2pshare/accounts.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
@@ -19,6 +20,8 @@ constexpr std::size_t kMaxQueuedRequests = 256;
 // Chunks read ahead of the socket per connection: keeps the disk and the
 // network overlapped without holding many buffers.
 constexpr unsigned kReadAhead = 2;
+// Capabilities one Interested or Renew may carry (one per group of the file).
+constexpr int kMaxCapabilities = 8;
 
 std::string encode(const pb::PeerMessage& message) {
   return message.SerializeAsString();
@@ -72,6 +75,7 @@ std::shared_ptr<PeerLink> PeerLink::open(Services& services, std::shared_ptr<wir
   pb::PeerMessage interested;
   interested.mutable_interested()->set_file_id(to_bytes(owner->id()));
   interested.mutable_interested()->set_bitfield(owner->have().to_wire());
+  for (const auto& capability : owner->capabilities()) *interested.mutable_interested()->add_capability() = capability;
   link->connection_->send(encode(interested));
   return link;
 }
@@ -177,6 +181,18 @@ void PeerLink::on_frame(std::string_view message, std::uint32_t payload_length) 
         remote = Bitfield::from_wire(parsed.interested().bitfield(), count);
       }
       if (!remote) throw Error(Errc::protocol, "bitfield does not match the file");
+      if (!owner->groups().empty() || !owner->visibility_known()) {
+        try {
+          authorize(*owner, parsed.interested().capability());
+        } catch (const Error& e) {
+          // Told like an unknown file's refusal: one error, then closed.
+          log::info("refused {} for {}: {}", to_hex(remote_id_), to_hex(*file), e.what());
+          pb::PeerMessage error;
+          *error.mutable_error() = protocol::make_error(static_cast<int>(Errc::unauthorized), e.what());
+          connection_->send_and_close(encode(error), e.what());
+          return;
+        }
+      }
       lookup_ = nullptr;
       owner_ = owner;
       pb::PeerMessage bitfield;
@@ -216,7 +232,28 @@ void PeerLink::handle_active(LinkOwner& owner, const pb::PeerMessage& message, s
     }
     case pb::PeerMessage::kRequest:
       if (message.request().index() >= count) throw Error(Errc::protocol, "request: chunk index out of range");
+      if (authorized_until_ && std::chrono::system_clock::now() >= *authorized_until_) {
+        // Not renewed in time (left the group, or the central server is
+        // away longer than a capability lives): no more chunks.
+        pb::PeerMessage error;
+        *error.mutable_error() = protocol::make_error(static_cast<int>(Errc::unauthorized), "capability expired");
+        connection_->send_and_close(encode(error), "capability expired");
+        return;
+      }
       return on_request(owner, ChunkIndex{message.request().index()});
+    case pb::PeerMessage::kRenew: {
+      if (owner.groups().empty()) return;  // a public file needs none
+      google::protobuf::RepeatedPtrField<pb::Capability> presented;
+      *presented.Add() = message.renew().capability();
+      try {
+        authorize(owner, presented);
+      } catch (const Error& e) {
+        pb::PeerMessage error;
+        *error.mutable_error() = protocol::make_error(static_cast<int>(Errc::unauthorized), e.what());
+        connection_->send_and_close(encode(error), e.what());
+      }
+      return;
+    }
     case pb::PeerMessage::kCancel: {
       const ChunkIndex chunk{message.cancel().index()};
       if (auto it = std::find(serve_queue_.begin(), serve_queue_.end(), chunk); it != serve_queue_.end()) {
@@ -263,6 +300,39 @@ void PeerLink::on_request(LinkOwner& owner, ChunkIndex chunk) {
   // told "busy" already while this request waits in the queue.
   promised_.set(chunk);
   serve_more();
+}
+
+void PeerLink::authorize(const LinkOwner& owner, const google::protobuf::RepeatedPtrField<pb::Capability>& presented) {
+  if (presented.empty()) throw Error(Errc::unauthorized, "this file is shared with a group: present a capability");
+  if (presented.size() > kMaxCapabilities) throw Error(Errc::unauthorized, "too many capabilities");
+  const auto trusted = services_.trusted_central ? services_.trusted_central() : std::nullopt;
+  if (!trusted) throw Error(Errc::unauthorized, "this peer knows no central server key to check capabilities with");
+  const auto now = std::chrono::system_clock::now();
+  std::string why;
+  for (const auto& wire : presented) {
+    try {
+      const auto capability = accounts::verify_capability(wire, *trusted, remote_id_, now);
+      const auto& groups = owner.groups();
+      if (std::find(groups.begin(), groups.end(), capability.group) == groups.end()) {
+        why = "capability refused: for another group";
+        continue;
+      }
+      if (!authorized_until_ || capability.expires > *authorized_until_) authorized_until_ = capability.expires;
+      return;
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  throw Error(Errc::unauthorized, why);
+}
+
+void PeerLink::send_renew(const std::vector<pb::Capability>& capabilities) {
+  if (closed() || stage_ == Stage::await_hello || stage_ == Stage::await_interested) return;
+  for (const auto& capability : capabilities) {
+    pb::PeerMessage renew;
+    *renew.mutable_renew()->mutable_capability() = capability;
+    connection_->send(encode(renew));
+  }
 }
 
 void PeerLink::send_reject(ChunkIndex chunk, bool busy) {

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_set>
+#include <vector>
 
 #include "p2pshare/bitfield.hpp"
 #include "p2pshare/error.hpp"
@@ -76,6 +77,16 @@ class LinkOwner {
   virtual void read_chunk(ChunkIndex chunk, ReadDone done) = 0;
   // Chunk bytes handed to the socket for the other side.
   virtual void on_sent(std::uint64_t bytes) = 0;
+
+  // --- groups (docs/protocol.md, "Accounts, groups and capabilities") ---------
+  // The groups this peer registered the file in: empty = served to anyone;
+  // else only to a peer presenting a capability for one of them.
+  virtual const std::vector<std::string>& groups() const = 0;
+  // Downloading a group's file: the capabilities we present (may be empty).
+  virtual const std::vector<pb::Capability>& capabilities() const = 0;
+  // False while a download does not know yet whether its file is a group's
+  // (before the first answer from the central server): it serves nobody.
+  virtual bool visibility_known() const = 0;
 };
 
 // The key the scheduler knows a peer by, derived from its id: stable across
@@ -110,6 +121,8 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   bool promised(ChunkIndex chunk) const { return promised_.test(chunk); }
   std::uint64_t downloaded() const { return downloaded_; }
   std::uint64_t uploaded() const { return uploaded_; }  // chunk bytes we sent it
+  // Sends fresher capabilities on an open link (the owner renewed them).
+  void send_renew(const std::vector<pb::Capability>& capabilities);
 
  private:
   struct ChunkIndexHash {
@@ -128,6 +141,9 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   void serve_more();
   void send_reject(ChunkIndex chunk, bool busy);
   void protocol_error(const std::string& why);
+  // Serving a group's file: a presented capability valid for one of the
+  // owner's groups, or Error(unauthorized). Sets authorized_until_.
+  void authorize(const LinkOwner& owner, const google::protobuf::RepeatedPtrField<pb::Capability>& presented);
 
   Services& services_;
   std::shared_ptr<wire::Connection> connection_;
@@ -146,6 +162,10 @@ class PeerLink : public std::enable_shared_from_this<PeerLink> {
   bool verified_ = false;
   std::uint64_t downloaded_ = 0;
   std::uint64_t uploaded_ = 0;
+  // Serving a group's file: requests are served until then (the expiry of
+  // the capability it presented); nullopt = a public file, no limit. The
+  // whole per-request cost of access control is this one comparison.
+  std::optional<std::chrono::system_clock::time_point> authorized_until_;
 };
 
 }  // namespace p2pshare::peer

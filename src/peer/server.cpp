@@ -1,6 +1,12 @@
 #include "p2pshare/peer_server.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 
 #include <cstring>
 #include <map>
@@ -9,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "control.pb.h"
+#include "p2pshare/accounts.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
 #include "p2pshare/http.hpp"
@@ -26,6 +33,8 @@ namespace p2pshare::peer {
 namespace {
 
 constexpr std::size_t kCookieSize = 32;
+// The logged-in user's session (accounts): "USER\nTOKEN-HEX\n", 0600.
+constexpr const char* kSessionFile = "session";
 // How often every shared file is stat'ed for a change made under the peer
 // (deleted, resized, written, replaced). Serving a chunk checks it too.
 constexpr auto kFileCheckInterval = std::chrono::seconds(2);
@@ -93,6 +102,53 @@ class ConnectionSink : public ControlSink {
  private:
   std::weak_ptr<wire::Connection> connection_;
 };
+
+Errc errc_of(const pb::Error& error) {
+  const int code = error.code();
+  if (code >= static_cast<int>(Errc::bad_request) && code <= static_cast<int>(Errc::verification)) {
+    return static_cast<Errc>(code);
+  }
+  return Errc::unavailable;
+}
+
+struct SavedSession {
+  std::string user;
+  std::string token;  // 32 raw bytes
+};
+
+std::optional<SavedSession> load_session(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  SavedSession saved;
+  std::string hex;
+  if (!in || !std::getline(in, saved.user) || !std::getline(in, hex) || hex.size() != 64) return std::nullopt;
+  if (accounts::name_error("user", saved.user)) return std::nullopt;
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    const auto digit = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    const int hi = digit(hex[i]);
+    const int lo = digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    saved.token.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return saved;
+}
+
+// Written under a temporary name, synced and renamed, 0600 from creation.
+void save_session(const std::filesystem::path& path, const SavedSession& saved) {
+  const auto text =
+      fmt::format("{}\n{}\n", saved.user,
+                  to_hex(std::span(reinterpret_cast<const std::uint8_t*>(saved.token.data()), saved.token.size())));
+  const auto temp = path.string() + ".tmp";
+  store::FileHandle out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, errno_text(errno)));
+  if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fsync(out.get()) != 0 ||
+      ::rename(temp.c_str(), path.c_str()) != 0) {
+    throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
+  }
+}
 
 }  // namespace
 
@@ -168,6 +224,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     };
     http_bound = http_server->start(*config.http);
   }
+  std::string user;  // logged in (services->session holds the token); empty = nobody
 
   static bool seeding(const Swarm& swarm) { return swarm.complete() && !swarm.downloading(); }
 
@@ -227,7 +284,9 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
           log::info("{} was written but still matches {}: still shared", checked->path().string(), to_hex(id));
           checked->save_uploaded();
           checked->shutdown(false);
-          swarms[id] = Swarm::seed(*services, checked->manifest(), checked->path(), checked->uploaded());
+          auto fresh = Swarm::seed(*services, checked->manifest(), checked->path(), checked->uploaded());
+          fresh->set_groups(checked->groups());  // a group's file stays the group's
+          swarms[id] = fresh;
         }
       }
     }
@@ -336,6 +395,11 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     services->on_unreadable = [weak = weak_from_this()](const FileId& id) {
       if (auto self = weak.lock()) self->check_file(id, nullptr);
     };
+    services->trusted_central = [central]() { return central->trusted_key(); };
+    if (auto saved = load_session(config.data_dir / kSessionFile)) {
+      user = saved->user;
+      services->session = saved->token;
+    }
   }
 
   void announce_all() {
@@ -448,7 +512,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     try {
       switch (request.body_case()) {
         case pb::ControlRequest::kRegisterFile:
-          return register_file(c, request.register_file().path());
+          return register_file(c, request.register_file().path(), request.register_file().group());
         case pb::ControlRequest::kRequestFile:
           return request_file(c, request.request_file());
         case pb::ControlRequest::kStopSharing:
@@ -459,6 +523,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
           return describe_file(c, request.describe_file().file_id());
         case pb::ControlRequest::BODY_NOT_SET:
           break;
+        default:
+          return account(c, request);
       }
       throw Error(Errc::protocol, "unknown control request");
     } catch (const Error& e) {
@@ -466,12 +532,125 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
   }
 
-  void register_file(const std::shared_ptr<ControlSink>& c, const std::string& path_text) {
+  // --- accounts ------------------------------------------------------------
+
+  // Forwards an account request to the central server as the logged-in user
+  // and answers with what it says; login and logout also keep the session.
+  void account(const std::shared_ptr<ControlSink>& c, const pb::ControlRequest& request) {
+    pb::CentralRequest forward;
+    switch (request.body_case()) {
+      case pb::ControlRequest::kCreateUser:
+        *forward.mutable_create_user() = request.create_user();
+        break;
+      case pb::ControlRequest::kLogin:
+        *forward.mutable_login() = request.login();
+        break;
+      case pb::ControlRequest::kLogout:
+        if (user.empty()) throw Error(Errc::unauthorized, "nobody is logged in");
+        forward.mutable_logout();
+        break;
+      case pb::ControlRequest::kWhoami: {
+        if (user.empty()) throw Error(Errc::unauthorized, "nobody is logged in");
+        pb::ControlResponse response;
+        response.mutable_account()->set_user(user);
+        return c->send(encode(response));
+      }
+      case pb::ControlRequest::kCreateGroup:
+        *forward.mutable_create_group() = request.create_group();
+        break;
+      case pb::ControlRequest::kListGroups:
+        *forward.mutable_list_groups() = request.list_groups();
+        break;
+      case pb::ControlRequest::kJoinGroup:
+        *forward.mutable_join_group() = request.join_group();
+        break;
+      case pb::ControlRequest::kListRequests:
+        *forward.mutable_list_requests() = request.list_requests();
+        break;
+      case pb::ControlRequest::kAcceptRequest:
+        *forward.mutable_accept_request() = request.accept_request();
+        break;
+      case pb::ControlRequest::kRejectRequest:
+        *forward.mutable_reject_request() = request.reject_request();
+        break;
+      case pb::ControlRequest::kLeaveGroup:
+        *forward.mutable_leave_group() = request.leave_group();
+        break;
+      case pb::ControlRequest::kListFiles:
+        *forward.mutable_list_files() = request.list_files();
+        break;
+      default:
+        throw Error(Errc::protocol, "unknown control request");
+    }
+    const bool needs_user = !forward.has_create_user() && !forward.has_login();
+    if (needs_user && user.empty()) throw Error(Errc::unauthorized, "nobody is logged in: log in first");
+    if (needs_user) forward.set_session(services->session);
+    const bool login = forward.has_login();
+    const bool logout = forward.has_logout();
+    services->central->request(
+        std::move(forward), [weak = weak_from_this(), c, login, logout](auto response, const std::string& error) {
+          auto self = weak.lock();
+          if (!self) return;
+          if (logout) self->forget_session();  // here at least, whatever the central server says
+          if (!response) {
+            return c->send(encode(error_response(
+                Errc::unavailable,
+                logout ? "logged out here, but the central server could not be told: " + error : error)));
+          }
+          if (response->has_error())
+            return c->send(encode(error_response(errc_of(response->error()), response->error().message())));
+          pb::ControlResponse answer;
+          if (login && response->has_logged_in()) {
+            try {
+              self->remember_session(response->logged_in().user(), response->logged_in().session());
+            } catch (const Error& e) {
+              return c->send(encode(error_response(e.code(), e.what())));
+            }
+            answer.mutable_account()->set_user(self->user);
+          } else if (response->has_account()) {
+            *answer.mutable_account() = response->account();
+          } else if (response->has_group_list()) {
+            *answer.mutable_group_list() = response->group_list();
+          } else if (response->has_user_list()) {
+            *answer.mutable_user_list() = response->user_list();
+          } else if (response->has_file_list()) {
+            *answer.mutable_file_list() = response->file_list();
+          } else if (response->has_ok()) {
+            answer.mutable_done();
+          } else {
+            return c->send(encode(error_response(Errc::protocol, "unexpected answer from the central server")));
+          }
+          c->send(encode(answer));
+        });
+  }
+
+  void remember_session(const std::string& name, const std::string& token) {
+    if (accounts::name_error("user", name) || token.size() != 32) {
+      throw Error(Errc::protocol, "the central server sent a malformed session");
+    }
+    save_session(config.data_dir / kSessionFile, SavedSession{name, token});
+    user = name;
+    services->session = token;
+  }
+
+  void forget_session() {
+    user.clear();
+    services->session.clear();
+    std::error_code ignored;
+    std::filesystem::remove(config.data_dir / kSessionFile, ignored);
+  }
+
+  void register_file(const std::shared_ptr<ControlSink>& c, const std::string& path_text,
+                     const std::string& group = {}) {
     const std::filesystem::path path(path_text);
     if (!path.is_absolute()) throw Error(Errc::bad_request, "the path must be absolute");
+    if (!group.empty()) {
+      if (auto error = accounts::name_error("group", group)) throw Error(Errc::bad_request, *error);
+      if (user.empty()) throw Error(Errc::unauthorized, "nobody is logged in: log in to share with a group");
+    }
     // Hashing a large file takes seconds: off the network thread.
     auto self = shared_from_this();
-    asio::post(disk, [self, c, path] {
+    asio::post(disk, [self, c, path, group] {
       std::optional<Manifest> manifest;
       std::optional<store::FileIdentity> identity;
       std::string error;
@@ -491,15 +670,49 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       } catch (const std::exception& e) {
         error = e.what();
       }
-      asio::post(self->io, [self, c, path, manifest = std::move(manifest), identity, error, code]() mutable {
+      asio::post(self->io, [self, c, path, manifest = std::move(manifest), identity, error, code, group]() mutable {
         if (!manifest) return c->send(encode(error_response(code, error)));
-        self->add_shared(c, path, std::move(*manifest), *identity);
+        if (group.empty()) return self->add_shared(c, path, std::move(*manifest), *identity, {});
+        self->add_group_share(c, path, std::move(*manifest), *identity, group);
       });
     });
   }
 
+  // A group share needs the central server's word that the user is a
+  // member before it is kept: asked first, with the announcement itself.
+  void add_group_share(const std::shared_ptr<ControlSink>& c, const std::filesystem::path& path,
+                       const Manifest& manifest, const store::FileIdentity& identity, const std::string& group) {
+    const FileId id = manifest.file_id();
+    std::vector<std::string> groups{group};
+    if (auto existing = lookup(id); existing && seeding(*existing)) {
+      if (existing->groups().empty()) {
+        return c->send(encode(error_response(
+            Errc::bad_request, fmt::format("{} is already shared publicly; stop-sharing it first to share it with a "
+                                           "group only",
+                                           to_hex(id)))));
+      }
+      for (const auto& g : existing->groups()) {
+        if (g != group && groups.size() < 8) groups.push_back(g);
+      }
+    }
+    pb::CentralRequest announce;
+    manifest_to_wire(manifest, announce.mutable_announce()->mutable_manifest());
+    for (const auto& g : groups) announce.mutable_announce()->add_groups(g);
+    announce.set_session(services->session);
+    services->central->request(std::move(announce), [weak = weak_from_this(), c, path, manifest, identity, groups](
+                                                        auto response, const std::string& error) {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!response) return c->send(encode(error_response(Errc::unavailable, error)));
+      if (response->has_error()) {
+        return c->send(encode(error_response(errc_of(response->error()), response->error().message())));
+      }
+      self->add_shared(c, path, manifest, identity, groups);
+    });
+  }
+
   void add_shared(const std::shared_ptr<ControlSink>& c, const std::filesystem::path& path, Manifest manifest,
-                  const store::FileIdentity& identity) {
+                  const store::FileIdentity& identity, const std::vector<std::string>& groups) {
     const FileId id = manifest.file_id();
     auto existing = lookup(id);
     if (existing && existing->downloading()) {
@@ -511,7 +724,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       existing.reset();
     }
     try {
-      state->put_shared(SharedRecord{manifest, path, existing ? existing->uploaded() : 0});
+      state->put_shared(SharedRecord{manifest, path, existing ? existing->uploaded() : 0, groups});
     } catch (const Error& e) {
       if (!c) return log::error("cannot share {}: {}", path.string(), e.what());
       return c->send(encode(error_response(e.code(), e.what())));
@@ -521,6 +734,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       existing->shutdown(false);
     }
     auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
+    swarm->set_groups(groups);
     swarms[id] = swarm;
     remember_identity(id, identity);
     swarm->announce();
@@ -585,6 +799,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     // checked against the id we asked for before anything is trusted.
     pb::CentralRequest get;
     get.mutable_get_file()->set_file_id(to_bytes(*id));
+    if (!services->session.empty()) get.set_session(services->session);  // a group's file: members only
     auto self = shared_from_this();
     services->central->request(std::move(get), [self, c, id = *id, out, request](auto response,
                                                                                  const std::string& error) {
@@ -780,6 +995,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     out->set_peer_id(to_bytes(services->self));
     out->set_listen_addr(bound.to_string());
     out->set_central_connected(services->central->registered());
+    out->set_user(user);
     for (const auto& [id, swarm] : swarms) {
       if (seeding(*swarm)) {
         auto* shared = out->add_shared();
@@ -858,7 +1074,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     std::weak_ptr<Impl> weak = weak_from_this();
     host.share = [weak](const std::filesystem::path& path, Manifest manifest, const store::FileIdentity& identity) {
       if (auto self = weak.lock(); self && !self->stopping)
-        self->add_shared(nullptr, path, std::move(manifest), identity);
+        self->add_shared(nullptr, path, std::move(manifest), identity, {});
     };
     host.unshare = [weak](const FileId& id, const std::filesystem::path& path) {
       if (auto self = weak.lock(); self && !self->stopping) self->unshare(id, path);
@@ -895,7 +1111,9 @@ cli::Address PeerServer::start() {
   impl.identities = impl.state->shared_identities();
   for (auto& record : impl.state->shared_files()) {
     const FileId id = record.manifest.file_id();
-    impl.swarms[id] = Swarm::seed(*impl.services, std::move(record.manifest), record.path, record.uploaded);
+    auto swarm = Swarm::seed(*impl.services, std::move(record.manifest), record.path, record.uploaded);
+    swarm->set_groups(std::move(record.groups));
+    impl.swarms[id] = swarm;
   }
   std::vector<std::shared_ptr<Swarm>> resumed;
   for (auto& record : impl.state->downloads()) {

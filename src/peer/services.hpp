@@ -71,6 +71,11 @@ struct Services {
   // TLS for the links we open: presents our certificate (peer plane).
   std::shared_ptr<asio::ssl::context> client_tls{};
   std::shared_ptr<PeerMetrics> metrics = std::make_shared<PeerMetrics>();
+  // Accounts: the session token of the logged-in user (empty: nobody), sent
+  // with the requests that act as that user; and the key hash of the
+  // central server we trust, to check capabilities with offline.
+  std::string session{};
+  std::function<std::optional<tls::KeyHash>()> trusted_central{};
 };
 
 }  // namespace p2pshare::peer

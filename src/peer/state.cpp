@@ -106,6 +106,40 @@ void PeerState::open_identity_table() {
       "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
       "save shared file identity");
   remove_identity_ = db_.prepare("DELETE FROM shared_identity WHERE file_id = ?1", "remove shared file identity");
+  // Like shared_identity: a table of its own, so an older peer.db gains it
+  // without a migration; no row = a public file, as before accounts.
+  db_.exec(
+      "CREATE TABLE IF NOT EXISTS shared_groups (file_id BLOB NOT NULL, group_name TEXT NOT NULL, "
+      "PRIMARY KEY (file_id, group_name)) WITHOUT ROWID",
+      "create the shared file group table");
+}
+
+void PeerState::put_shared_groups(const FileId& id, const std::vector<std::string>& groups) {
+  auto transaction = db_.transaction();
+  auto del = db_.prepare("DELETE FROM shared_groups WHERE file_id = ?1", "forget shared file groups");
+  del.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
+  del.run();
+  auto insert = db_.prepare("INSERT OR IGNORE INTO shared_groups (file_id, group_name) VALUES (?1, ?2)",
+                            "save shared file group");
+  for (const auto& group : groups) {
+    insert.bind_blob(1, std::span<const std::uint8_t>(id.bytes)).bind_text(2, group);
+    insert.run();
+  }
+  transaction.commit();
+}
+
+std::map<FileId, std::vector<std::string>> PeerState::shared_groups() {
+  auto query = db_.prepare("SELECT file_id, group_name FROM shared_groups ORDER BY file_id, group_name",
+                           "load shared file groups");
+  std::map<FileId, std::vector<std::string>> out;
+  while (query.step()) {
+    const auto blob = query.column_blob(0);
+    FileId id;
+    if (blob.size() != id.bytes.size()) throw Error(Errc::io, "peer state: corrupt file id in shared_groups");
+    std::memcpy(id.bytes.data(), blob.data(), blob.size());
+    out[id].emplace_back(query.column_text(1));
+  }
+  return out;
 }
 
 std::map<FileId, store::FileIdentity> PeerState::shared_identities() {
@@ -137,6 +171,7 @@ std::vector<SharedRecord> PeerState::shared_files() {
   auto query =
       db_.prepare("SELECT file_id, name, path, size, chunk_size, hashes, uploaded FROM shared", "load shared files");
   std::vector<SharedRecord> out;
+  auto groups = shared_groups();
   while (query.step()) {
     SharedRecord r;
     r.manifest.name = std::string(query.column_text(1));
@@ -145,6 +180,7 @@ std::vector<SharedRecord> PeerState::shared_files() {
     r.manifest.chunk_size = static_cast<std::uint32_t>(query.column_int(4));
     r.manifest.chunk_hashes = stored_hashes(query.column_blob(5), r.manifest);
     r.uploaded = static_cast<std::uint64_t>(query.column_int(6));
+    if (auto g = groups.find(r.manifest.file_id()); g != groups.end()) r.groups = std::move(g->second);
     out.push_back(std::move(r));
   }
   return out;
@@ -152,6 +188,8 @@ std::vector<SharedRecord> PeerState::shared_files() {
 
 void PeerState::put_shared(const SharedRecord& r) {
   const FileId id = r.manifest.file_id();
+  // Groups first: a crash in between leaves rows that only restrict.
+  put_shared_groups(id, r.groups);
   put_shared_.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
       .bind_text(2, r.manifest.name)
       .bind_text(3, r.path.string())
@@ -167,6 +205,7 @@ void PeerState::remove_shared(const FileId& id) {
   remove_shared_.run();
   remove_identity_.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
   remove_identity_.run();
+  put_shared_groups(id, {});
 }
 
 void PeerState::add_uploaded(const FileId& id, std::uint64_t bytes) {

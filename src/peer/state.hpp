@@ -24,6 +24,7 @@ struct SharedRecord {
   Manifest manifest;
   std::filesystem::path path;
   std::uint64_t uploaded = 0;
+  std::vector<std::string> groups;  // registered in these groups only; empty = public
 };
 
 struct DownloadRecord {
@@ -53,6 +54,9 @@ class PeerState {
   std::map<FileId, store::FileIdentity> shared_identities();
   void put_shared_identity(const FileId& id, const store::FileIdentity& identity);
 
+  // The groups a shared file is registered in (put_shared writes them too).
+  void put_shared_groups(const FileId& id, const std::vector<std::string>& groups);
+
   std::vector<DownloadRecord> downloads();
   // `manifest` is the download's own (record.manifest may be empty: the
   // swarm keeps the one copy of a hash list that can be megabytes).
@@ -63,6 +67,7 @@ class PeerState {
  private:
   sqlite::Database db_;
   void open_identity_table();
+  std::map<FileId, std::vector<std::string>> shared_groups();
 
   sqlite::Statement put_shared_, remove_shared_, add_uploaded_, put_download_, update_resume_, remove_download_;
   sqlite::Statement put_identity_, remove_identity_;

@@ -66,6 +66,7 @@ std::shared_ptr<Swarm> Swarm::download(Services& services, DownloadRecord record
   record.manifest = Manifest{};
   swarm->path_ = record.destination;
   swarm->download_ = std::make_unique<Download>(services.io, std::move(record));
+  swarm->visibility_known_ = false;
   return swarm;
 }
 
@@ -134,10 +135,13 @@ pb::CentralRequest Swarm::announcement() const {
   pb::CentralRequest request;
   manifest_to_wire(*manifest_, request.mutable_announce()->mutable_manifest());
   if (!complete()) request.mutable_announce()->set_bitfield(have_.to_wire());
+  for (const auto& group : groups_) request.mutable_announce()->add_groups(group);
+  if (!groups_.empty()) request.set_session(services_.session);
   return request;
 }
 
 void Swarm::announce() const {
+  if (!visibility_known_) return;
   services_.central->request(
       announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
 }

@@ -119,6 +119,11 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   bool should_defer(const PeerLink& link, ChunkIndex chunk) override;
   void read_chunk(ChunkIndex chunk, ReadDone done) override;
   void on_sent(std::uint64_t bytes) override;
+  const std::vector<std::string>& groups() const override { return groups_; }
+  const std::vector<pb::Capability>& capabilities() const override { return capabilities_; }
+  bool visibility_known() const override { return visibility_known_; }
+  // Seeding: the groups this peer registered the file in (empty: public).
+  void set_groups(std::vector<std::string> groups) { groups_ = std::move(groups); }
 
  private:
   // The serving side's own state.
@@ -165,6 +170,13 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   std::set<std::shared_ptr<PeerLink>> pending_links_;  // dialled, handshake under way
   std::unordered_map<sched::PeerKey, PeerLink*> by_key_;
   std::vector<ChunkTap> chunk_taps_;
+  std::vector<std::string> groups_;
+  // Downloading: the capabilities the central server gave us with the
+  // file's holders, renewed at each holder refresh.
+  std::vector<pb::Capability> capabilities_;
+  // A download learns from its first holder refresh whether the file is a
+  // group's; until then it neither announces nor serves.
+  bool visibility_known_ = true;
 };
 
 }  // namespace p2pshare::peer

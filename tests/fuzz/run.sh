@@ -20,7 +20,7 @@ fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 fuzz_dir=$root/tests/fuzz
 build_dir=$root/build/fuzz
-all_targets=(fuzz_frame_decoder fuzz_manifest fuzz_sanitize_name fuzz_central_server fuzz_peer_server fuzz_handoff fuzz_http_request)
+all_targets=(fuzz_frame_decoder fuzz_manifest fuzz_sanitize_name fuzz_central_server fuzz_peer_server fuzz_handoff fuzz_http_request fuzz_capability)
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=("${all_targets[@]}")
 for target in "${targets[@]}"; do

@@ -147,6 +147,8 @@ struct ClusterOptions {
   bool wait_live = true;
   // More options for every peer-server.
   std::vector<std::string> peer_args;
+  // More options for the central server.
+  std::vector<std::string> central_args;
 };
 
 class Cluster {
@@ -189,10 +191,16 @@ class Cluster {
     retire(central_);
     central_.name = "central";
     central_.data_dir = data_dir.value_or(central_.data_dir.empty() ? root() / "central" : central_.data_dir);
-    central_.process = std::make_unique<Process>(
-        std::vector<std::string>{binary(), "central-server", "--addr", addr, "--data-dir", central_.data_dir.string(),
-                                 "--heartbeat-interval", std::to_string(options_.heartbeat_ms)},
-        logs());
+    std::vector<std::string> central_args{binary(),
+                                          "central-server",
+                                          "--addr",
+                                          addr,
+                                          "--data-dir",
+                                          central_.data_dir.string(),
+                                          "--heartbeat-interval",
+                                          std::to_string(options_.heartbeat_ms)};
+    central_args.insert(central_args.end(), options_.central_args.begin(), options_.central_args.end());
+    central_.process = std::make_unique<Process>(central_args, logs());
     central_.addr = central_.process->wait_listening();
     return central_;
   }
