@@ -49,10 +49,14 @@ struct Router {
       if (more) files.resize(kMaxFilesPerPage);
       json list = json::array();
       for (const auto& f : files) {
+        if (host->hidden(f.id)) continue;
         list.push_back(
             {{"file_id", to_hex(f.id)}, {"name", f.name}, {"size", f.size}, {"live_holders", f.live_holders}});
       }
-      return exchange->respond(http::json_response(200, dump({{"files", std::move(list)}, {"more", more}})));
+      json page{{"files", std::move(list)}, {"more", more}};
+      // The next page starts after the last file scanned, listed or not.
+      if (more) page["resume_after"] = to_hex(files.back().id);
+      return exchange->respond(http::json_response(200, dump(page)));
     }
     if (path == "/api/peers") {
       json list = json::array();
@@ -62,7 +66,7 @@ struct Router {
     if (path.starts_with("/api/files/")) {
       auto id = file_id_from_hex(std::string_view(path).substr(11));
       if (!id) return exchange->respond(http::error_response(404, "the path must be /api/files/<64 hex digits>"));
-      auto details = registry.file(*id, now);
+      auto details = host->hidden(*id) ? std::nullopt : registry.file(*id, now);
       if (!details) return exchange->respond(http::error_response(404, "no such file"));
       return exchange->respond(http::json_response(200, dump(file_json(*id, *details))));
     }

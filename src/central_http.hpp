@@ -32,6 +32,9 @@ struct CentralHttpHost {
   std::function<std::size_t()> connections;       // central-plane connections open
   std::function<std::size_t()> registered_peers;  // connections speaking for a registered peer
   std::function<std::size_t()> http_connections;
+  // A group's file (and never registered publicly): left out of /api/files
+  // and unknown at /api/files/ID, as in the public list-files and file-info.
+  std::function<bool(const FileId&)> hidden;
 };
 
 http::Handler make_central_http_handler(std::shared_ptr<CentralHttpHost> host);

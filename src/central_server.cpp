@@ -139,6 +139,10 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
       auto self = weak.lock();
       return self && self->http_server ? self->http_server->connections() : 0;
     };
+    host->hidden = [weak](const FileId& id) {
+      auto self = weak.lock();
+      return !self || self->accounts.hidden(id);
+    };
     http_server = std::make_unique<http::Server>(io, http::Limits{}, make_central_http_handler(host));
     http_server->on_answered = [m = metrics](double seconds) { m->http_seconds.observe(seconds); };
     http_bound = http_server->start(*config.http);

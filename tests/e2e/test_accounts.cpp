@@ -10,6 +10,7 @@
 #include "e2e/e2e.hpp"
 #include "p2pshare/accounts.hpp"
 #include "peer.pb.h"
+#include "support/http_client.hpp"
 
 using namespace p2pshare;
 using namespace p2pshare::test;
@@ -67,7 +68,7 @@ std::string all_bytes(const fs::path& dir) {
 
 TEST_CASE("accounts: the life of a group, with private files checked at the central server and the holders") {
   ClusterOptions options;
-  options.central_args = {"--capability-lifetime", "20s"};
+  options.central_args = {"--capability-lifetime", "20s", "--http-addr", "127.0.0.1:0"};
   Cluster c(3, options);  // peer0: alice, peer1: bob, peer2: carol
   create_and_login(c, 0, "alice");
   create_and_login(c, 1, "bob");
@@ -109,6 +110,15 @@ TEST_CASE("accounts: the life of a group, with private files checked at the cent
   check_fails("register into a group one is not in",
               c.on_peer(2, "register-file", {"--path", file.string(), "--group", kGroup}), 1, {"not a member"});
   CHECK_FALSE(listed_publicly(c, id));
+  {
+    // Nor on the central server's HTTP side (its dashboard reads /api/files).
+    const auto http = c.central().process->wait_for_line("http on ");
+    REQUIRE(http);
+    const auto listed = http_request(*http, "GET", "/api/files");
+    CHECK(listed.status == 200);
+    CHECK(listed.body.find(id) == std::string::npos);
+    CHECK(http_request(*http, "GET", "/api/files/" + id).status == 404);
+  }
   CHECK(ok(c.on_peer(1, "list-files", {"--group", kGroup})).find(id) != std::string::npos);
   check_fails("a non-member lists the group", c.on_peer(2, "list-files", {"--group", kGroup}), 1, {"not a member"});
 
