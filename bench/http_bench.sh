@@ -6,7 +6,9 @@
 #      interleaved run by run;
 #   2. the cost of scraping /metrics every second during a transfer: the
 #      transfer with and without a 1 Hz scrape of both peers, interleaved,
-#      plus the server time of one scrape (200 back to back).
+#      plus the server time of one scrape (200 back to back), and the
+#      server's own CPU for one scrape (utime+stime of the seed over 1,000
+#      scrapes by one curl), which the load of a shared machine does not blur.
 # Usage: bench/http_bench.sh [BINARY] [SIZE]   (defaults build/release/p2pshare, 1G)
 # Prints key=value lines on stdout; progress on stderr.
 . "$(dirname "$0")/lib.sh"
@@ -47,7 +49,7 @@ log "making a $SIZE file"
 make_file data.bin "$SIZE"
 warm_cache data.bin
 start_peer seed
-SEED_ADDR=$ADDR SEED_HTTP=$HTTP
+SEED_ADDR=$ADDR SEED_HTTP=$HTTP SEED_PID=$PEER_PID
 ID=$("$BIN" register-file --peer-addr "$SEED_ADDR" --data-dir seed --path "$PWD/data.bin")
 BYTES=$(stat -c %s data.bin)
 
@@ -102,6 +104,16 @@ t0=$(date +%s.%N)
 for i in $(seq 200); do curl -sf -H "Authorization: Bearer $(token seed)" "http://$SEED_HTTP/metrics" >/dev/null; done
 scrape_ms=$(echo "($(date +%s.%N) - $t0) * 1000 / 200" | bc -l)
 
+# The seed's CPU for 1,000 scrapes, from /proc (clock ticks of utime+stime):
+# one curl, URL globbing, a new connection each (the server answers one
+# request per connection).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks0=$(cpu_ticks "$SEED_PID")
+curl -sf -H "Authorization: Bearer $(token seed)" "http://$SEED_HTTP/metrics?n=[1-1000]" >/dev/null ||
+    die "scraping 1,000 times failed"
+ticks1=$(cpu_ticks "$SEED_PID")
+scrape_cpu_ms=$(echo "($ticks1 - $ticks0) * 1000 / $(getconf CLK_TCK) / 1000" | bc -l)
+
 req=$(median "${request_times[@]}") gw=$(median "${gateway_times[@]}")
 plain=$(median "${plain_times[@]}") scraped=$(median "${scraped_times[@]}")
 echo "bytes=$BYTES"
@@ -113,4 +125,7 @@ echo "transfer_plain_seconds=$plain"
 echo "transfer_scraped_seconds=$scraped"
 echo "scrape_slowdown_percent=$(echo "($scraped - $plain) * 100 / $plain" | bc -l | cut -c1-6)"
 echo "one_scrape_ms_including_curl=$(printf '%.3f' "$scrape_ms")"
+echo "one_scrape_server_cpu_ms=$(printf '%.4f' "$scrape_cpu_ms")"
+# Scraped once a second, the share of one core the peer spends on it.
+echo "scrape_1hz_cpu_percent_of_a_core=$(printf '%.4f' "$(echo "$scrape_cpu_ms / 10" | bc -l)")"
 echo "load_average=$(cut -d' ' -f1 /proc/loadavg)"
