@@ -42,7 +42,7 @@ start_peer() {
     ADDR=$(wait_line "$1.out" "listening on ")
     HTTP=$(wait_line "$1.out" "http on ")
 }
-token() { xxd -p -c 32 "$1/control.cookie"; }
+token() { cat "$1/control.cookie"; }
 stop_peer() { kill "$PEER_PID" && wait "$PEER_PID" 2>/dev/null || true; }
 
 log "making a $SIZE file"

@@ -133,20 +133,19 @@ FileId parse_file_id(const std::string& text) {
 
 ControlClient::ControlClient(const cli::Address& peer, const std::filesystem::path& data_dir)
     : client_(protocol::kControlLimits) {
-  std::string raw;
-  try {
-    store::FileHandle file(::open(peer::cookie_path(data_dir).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!file) throw Error(Errc::unauthorized, "");
-    raw.resize(64);
+  std::optional<std::string> hex;
+  if (store::FileHandle file(::open(peer::cookie_path(data_dir).c_str(), O_RDONLY | O_CLOEXEC)); file) {
+    std::string raw(peer::kCookieFileMax + 1, '\0');
     const ssize_t n = ::read(file.get(), raw.data(), raw.size());
-    if (n != 32) throw Error(Errc::unauthorized, "");
-    raw.resize(32);
-  } catch (const Error&) {
+    raw.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    hex = peer::cookie_hex_of(raw);
+  }
+  if (!hex) {
     throw Error(
         Errc::unauthorized,
         fmt::format("cannot read the control cookie in {}: pass the peer-server's --data-dir", data_dir.string()));
   }
-  const std::string cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size()));
+  const std::string& cookie = *hex;
   // The peer-server must prove the key of the certificate beside the cookie:
   // the cookie goes to no one else.
   const auto cert_path = data_dir / tls::kCertFile;

@@ -6,6 +6,7 @@
 
 #include "p2pshare/cli.hpp"
 #include "p2pshare/error.hpp"
+#include "p2pshare/peer_server.hpp"
 
 using p2pshare::Errc;
 using p2pshare::Error;
@@ -128,4 +129,23 @@ TEST_CASE("rfc3339 formats UTC with milliseconds", "[cli]") {
 // Times before the epoch use floor division (-1 ms is 23:59:59.999).
 TEST_CASE("rfc3339 handles times before the epoch", "[cli]") {
   CHECK(cli::rfc3339(at_ms(-1)) == "1969-12-31T23:59:59.999Z");
+}
+
+TEST_CASE("cookie_hex_of reads the cookie file's forms and nothing else", "[cli]") {
+  const std::string hex(64, 'a');
+  CHECK(p2pshare::peer::cookie_hex_of(hex) == hex);
+  CHECK(p2pshare::peer::cookie_hex_of(hex + "\n") == hex);
+  CHECK(p2pshare::peer::cookie_hex_of(hex + "\r\n") == hex);
+  CHECK(p2pshare::peer::cookie_hex_of(std::string(64, 'F')) == std::string(64, 'f'));
+  // 32 raw bytes: the form written before the HTTP side.
+  CHECK(p2pshare::peer::cookie_hex_of(std::string(32, '\x01')) == [] {
+    std::string out;
+    for (int i = 0; i < 32; ++i) out += "01";
+    return out;
+  }());
+  CHECK_FALSE(p2pshare::peer::cookie_hex_of(""));
+  CHECK_FALSE(p2pshare::peer::cookie_hex_of(hex.substr(1)));
+  CHECK_FALSE(p2pshare::peer::cookie_hex_of(hex + "a"));
+  CHECK_FALSE(p2pshare::peer::cookie_hex_of(hex + "\n\n"));
+  CHECK_FALSE(p2pshare::peer::cookie_hex_of(std::string(63, 'a') + "g"));
 }

@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include <asio.hpp>
@@ -61,5 +63,10 @@ class PeerServer {
 
 // Where the control cookie lives for a data dir.
 std::filesystem::path cookie_path(const std::filesystem::path& data_dir);
+// The cookie's 64 lowercase hex digits from the bytes of a cookie file: 64
+// hex digits (either case) with or without a newline, or the 32 raw bytes
+// written before; nullopt for anything else.
+std::optional<std::string> cookie_hex_of(std::string_view file_bytes);
+inline constexpr std::size_t kCookieFileMax = 66;  // the longest a cookie file can be: 64 digits, CR LF
 
 }  // namespace p2pshare::peer

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -32,7 +33,6 @@
 namespace p2pshare::peer {
 namespace {
 
-constexpr std::size_t kCookieSize = 32;
 // The logged-in user's session (accounts): "USER\nTOKEN-HEX\n", 0600.
 constexpr const char* kSessionFile = "session";
 // How often every shared file is stat'ed for a change made under the peer
@@ -154,6 +154,19 @@ void save_session(const std::filesystem::path& path, const SavedSession& saved) 
 
 std::filesystem::path cookie_path(const std::filesystem::path& data_dir) {
   return data_dir / "control.cookie";
+}
+
+std::optional<std::string> cookie_hex_of(std::string_view bytes) {
+  if (bytes.size() == 32) return to_hex(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+  if (bytes.ends_with('\n')) bytes.remove_suffix(1);
+  if (bytes.ends_with('\r')) bytes.remove_suffix(1);
+  if (bytes.size() != 64) return std::nullopt;
+  std::string hex;
+  for (char c : bytes) {
+    if (!std::isxdigit(static_cast<unsigned char>(c))) return std::nullopt;
+    hex.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+  }
+  return hex;
 }
 
 struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
@@ -369,8 +382,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
     server_tls = tls::make_context(tls::Side::server, &*key_pair);
     client_tls = tls::make_context(tls::Side::client, &*key_pair);
-    const std::string raw_cookie = load_or_create_secret(cookie_path(config.data_dir), kCookieSize);
-    cookie = to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw_cookie.data()), raw_cookie.size()));
+    cookie = load_or_create_cookie(cookie_path(config.data_dir));
     state = std::make_unique<PeerState>(config.data_dir);
   }
 

@@ -12,6 +12,7 @@
 
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
+#include "p2pshare/peer_server.hpp"
 
 namespace p2pshare::peer {
 namespace {
@@ -43,32 +44,46 @@ std::vector<Sha256Digest> stored_hashes(std::span<const std::uint8_t> blob, cons
 
 }  // namespace
 
-std::string load_or_create_secret(const std::filesystem::path& path, std::size_t size) {
-  store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (file) {
-    std::string secret(size, '\0');
-    const ssize_t n = ::read(file.get(), secret.data(), size);
-    if (n != static_cast<ssize_t>(size))
-      throw Error(Errc::io, fmt::format("{} is damaged: remove it to make a new one", path.string()));
-    return secret;
-  }
-  if (errno != ENOENT) {
-    // Never replace an identity we cannot read: that would silently make a new peer.
-    throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(), errno_text(errno)));
-  }
-  std::string secret(size, '\0');
-  random_bytes(std::span(reinterpret_cast<std::uint8_t*>(secret.data()), size));
-  // Written under a temporary name and renamed: a crash never leaves half a key.
+namespace {
+
+// Written under a temporary name, synced and renamed: a crash never leaves
+// half a cookie.
+void write_cookie(const std::filesystem::path& path, const std::string& hex) {
+  const std::string text = hex + "\n";
   const auto temp = path.string() + ".tmp";
   store::FileHandle out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!out) throw Error(Errc::io, fmt::format("cannot create {}: {}", temp, errno_text(errno)));
-  if (::write(out.get(), secret.data(), size) != static_cast<ssize_t>(size) || ::fsync(out.get()) != 0 ||
+  if (::write(out.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fsync(out.get()) != 0 ||
       ::rename(temp.c_str(), path.c_str()) != 0) {
     throw Error(Errc::io, fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
   }
   store::FileHandle dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir) ::fsync(dir.get());
-  return secret;
+}
+
+}  // namespace
+
+std::string load_or_create_cookie(const std::filesystem::path& path) {
+  store::FileHandle file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (file) {
+    std::string bytes(kCookieFileMax + 1, '\0');
+    const ssize_t n = ::read(file.get(), bytes.data(), bytes.size());
+    bytes.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    if (auto hex = cookie_hex_of(bytes)) {
+      // The form from before the HTTP side: 32 raw bytes, rewritten as text.
+      if (bytes.size() == 32) write_cookie(path, *hex);
+      return *hex;
+    }
+    throw Error(Errc::io, fmt::format("{} is damaged: remove it to make a new one", path.string()));
+  }
+  if (errno != ENOENT) {
+    throw Error(Errc::io, fmt::format("cannot read {}: {}", path.string(), errno_text(errno)));
+  }
+  std::array<std::uint8_t, 32> secret{};
+  random_bytes(secret);
+  const std::string hex = to_hex(std::span<const std::uint8_t>(secret));
+  write_cookie(path, hex);
+  return hex;
 }
 
 PeerState::PeerState(const std::filesystem::path& data_dir) : db_(data_dir / "peer.db", "peer state") {

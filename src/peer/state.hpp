@@ -37,8 +37,11 @@ struct DownloadRecord {
   store::FileStamp stamp;
 };
 
-// Reads or creates a 0600 file of `size` random bytes.
-std::string load_or_create_secret(const std::filesystem::path& path, std::size_t size);
+// Reads or creates the control cookie (0600): 64 lowercase hex digits of 32
+// random bytes and a newline, the form the contract gives and the HTTP side's
+// bearer token. A cookie from before (32 raw bytes) is rewritten in this form,
+// keeping its value. Returns the 64 hex digits.
+std::string load_or_create_cookie(const std::filesystem::path& path);
 
 class PeerState {
  public:

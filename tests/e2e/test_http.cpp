@@ -28,9 +28,14 @@ std::string http_of(Node& node) {
   return *line;
 }
 
+// The bearer token is the cookie file's text (64 hex digits and a newline),
+// as a user reads it with cat.
 std::string token_of(const Node& node) {
-  const std::string raw = read_file(node.data_dir / "control.cookie");
-  return to_hex(std::span(reinterpret_cast<const std::uint8_t*>(raw.data()), raw.size()));
+  std::string text = read_file(node.data_dir / "control.cookie");
+  REQUIRE(text.size() == 65);
+  REQUIRE(text.back() == '\n');
+  text.pop_back();
+  return text;
 }
 
 std::string bearer(const Node& node) {

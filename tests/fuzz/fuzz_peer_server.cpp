@@ -327,14 +327,15 @@ struct Gen {
 };
 
 // Control plane, as `p2pshare register-file` speaks it: Hello with the
-// cookie (hex of the 32 bytes in the data dir), then RegisterFile.
+// cookie (the 64 hex digits of the cookie file), then RegisterFile.
 void register_file(Env& env, const std::filesystem::path& data_dir, const std::filesystem::path& file) {
   std::ifstream cookie_file(peer::cookie_path(data_dir), std::ios::binary);
   const std::string cookie((std::istreambuf_iterator<char>(cookie_file)), std::istreambuf_iterator<char>());
-  if (cookie.size() != 32) fuzz::finding("peer-server wrote no 32-byte control cookie");
+  const auto hex = peer::cookie_hex_of(cookie);
+  if (!hex || cookie.size() != 65) fuzz::finding("peer-server wrote no control cookie of 64 hex digits");
   Client client(protocol::kControlLimits);
   if (!client.connect(env.peer_port)) fuzz::finding("cannot reach the peer-server's control plane");
-  client.send_frame(protocol::hello(pb::PLANE_CONTROL, {}, fuzz::hex(cookie)));
+  client.send_frame(protocol::hello(pb::PLANE_CONTROL, {}, *hex));
   pb::ControlRequest request;
   request.mutable_register_file()->set_path(file.string());
   client.send_frame(request.SerializeAsString());
