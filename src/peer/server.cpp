@@ -685,7 +685,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       asio::post(self->io, [self, c, path, manifest = std::move(manifest), identity, error, code, group]() mutable {
         if (!manifest) return c->send(encode(error_response(code, error)));
         if (group.empty()) return self->add_shared(c, path, std::move(*manifest), *identity, {});
-        self->add_group_share(c, path, std::move(*manifest), *identity, group);
+        self->add_group_share(c, path, *manifest, *identity, group);
       });
     });
   }

@@ -81,7 +81,7 @@ std::string load_or_create_cookie(const std::filesystem::path& path) {
   }
   std::array<std::uint8_t, 32> secret{};
   random_bytes(secret);
-  const std::string hex = to_hex(std::span<const std::uint8_t>(secret));
+  std::string hex = to_hex(std::span<const std::uint8_t>(secret));
   write_cookie(path, hex);
   return hex;
 }
