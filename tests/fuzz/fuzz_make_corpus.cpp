@@ -361,7 +361,10 @@ void handoff_seeds() {
   fp.fill(0xc3);
   write("fuzz_handoff", "link", handoff::encode_link({m.file_id(), m.name, m.size, "127.0.0.1:7070", fp}));
   write("fuzz_handoff", "link_ipv6_utf8",
-        handoff::encode_link({m.file_id(), "\xc3\xbc" "ber \xe2\x80\xae.txt", 0, "[::1]:7070", fp}));
+        handoff::encode_link({m.file_id(),
+                              "\xc3\xbc"
+                              "ber \xe2\x80\xae.txt",
+                              0, "[::1]:7070", fp}));
   write("fuzz_handoff", "manifest_file", handoff::encode_manifest_file({m, "127.0.0.1:7070", fp}));
   Manifest empty;
   empty.size = 0;
