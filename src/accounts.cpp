@@ -193,7 +193,16 @@ Capability verify_capability(const pb::Capability& wire, const tls::KeyHash& tru
   if (name_error("user", body.user()) || name_error("group", body.group())) refuse("malformed user or group name");
   out.user = body.user();
   out.group = body.group();
-  out.expires = std::chrono::system_clock::time_point(std::chrono::milliseconds(body.expires_ms()));
+  // Compared as milliseconds before it becomes a time_point: a far-future
+  // value from the network would overflow the clock's nanoseconds. No central
+  // server issues one for more than an hour (--capability-lifetime); a day
+  // leaves room for clock skew.
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  constexpr std::int64_t kMaxAheadMs = std::int64_t{24} * 3600 * 1000;
+  const std::int64_t expires_ms = body.expires_ms();
+  if (expires_ms <= now_ms) refuse("expired");
+  if (expires_ms - now_ms > kMaxAheadMs) refuse("expires too far ahead");
+  out.expires = std::chrono::system_clock::time_point(std::chrono::milliseconds(expires_ms));
   if (out.expires <= now) refuse("expired");
   if (out.subject != presenter) refuse("issued to another peer");
   return out;
