@@ -7,6 +7,7 @@
 // Input: a serialized pb::Capability. Its first byte also picks whether the
 // body is re-signed with the trusted key (so the fuzzer gets past the
 // signature to the body's checks).
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -49,8 +50,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // Re-signed: the body's own checks are reached.
     pb::CapabilityBody body;
     if (body.ParseFromString(wire.body())) {
+      // A time_point holds about ±292 years of nanoseconds: clamp the
+      // fuzzed milliseconds into it before converting (the verifier refuses
+      // anything more than a day ahead anyway).
+      constexpr std::int64_t kLimitMs = INT64_MAX / 1'000'000;
+      const std::int64_t expires_ms = std::clamp<std::int64_t>(body.expires_ms(), -kLimitMs, kLimitMs);
       accounts::Capability parsed{body.user(), presenter, body.group(),
-                                  std::chrono::system_clock::time_point(std::chrono::milliseconds(body.expires_ms()))};
+                                  std::chrono::system_clock::time_point(std::chrono::milliseconds(expires_ms))};
       if (auto subject = peer_id_from_bytes(body.subject())) parsed.subject = *subject;
       wire = accounts::sign_capability(parsed, central().key.get());
     }
