@@ -350,7 +350,11 @@ void Connection::write_next() {
     });
     asio::async_write(self->stream_, buffers, [self](const std::error_code& ec, std::size_t n) {
       self->write_deadline_.cancel();
-      if (self->closed_) return;
+      if (self->closed_) {
+        self->queue_.clear();  // the frame close() kept for this write
+        self->writing_ = false;
+        return;
+      }
       if (ec) {
         self->close(ec.message());
         return;
@@ -384,7 +388,15 @@ void Connection::close(const std::string& reason) {
   // No close_notify: the frames said what ends the conversation.
   stream_.lowest_layer().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   stream_.lowest_layer().close(ignored);
-  queue_.clear();
+  // A write in flight still reads the front frame: asio's composed write may
+  // hand more of it to SSL_write before it sees the closed socket. Keep that
+  // frame (and its payload buffer, which the pool would give to a disk read)
+  // until the write's handler runs; drop the rest now.
+  if (writing_ && !queue_.empty()) {
+    queue_.erase(std::next(queue_.begin()), queue_.end());
+  } else {
+    queue_.clear();
+  }
   queued_bytes_ = 0;
   if (on_close_) on_close_(reason);
   // Handlers may be running right now (close from inside on_frame): drop
