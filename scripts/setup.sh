@@ -13,6 +13,7 @@ packages=(
   dpkg-dev lintian help2man bash-completion man-db systemd   # scripts/package.sh, the package stage
   libhttp-parser-dev   # the HTTP side's request parser (--http-addr)
   prometheus chromium   # tests: promtool check metrics; the dashboards in a headless browser
+  curl   # bench/http_bench.sh
 )
 
 missing=()
