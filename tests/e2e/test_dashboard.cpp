@@ -84,22 +84,6 @@ std::string table(const std::string& dom, const std::string& id) {
   return dom.substr(start, dom.find("</tbody>", start) - start);
 }
 
-// The cluster's central server restarted on its address and data dir with an
-// HTTP side (before any peer joins); the process, kept by the test.
-std::unique_ptr<Process> central_with_http(Cluster& c, std::string& http) {
-  const std::string addr = c.central_addr();
-  Cluster::stop(c.central());
-  auto central = std::make_unique<Process>(
-      std::vector<std::string>{binary(), "central-server", "--addr", addr, "--data-dir", c.central().data_dir.string(),
-                               "--heartbeat-interval", "200", "--http-addr", "127.0.0.1:0"},
-      c.logs());
-  central->wait_listening();
-  auto line = central->wait_for_line("http on ");
-  if (!line) throw std::runtime_error("the central server never printed 'http on'");
-  http = *line;
-  return central;
-}
-
 }  // namespace
 
 TEST_CASE("dashboard: the peer's shows a download progressing, then complete, names as text", "[e2e][browser]") {
@@ -158,9 +142,8 @@ TEST_CASE("dashboard: the central server's lists a file with its holders and chu
     WARN("chromium is not installed (scripts/setup.sh installs it): browser test skipped");
     return;
   }
-  Cluster c(0);
-  std::string central_http;
-  const auto central_process = central_with_http(c, central_http);
+  Cluster c(0, ClusterOptions{.central_args = {"--http-addr", "127.0.0.1:0"}});
+  const std::string central_http = http_of(c.central());
   for (int i = 0; i < 3; ++i) c.add_peer();
   const std::string url = "http://" + central_http + "/";
   const auto file = c.make_file(kHostileName, 6 * kChunkSize, 4);

@@ -54,22 +54,6 @@ std::string slice(const fs::path& file, std::uint64_t first, std::uint64_t last)
   return read_file(file).substr(first, last - first + 1);
 }
 
-// The cluster's central server restarted on its address and data dir with an
-// HTTP side (before any peer joins); the process, kept by the test.
-std::unique_ptr<Process> central_with_http(Cluster& c, std::string& http) {
-  const std::string addr = c.central_addr();
-  Cluster::stop(c.central());
-  auto central = std::make_unique<Process>(
-      std::vector<std::string>{binary(), "central-server", "--addr", addr, "--data-dir", c.central().data_dir.string(),
-                               "--heartbeat-interval", "200", "--http-addr", "127.0.0.1:0"},
-      c.logs());
-  central->wait_listening();
-  auto line = central->wait_for_line("http on ");
-  if (!line) throw std::runtime_error("the central server never printed 'http on'");
-  http = *line;
-  return central;
-}
-
 }  // namespace
 
 TEST_CASE("http: the peer's API needs the cookie, and does what the control commands do", "[e2e][http]") {
@@ -217,9 +201,8 @@ TEST_CASE("http: the gateway serves a file the peer did not have, whole and by r
 }
 
 TEST_CASE("http: /metrics after a download count what moved, and promtool accepts them", "[e2e][http]") {
-  Cluster c(0);
-  std::string central_http;
-  const auto central_process = central_with_http(c, central_http);
+  Cluster c(0, ClusterOptions{.central_args = {"--http-addr", "127.0.0.1:0"}});
+  const std::string central_http = http_of(c.central());
   c.add_peer(true, kHttpFlag);
   c.add_peer(true, kHttpFlag);
   const auto file = c.make_file("counted.bin", 9 * kChunkSize + 4321, 21);
