@@ -181,3 +181,29 @@ TEST_CASE("failover: a bad --central-server-addr list is one line, exit 2", "[e2
                 2, {words});
   }
 }
+
+TEST_CASE("failover: a central server that hangs (SIGSTOP) is left for the next once heartbeats go unanswered",
+          "[e2e][failover]") {
+  Cluster c(0, failover_options());
+  std::string b;
+  auto central_b = start_second_central(c, b);
+  const std::string a = c.central_addr();
+  c.set_peer_central_list(a + "," + b);
+  c.add_peer();
+  const auto id = c.register_file(0, c.make_file("hung.bin", 200000, 9));
+  REQUIRE(c.wait_holders(id, 1));
+
+  // The connection stays open (the kernel holds it), but nothing answers:
+  // three heartbeat intervals, at least 2 s, then the peer moves to B.
+  c.central().process->signal(SIGSTOP);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  REQUIRE(wait_for([&] { return lists(c, b, id); }, 15s));
+  INFO("listed through B " << elapsed_since(stopped_at) << " s after A hung");
+  CHECK(c.status_json(0).value("central_addr", "") == b);
+  // A client given A,B waits out A's handshake deadline, then answers from B.
+  const auto r = c.run({"list-files", "--central-server-addr", a + "," + b, "--json"}, 30s);
+  INFO(describe(r));
+  CHECK(r.exit_code == 0);
+  CHECK(contains_ci(r.out, id));
+  c.central().process->signal(SIGCONT);
+}
