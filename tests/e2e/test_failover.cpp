@@ -207,3 +207,35 @@ TEST_CASE("failover: a central server that hangs (SIGSTOP) is left for the next 
   CHECK(contains_ci(r.out, id));
   c.central().process->signal(SIGCONT);
 }
+
+TEST_CASE("failover: a share link made through one central server still downloads after both peers moved to the next",
+          "[e2e][failover]") {
+  Cluster c(0, failover_options());
+  std::string b;
+  auto central_b = start_second_central(c, b);
+  const std::string a = c.central_addr();
+  c.set_peer_central_list(a + "," + b);
+  c.add_peer();
+  c.add_peer();
+  const auto src = c.make_file("linked.bin", 3 * kChunkSize + 7, 21);
+  const auto id = c.register_file(0, src);
+  REQUIRE(c.wait_holders(id, 1));
+  // The link names A, the central server in use, with A's key.
+  const auto share = c.on_peer(0, "share-link", {"--file-id", id});
+  INFO(describe(share));
+  REQUIRE(share.exit_code == 0);
+  const std::string link = lines_of(share.out).at(0);
+  CHECK(link.find("&central=" + a + "&") != std::string::npos);
+
+  Cluster::kill(c.central());
+  REQUIRE(wait_for([&] { return lists(c, b, id); }, 10s));
+  REQUIRE(wait_for([&] { return c.status_json(1).value("central_addr", "") == b; }, 10s));
+  // B has its own key; A's is the one recorded for A, an address of the list: accepted.
+  const auto got = c.on_peer(1, "request-file", {"--link", link, "--json"});
+  INFO(describe(got));
+  REQUIRE(got.exit_code == 0);
+  CHECK(files_equal(src, parse_json(got)["path"].get<std::string>()));
+  // A new link names B now.
+  const auto again = c.on_peer(0, "share-link", {"--file-id", id});
+  CHECK(again.out.find("&central=" + b + "&") != std::string::npos);
+}
