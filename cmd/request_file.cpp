@@ -1,6 +1,4 @@
 // p2pshare request-file --file-id ID | --link LINK | --manifest FILE.p2ps [--out PATH] [--stdout] [--sequential]
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -149,11 +147,6 @@ bool write_all(std::string_view bytes) {
 int stream_to_stdout(const cxxopts::ParseResult& args, const pb::ControlRequest& request) {
   // A reader that closes early (`| head -c N`) is an EPIPE from write(), not a signal.
   std::signal(SIGPIPE, SIG_IGN);
-  // Into a pipe: 1 MiB of room (the default cap for anyone) instead of 64 KiB,
-  // so each side runs for a whole piece between wake-ups. A refusal leaves
-  // the pipe as it was.
-  struct stat out {};
-  if (::fstat(STDOUT_FILENO, &out) == 0 && S_ISFIFO(out.st_mode)) ::fcntl(STDOUT_FILENO, F_SETPIPE_SZ, 1 << 20);
   auto control = connect_control(args);
   control.send(request);
   std::uint64_t written = 0;
