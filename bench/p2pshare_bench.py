@@ -31,6 +31,13 @@ Timed sections:
               scratch directory as p2pshare's downloads.
   register    `p2pshare register-file --json` on a cached file vs
               `openssl dgst -sha256` on the same file, interleaved.
+  stream      goal 8: `request-file --stdout | sha256sum` (the digest
+              checked), from spawning both to the exit of both, against a
+              normal `request-file --out` to another fresh peer, run by run
+              (which goes first alternates); both write the peer's copy to
+              --out in the scratch directory. sha256sum of the cached
+              source alone is timed too: what the reader costs by itself.
+  folder      goal 9: bench/folder_bench.py (see there).
 Before every timed run: `sync` (writeback of the previous run's file must not
 land in this one); nothing is dropped from the page cache (sources stay
 cached, as in the baselines).
@@ -687,6 +694,134 @@ class Bench:
                             "large_register_seconds": t_reg},
                 "checks": checks}
 
+    def fetch_run(self, central, fid, src, digest, stream):
+        """One download to a fresh peer-server, its copy to --out in the
+        scratch directory: `request-file --out` (stream False) or
+        `request-file --stdout | sha256sum` (the digest checked). Returns
+        seconds from spawning the command(s) to the exit of all, the
+        downloader's VmHWM and CPU seconds, and the CPU seconds of the
+        command(s) (request-file, and sha256sum)."""
+        dl = self.peer(central)
+        self.wait_connected(dl)
+        out = os.path.join(self.scratch("out"), "data.bin")
+        cpu0 = proc_cpu(dl.pid)
+        os.sync()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        argv = [self.bin, "request-file", "--file-id", fid, "--peer-addr", dl.addr, "--data-dir", dl.data_dir,
+                "--out", out, "--stdout" if stream else "--json"]
+        rf = self.wd.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        procs = [rf]
+        if stream:
+            sha = self.wd.spawn(["sha256sum"], stdin=rf.stdout, stdout=subprocess.PIPE)
+            rf.stdout.close()  # sha256sum holds the only read end
+            procs.append(sha)
+        limit = t0 + self.transfer_timeout
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > limit:
+                raise Failure("request-file%s not done after %d s" % (" --stdout" if stream else "",
+                                                                      self.transfer_timeout))
+            time.sleep(0.002)
+        t = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        err = rf.stderr.read().decode(errors="replace").strip()
+        rf.stderr.close()
+        if rf.returncode != 0:
+            raise Failure("request-file failed (%d): %s" % (rf.returncode, err))
+        if stream:
+            got = sha.stdout.read().decode().split()[0] if sha.returncode == 0 else ""
+            sha.stdout.close()
+            if got != digest:
+                raise Failure("the bytes on stdout hash to %s, the file to %s" % (got, digest))
+        else:
+            answer = json.loads(rf.stdout.read())
+            rf.stdout.close()
+            if answer["size"] != os.path.getsize(src):
+                raise Failure("request-file reports %d bytes" % answer["size"])
+        hwm, cpu = btlib.vm_hwm_kib(dl.pid), proc_cpu(dl.pid) - cpu0
+        self.verify(src, out)
+        self.retire(dl, fid)
+        self.wait_holders(central, fid, 1)
+        os.sync()
+        os.unlink(out)
+        return t, hwm, cpu, ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+
+    def goal8(self):
+        """request-file --stdout into sha256sum vs a normal download to disk."""
+        size = 16 * MiB if self.small else GiB
+        src = self.test_file(size)
+        digest = btlib.sha256_file(src)
+        central = self.central("--heartbeat-interval", "1000")
+        seed = self.peer(central)
+        self.wait_connected(seed)
+        _, reg = self.register(seed, src)
+        fid = reg["file_id"]
+        self.wait_holders(central, fid, 1)
+        runs = {False: [], True: []}  # stream -> [(seconds, VmHWM, peer CPU, command CPU)]
+        sha_alone, sha_cpu = [], []
+        for r in range(self.runs):
+            # sha256sum of the cached source alone: what the reader costs by itself.
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.monotonic()
+            subprocess.run(["sha256sum", src], stdout=subprocess.DEVNULL, check=True, timeout=600)
+            sha_alone.append(time.monotonic() - t0)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            sha_cpu.append(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+            # Which one goes first alternates run by run.
+            for stream in ((False, True) if r % 2 == 0 else (True, False)):
+                runs[stream].append(self.fetch_run(central, fid, src, digest, stream))
+            (t_p, _, cpu_p, _), (t_s, h_s, cpu_s, cmd_s) = runs[False][-1], runs[True][-1]
+            log("goal8 run %d: normal %.3f s (peer %.2f s CPU), --stdout | sha256sum %.3f s (peer %.2f s CPU, "
+                "request-file + sha256sum %.2f s CPU, VmHWM %d KiB) -> %.2fx; sha256sum alone %.3f s (%.2f s CPU)"
+                % (r + 1, t_p, cpu_p, t_s, cpu_s, cmd_s, h_s, t_p / t_s, sha_alone[-1], sha_cpu[-1]))
+        self.stop(seed)
+        self.stop(central)
+        self.drop_file(size)
+        plain = [x[0] for x in runs[False]]
+        streamed = [x[0] for x in runs[True]]
+        ratios = [p / s for p, s in zip(plain, streamed)]
+        ratio = median(ratios)
+        t, t_plain, t_sha = median(streamed), median(plain), median(sha_alone)
+        floor = [p / a for p, a in zip(plain, sha_alone)]
+        cpu_plain, cpu_stream = median([x[2] for x in runs[False]]), median([x[2] for x in runs[True]])
+        checks = [
+            check("`request-file --stdout | sha256sum` vs `request-file --out` (rate)",
+                  "%.3f s (%.3f GB/s)" % (t, size / t / 1e9), "normal download %.3f s (%.3f GB/s)"
+                  % (t_plain, size / t_plain / 1e9), ratio, ">= 0.8x the normal download's rate", ratio >= 0.8,
+                  "ratio = normal time / stream time, median of the runs' own ratios (%s); both fetch from "
+                  "the same seed to a fresh peer-server and write its copy to disk"
+                  % ", ".join("%.2fx" % x for x in ratios)),
+            check("sha256sum of the cached file alone (the reader's own cost)", "%.3f s (%.2f s CPU)"
+                  % (t_sha, median(sha_cpu)), "normal download %.3f s" % t_plain, median(floor), "informational",
+                  None, "coreutils sha256sum, one core, timed before the transfers of each run; ratio = normal "
+                  "time / sha256sum time (runs: %s): below 1, the reader alone is slower than the download"
+                  % ", ".join("%.2fx" % x for x in floor)),
+            check("downloading peer-server's CPU: streaming vs normal", "%.2f s CPU" % cpu_stream,
+                  "normal %.2f s CPU" % cpu_plain, cpu_stream / cpu_plain if cpu_plain else None, "informational",
+                  None, "utime+stime, independent of the machine's load; request-file + sha256sum used %.2f s CPU"
+                  % median([x[3] for x in runs[True]])),
+            check("downloader peak RSS while streaming", "%.1f MiB" % (max(x[1] for x in runs[True]) / 1024), "normal "
+                  "%.1f MiB" % (max(x[1] for x in runs[False]) / 1024), None, "informational", None, "VmHWM"),
+        ]
+        print("goal8 --stdout %s into sha256sum: %.3f s vs normal download %.3f s -> %.2fx (goal >= 0.8; "
+              "runs %s); sha256sum alone %.3f s"
+              % (fmt_size(size), t, t_plain, ratio, " ".join("%.2f" % x for x in ratios), t_sha), flush=True)
+        return {"title": "Streaming: `request-file --stdout` of %s into sha256sum" % fmt_size(size),
+                "figures": {"size": size, "seconds": t, "seconds_runs": streamed, "normal_seconds": t_plain,
+                            "normal_seconds_runs": plain, "ratio_runs": ratios, "sha256sum_seconds_runs": sha_alone,
+                            "sha256sum_cpu_seconds_runs": sha_cpu,
+                            "peer_cpu_seconds_runs": [x[2] for x in runs[True]],
+                            "normal_peer_cpu_seconds_runs": [x[2] for x in runs[False]],
+                            "command_cpu_seconds_runs": [x[3] for x in runs[True]],
+                            "downloader_peak_rss_kib_runs": [x[1] for x in runs[True]],
+                            "normal_downloader_peak_rss_kib_runs": [x[1] for x in runs[False]]},
+                "checks": checks}
+
+    def goal9(self):
+        """A shared folder of 10,000 small and 10 large files (bench/folder_bench.py)."""
+        import folder_bench  # noqa: E402 - it imports this module
+        return folder_bench.run(self)
+
     def central_load(self, central, *args, timeout):
         argv = [self.load_bin, "--server", central.addr, "--server-pid", str(central.pid),
                 "--timeout", str(timeout), *args]
@@ -862,7 +997,7 @@ def host_info():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="small sizes: a smoke test")
-    ap.add_argument("--goals", default="1,2,3,4,5,6,7")
+    ap.add_argument("--goals", default="1,2,3,4,5,6,7,8,9")
     ap.add_argument("--baselines", help="baselines.sh JSON from the same run")
     ap.add_argument("--out", help="JSON output (default bench/results/p2pshare[-small].json)")
     ap.add_argument("--bin", default=os.environ.get("P2PSHARE_BIN",
@@ -896,7 +1031,7 @@ def main():
         doc["runs"] = b.runs
         # Goal 4 first: it needs the 1 GiB file cached and the machine quiet
         # of our own transfers; goals 1 and 2 share a swarm.
-        order = [g for g in (4, 1, 2, 5, 3, 6, 7) if g in goals]
+        order = [g for g in (4, 1, 2, 5, 3, 8, 9, 6, 7) if g in goals]
         for g in order:
             log("=== goal %d" % g)
             t0 = time.monotonic()

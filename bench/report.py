@@ -63,6 +63,8 @@ GOAL_COMMANDS = {
     "5": "p2pshare_bench.py --goals 1,5",
     "6": "bench/opentracker_load.sh (baselines) + p2pshare_bench.py --goals 6",
     "7": "p2pshare_bench.py --goals 7",
+    "8": "p2pshare_bench.py --goals 8 (request-file --out and request-file --stdout | sha256sum, interleaved)",
+    "9": "bench/folder_bench.py (= p2pshare_bench.py --goals 9; find | xargs -0 sha256sum in the same loop)",
 }
 
 

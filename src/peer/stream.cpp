@@ -16,9 +16,13 @@ namespace {
 constexpr std::size_t kPieceBytes = std::size_t{1} << 20;
 // The next chunk is read only below this many unsent bytes.
 constexpr std::size_t kQueuedBytes = std::size_t{4} << 20;
-// Chunks being read or read ahead of the one sent next: at most this many
-// bytes (but always one chunk).
-constexpr std::uint64_t kReadBytes = std::uint64_t{4} << 20;
+// Chunks held for sending (taken from the download as it verifies them, or
+// being read back from the file), ahead of the one sent next: at most this
+// many bytes, but always the next one the stream needs. As much as the
+// read-ahead window the download fetches for a stream (Swarm::window), so
+// a reader slower than the download still gets every chunk from the tap,
+// none from the disk.
+constexpr std::uint64_t kHeldBytes = std::uint64_t{16} << 20;
 // A reader may pause (a player paused) far longer than a write deadline
 // meant for a dead peer.
 constexpr auto kStreamWriteTimeout = std::chrono::hours(24);
@@ -46,12 +50,20 @@ class Stream : public std::enable_shared_from_this<Stream> {
       Observer observer;
       // Every tick: a reader that went away releases the window, and the
       // download goes on by itself like any request-file whose client left.
+      // Otherwise a look at what became ready (a chunk another way than
+      // through the tap, e.g. verified from a resume state).
       observer.progress = [self = shared_from_this()](const pb::Progress&) {
-        if (self->gone()) self->release();
+        if (self->gone()) return self->release();
+        self->pump();
       };
-      observer.chunk_done = [weak = weak_from_this()](ChunkIndex) {
-        if (auto self = weak.lock()) self->pump();
-      };
+      // Each chunk the download verifies and writes comes to the tap with
+      // its buffer (right after the swarm marks it had): taken from there,
+      // not read back from the partial file, which is written O_DIRECT and
+      // would be read from the disk.
+      swarm_->add_chunk_tap([weak = weak_from_this()](ChunkIndex chunk, const BufferPool::Buffer& buffer) {
+        auto self = weak.lock();
+        return self && self->on_tap(chunk, buffer);
+      });
       observer.finished = [self = shared_from_this()](const DownloadOutcome& outcome) {
         self->outcome_ = outcome;
         self->pump();
@@ -74,9 +86,26 @@ class Stream : public std::enable_shared_from_this<Stream> {
     swarm_->set_stream_position(token_, std::nullopt);
   }
 
-  // Sends the chunks read so far in order, then starts more reads: several
-  // at once (a chunk just written is read back from the disk, not the page
-  // cache), at most kReadBytes held in all.
+  // A chunk is taken in (tapped or read) when it fits in kHeldBytes, or
+  // when it is the one to send next (chunks tapped further on must not keep
+  // it out).
+  bool may_hold(std::uint32_t index) const {
+    return index == next_ || held_bytes_ + swarm_->manifest().chunk_length(ChunkIndex{index}) <= kHeldBytes;
+  }
+
+  // A chunk the download just verified and wrote. False: tap no more.
+  bool on_tap(ChunkIndex chunk, const BufferPool::Buffer& buffer) {
+    if (ended_ || released_ || gone()) return false;
+    if (chunk.value >= next_read_ && !ready_.contains(chunk.value) && may_hold(chunk.value)) {
+      held_bytes_ += buffer->size();
+      ready_.emplace(chunk.value, buffer);
+      pump();
+    }
+    return !ended_;
+  }
+
+  // Sends the chunks in hand in order, then reads the next ones that the
+  // tap did not bring (several at once, within kHeldBytes) from the file.
   void pump() {
     auto c = connection_.lock();
     if (!c || c->closed()) return release();
@@ -84,11 +113,18 @@ class Stream : public std::enable_shared_from_this<Stream> {
     if (const auto* failure = outcome_ ? std::get_if<Failure>(&*outcome_) : nullptr) {
       return end(*c, error(failure->code, failure->message));
     }
-    for (auto ready = ready_.find(next_); ready != ready_.end(); ready = ready_.find(next_)) {
+    // Sent only below kQueuedBytes unsent: what is sent moves the download's
+    // window on, so a reader that stalls must stop it here.
+    for (auto ready = ready_.find(next_); ready != ready_.end() && c->queued_bytes() < kQueuedBytes;
+         ready = ready_.find(next_)) {
       send_chunk(*c, ready->second);
       held_bytes_ -= ready->second->size();
       ready_.erase(ready);
       ++next_;
+      // A chunk that came from the tap was sent without being read: the
+      // reads go on after it (chunks in [next_, next_read_) are in hand or
+      // being read).
+      next_read_ = std::max(next_read_, next_);
       if (!released_ && !swarm_->complete()) swarm_->set_stream_position(token_, next_);
     }
     const auto& manifest = swarm_->manifest();
@@ -97,8 +133,12 @@ class Stream : public std::enable_shared_from_this<Stream> {
       if (!swarm_->complete() || swarm_->state() != SwarmState::seeding) return;  // Downloaded comes with finished
       return end(*c, downloaded());
     }
-    while (next_read_ < count && swarm_->have().test(ChunkIndex{next_read_}) && c->queued_bytes() < kQueuedBytes &&
-           (held_bytes_ == 0 || held_bytes_ + manifest.chunk_length(ChunkIndex{next_read_}) <= kReadBytes)) {
+    while (next_read_ < count && c->queued_bytes() < kQueuedBytes) {
+      if (ready_.contains(next_read_)) {  // tapped
+        ++next_read_;
+        continue;
+      }
+      if (!swarm_->have().test(ChunkIndex{next_read_}) || !may_hold(next_read_)) break;
       const std::uint32_t index = next_read_++;
       held_bytes_ += manifest.chunk_length(ChunkIndex{index});
       swarm_->read_chunk(ChunkIndex{index}, [self = shared_from_this(), index](const BufferPool::Buffer& buffer,

@@ -51,6 +51,13 @@ nlohmann::json shared_entry(Cluster& c, std::size_t i, const std::string& id) {
   return nullptr;
 }
 
+// Bytes the process had the block layer read for it (O_DIRECT reads included).
+std::uint64_t disk_read_bytes(int pid) {
+  const std::string text = read_file("/proc/" + std::to_string(pid) + "/io");
+  const auto at = text.find("\nread_bytes:");
+  return at == std::string::npos ? 0 : std::stoull(text.substr(at + 12));
+}
+
 std::uint64_t rss_kib(int pid) {
   const std::string text = read_file("/proc/" + std::to_string(pid) + "/status");
   const auto at = text.find("VmRSS:");
@@ -172,6 +179,26 @@ TEST_CASE("request-file --stdout: the file's bytes, in order, with backpressure"
     const auto local = c.on_peer(0, "request-file", {"--file-id", small_id, "--stdout"});
     REQUIRE(local.exit_code == 0);
     CHECK(local.out == read_file(small));
+  }
+  SECTION("while the file downloads, each chunk comes from the download, not read back from the disk") {
+    const std::uint64_t size = 256 * kChunkSize;  // 64 MiB
+    const auto big = c.make_file("big.bin", size, 403);
+    const std::string id = c.register_file(0, big);
+    REQUIRE(c.wait_holders(id, 1));
+    const int pid = c.peer(1).process->pid();
+    const auto before = disk_read_bytes(pid);
+    const auto out = c.path("streamed.bin");
+    const std::string command = "'" + binary() + "' request-file --peer-addr " + c.peer(1).addr + " --data-dir '" +
+                                c.peer(1).data_dir.string() + "' --file-id " + id + " --stdout > '" + out.string() +
+                                "'";
+    const auto r = run({"/bin/sh", "-c", command}, c.logs(), 120s);
+    REQUIRE(r.exit_code == 0);
+    CHECK(files_equal(big, out));
+    // The partial file is written O_DIRECT: a chunk read back from it is
+    // read from the disk, and the whole file would be.
+    const auto read = disk_read_bytes(pid) - before;
+    WARN("streaming peer-server read " << read / 1024 << " KiB from the disk for a " << size / 1024 << " KiB file");
+    CHECK(read < size / 4);
   }
   SECTION("--sequential downloads to disk correctly") {
     const auto out = c.path("seq.bin");
