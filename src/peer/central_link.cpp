@@ -135,6 +135,7 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
   connection_->send(protocol::hello(pb::PLANE_CENTRAL));
   pb::CentralRequest reg;
   reg.mutable_register_()->set_listen_port(listen_port_);
+  if (replica_hooks_.fill_register) replica_hooks_.fill_register(*reg.mutable_register_());
   send(std::move(reg), [self](std::optional<pb::CentralResponse> response, const std::string& error) {
     if (!response || !response->has_registered()) {
       self->last_error_ = response && response->has_error() ? response->error().message() : error;
@@ -162,9 +163,13 @@ void CentralLink::heartbeat() {
     self->expire_pending();
     pb::CentralRequest beat;
     beat.mutable_heartbeat();
+    if (self->replica_hooks_.fill_heartbeat) self->replica_hooks_.fill_heartbeat(*beat.mutable_heartbeat());
     self->send(std::move(beat), [self](std::optional<pb::CentralResponse> response, const std::string&) {
       // The server forgot us (its registry expired us): register afresh.
       if (response && response->has_error() && self->connection_) self->connection_->close("heartbeat refused");
+      if (response && response->has_cache_orders() && self->replica_hooks_.on_orders) {
+        self->replica_hooks_.on_orders(response->cache_orders());
+      }
     });
     self->heartbeat();
   });
