@@ -91,7 +91,7 @@ TEST_CASE("replicas: two volunteers fetch a file with --replicas 2 and it outliv
   CHECK(file_info(c, id).value("replicas", 0) == 2);
 }
 
-TEST_CASE("replicas: a volunteer whose cache cannot hold the file is not asked; one with room is", "[e2e][replicas]") {
+TEST_CASE("replicas: a volunteer whose cache cannot hold the file is not asked, one with room is", "[e2e][replicas]") {
   Cluster c(1);
   c.add_peer(true, volunteer(c, "small", "1M"));
   const auto src = c.make_file("big.bin", 3 * kMiB, 42);
