@@ -125,7 +125,12 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   std::optional<cli::Address> http_bound;
   // Replicas and volunteer caches: targets mirrored from the registry, the
   // rest soft state.
-  ReplicaPlanner replicas{config.replicas};
+  // One owner's targets cost target x chunks of --max-chunks-per-peer.
+  ReplicaPlanner replicas{[this] {
+    ReplicaConfig replica_config = config.replicas;
+    replica_config.max_chunks_per_owner = config.limits.max_chunks_per_peer;
+    return replica_config;
+  }()};
   bool replicas_loaded = [this] {
     for (const auto& [file, target] : registry.replica_targets()) replicas.load(file, target);
     return true;
@@ -589,7 +594,14 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         // Checked before the announce is stored: a refused target refuses the announce.
         std::optional<std::uint32_t> target;
         if (announce.has_replicas()) target = replicas.request(peer, id, manifest.chunk_count(), announce.replicas());
-        registry.announce(peer, manifest, std::move(partial));
+        try {
+          registry.announce(peer, manifest, std::move(partial));
+        } catch (...) {
+          // Refused only for a file new to this peer, which was no owner of
+          // it then: its request goes again.
+          if (announce.has_replicas()) replicas.withdraw(peer, id);
+          throw;
+        }
         if (target) registry.set_replicas(id, *target);
         if (complete) replicas.announced(peer, id, announce.cached());
         metrics->announces.add();

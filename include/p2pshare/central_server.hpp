@@ -42,7 +42,8 @@ struct ServerConfig {
   std::size_t password_memlimit = std::size_t{64} << 20;  // crypto_pwhash_MEMLIMIT_INTERACTIVE
   unsigned hash_threads = 2;
   std::size_t max_queued_hashes = 32;
-  // Replicas and volunteer caches (replicas.hpp).
+  // Replicas and volunteer caches (replicas.hpp); max_chunks_per_owner is
+  // limits.max_chunks_per_peer.
   ReplicaConfig replicas;
 };
 

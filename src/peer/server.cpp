@@ -938,9 +938,31 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       asio::post(self->io,
                  [self, c, path, manifest = std::move(manifest), identity, error, code, group, replicas]() mutable {
                    if (!manifest) return c->send(encode(error_response(code, error)));
+                   if (group.empty() && replicas && *replicas > 0) {
+                     return self->add_replicated_share(c, path, *manifest, *identity, *replicas);
+                   }
                    if (group.empty()) return self->add_shared(c, path, std::move(*manifest), *identity, {}, replicas);
                    self->add_group_share(c, path, *manifest, *identity, group);
                  });
+    });
+  }
+
+  // A replica target needs the central server's word too (it may refuse
+  // one past this peer's budget): asked first, with the announcement itself.
+  void add_replicated_share(const std::shared_ptr<ControlSink>& c, const std::filesystem::path& path,
+                            const Manifest& manifest, const store::FileIdentity& identity, std::uint32_t replicas) {
+    pb::CentralRequest announce;
+    manifest_to_wire(manifest, announce.mutable_announce()->mutable_manifest());
+    announce.mutable_announce()->set_replicas(replicas);
+    services->central->request(std::move(announce), [weak = weak_from_this(), c, path, manifest, identity, replicas](
+                                                        auto response, const std::string& error) {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!response) return c->send(encode(error_response(Errc::unavailable, error)));
+      if (response->has_error()) {
+        return c->send(encode(error_response(errc_of(response->error()), response->error().message())));
+      }
+      self->add_shared(c, path, manifest, identity, {}, replicas);
     });
   }
 

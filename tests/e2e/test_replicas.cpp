@@ -138,6 +138,21 @@ TEST_CASE("replicas: when the owner withdraws the file, volunteers drop their co
   CHECK(wait_for([&] { return c.holders(id) <= 0; }, 10s));
 }
 
+TEST_CASE("replicas: a target past the owner's chunk budget is refused in one line, exit 1", "[e2e][replicas]") {
+  ClusterOptions options;
+  options.central_args = {"--max-chunks-per-peer", "10"};
+  Cluster c(1, options);
+  const auto src = c.make_file("budget.bin", 3 * kChunkSize, 46);  // 3 chunks
+  // 3 chunks x 4 replicas = 12 > 10.
+  check_fails("--replicas 4", c.on_peer(0, "register-file", {"--path", src.string(), "--replicas", "4"}), 1,
+              {"replicated chunks"});
+  const auto status = c.status_json(0);
+  CHECK(status["shared"].empty());
+  // 3 x 3 = 9 fits.
+  const std::string id = register_with_replicas(c, 0, src, 3);
+  REQUIRE(wait_for([&] { return file_info(c, id).value("replicas", 0) == 3; }, 10s));
+}
+
 TEST_CASE("replicas: a bad --cache-limit or --replicas is one line and exit 2", "[e2e][replicas]") {
   Cluster c(1);
   const auto bad =
