@@ -138,6 +138,30 @@ TEST_CASE("replicas: when the owner withdraws the file, volunteers drop their co
   CHECK(wait_for([&] { return c.holders(id) <= 0; }, 10s));
 }
 
+TEST_CASE("replicas: a full volunteer keeps a copy its target needs, and evicts it once it is spare",
+          "[e2e][replicas]") {
+  Cluster c(1);
+  c.add_peer(true, volunteer(c, "cache", "5M"));  // room for one of the two files
+  c.add_peer(true);                               // downloads the first file: a second copy
+  const auto first = c.make_file("first.bin", 3 * kMiB, 47);
+  const auto second = c.make_file("second.bin", 3 * kMiB, 48);
+  const std::string a = register_with_replicas(c, 0, first, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, a).is_object(); }, 30s));
+  const std::string b = register_with_replicas(c, 0, second, 1);
+  // The only copy of `a` is the volunteer's: it is not evicted for `b`.
+  CHECK_FALSE(wait_for([&] { return touches(c, 1, b); }, 3s));
+  CHECK(cached_entry(c, 1, a).is_object());
+  // Someone else holds `a` now: the volunteer's copy is spare and goes for `b`.
+  const auto out = c.path("out") / "first.bin";
+  const auto r = c.on_peer(2, "request-file", {"--file-id", a, "--out", out.string()});
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, b).is_object(); }, 30s));
+  CHECK_FALSE(touches(c, 1, a));
+  CHECK(live_copies(c, a) == 1);
+  CHECK(live_copies(c, b) == 1);
+}
+
 TEST_CASE("replicas: a target past the owner's chunk budget is refused in one line, exit 1", "[e2e][replicas]") {
   ClusterOptions options;
   options.central_args = {"--max-chunks-per-peer", "10"};
