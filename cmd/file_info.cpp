@@ -54,14 +54,18 @@ int run_file_info(int argc, char** argv) {
                 {"chunk_size", manifest.chunk_size},
                 {"chunks", count},
                 {"holders", holders},
-                {"chunk_copies", copies}});
+                {"chunk_copies", copies},
+                {"replicas", response.file().replicas()},
+                {"live_copies", response.file().live_copies()}});
     return 0;
   }
   std::cout << fmt::format(
       "file id     {}\nname        {}\nsize        {} ({} bytes)\nchunk size  {}\nchunks      {}\n", to_hex(id),
       store::display_name(manifest.name), cli::format_bytes(manifest.size), manifest.size,
       cli::format_bytes(manifest.chunk_size), count);
-  std::cout << fmt::format("holders     {}\n\n", rows.size());
+  std::cout << fmt::format("holders     {}\n", rows.size());
+  std::cout << fmt::format("replicas    target {}, live copies {}\n\n", response.file().replicas(),
+                           response.file().live_copies());
   if (!rows.empty()) {
     print_table({"PEER ID", "ADDRESS", "CHUNKS"}, rows);
     std::cout << "\n";

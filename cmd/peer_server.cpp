@@ -41,6 +41,10 @@ int run_peer_server(int argc, char** argv) {
        "(may be given more than once)", cxxopts::value<std::vector<std::string>>())
       ("http-addr", "Serve the dashboard, /metrics, the JSON API and /files/ID over plain HTTP on HOST:PORT "
        "(loopback, or behind a TLS proxy); every request needs the control cookie", cxxopts::value<std::string>())
+      ("cache-dir", "Volunteer storage: keep copies of files the central server asks for here (with --cache-limit)",
+       cxxopts::value<std::string>())
+      ("cache-limit", "How much --cache-dir may hold, e.g. 10G, 512M; least recently used copies are evicted",
+       cxxopts::value<std::string>())
       ("log-level", "debug, info, warn or error", cxxopts::value<std::string>()->default_value("info"));
   // clang-format on
   add_help(options);
@@ -70,6 +74,14 @@ int run_peer_server(int argc, char** argv) {
       }
       config.share_dirs.push_back(std::move(canonical));
     }
+  }
+  if (args.count("cache-dir") != args.count("cache-limit")) {
+    throw Error(Errc::usage, "--cache-dir and --cache-limit go together");
+  }
+  if (args.count("cache-limit")) {
+    config.cache_limit = cli::parse_size(args["cache-limit"].as<std::string>());
+    if (config.cache_limit == 0) throw Error(Errc::usage, "--cache-limit must be more than 0");
+    config.cache_dir = std::filesystem::absolute(args["cache-dir"].as<std::string>());
   }
   if (args.count("http-addr")) config.http = cli::parse_address(args["http-addr"].as<std::string>());
 

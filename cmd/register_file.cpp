@@ -1,5 +1,7 @@
 // p2pshare register-file --path FILE
+#include <charconv>
 #include <iostream>
+#include <optional>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -13,6 +15,8 @@ int run_register_file(int argc, char** argv) {
   cxxopts::Options options("p2pshare register-file", "Hash FILE; your peer-server starts serving and announcing it.");
   options.add_options()("path", "The file to share", cxxopts::value<std::string>())(
       "group", "Share it with this group's members only (you must be logged in and a member)",
+      cxxopts::value<std::string>())(
+      "replicas", "Ask for the file to be held by N live peers besides this one (0..16), volunteers fetching it",
       cxxopts::value<std::string>());
   add_control_options(options);
   auto args = parse(options, argc, argv, {"path"});
@@ -25,10 +29,21 @@ int run_register_file(int argc, char** argv) {
   if (!std::filesystem::is_regular_file(status)) {
     throw Error(Errc::bad_request, fmt::format("{} is not a regular file", path.string()));
   }
+  std::optional<std::uint32_t> replicas;
+  if (args.count("replicas")) {
+    const std::string text = args["replicas"].as<std::string>();
+    std::uint32_t n = 0;
+    const auto parsed = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (parsed.ec != std::errc() || parsed.ptr != text.data() + text.size() || text.empty() || n > 16) {
+      throw Error(Errc::usage, fmt::format("--replicas must be a number from 0 to 16, not '{}'", text));
+    }
+    replicas = n;
+  }
   auto control = connect_control(args);
   pb::ControlRequest request;
   request.mutable_register_file()->set_path(path.string());
   if (args.count("group")) request.mutable_register_file()->set_group(args["group"].as<std::string>());
+  if (replicas) request.mutable_register_file()->set_replicas(*replicas);
   control.send(request);
   // Hashing a large file takes a while on the peer-server's side.
   auto response = control.receive(std::chrono::minutes(30));

@@ -34,7 +34,10 @@ int run_status(int argc, char** argv) {
                         {"path", f.path()},
                         {"size", f.size()},
                         {"uploaded", f.uploaded()},
-                        {"folder", f.folder()}});
+                        {"folder", f.folder()},
+                        {"cached", f.cached()},
+                        {"replicas", f.replicas()},
+                        {"last_used_ms", f.last_used_ms()}});
     }
     nlohmann::json folders = nlohmann::json::array();
     for (const auto& f : s.folders()) {
@@ -63,7 +66,9 @@ int run_status(int argc, char** argv) {
                 {"user", s.user()},
                 {"shared", shared},
                 {"downloads", downloads},
-                {"folders", folders}});
+                {"folders", folders},
+                {"cache_limit", s.cache_limit()},
+                {"cache_used", s.cache_used()}});
     return 0;
   }
   std::cout << fmt::format("peer {} on {}, central server {} {}\n\n", hex(s.peer_id()), s.listen_addr(),
@@ -72,8 +77,11 @@ int run_status(int argc, char** argv) {
   std::cout << fmt::format("logged in as: {}\n\n", s.user().empty() ? "nobody" : s.user());
   std::vector<std::vector<std::string>> rows;
   for (const auto& f : s.shared()) {
+    // A volunteer's cache copy says so; an owner's target shows beside it.
+    std::string state = f.cached() ? "seeding (cache)" : "seeding";
+    if (f.replicas() > 0) state += fmt::format(" (replicas {})", f.replicas());
     rows.push_back(
-        {hex(f.file_id()), f.name(), cli::format_bytes(f.size()), "100%", "seeding", cli::format_bytes(f.uploaded())});
+        {hex(f.file_id()), f.name(), cli::format_bytes(f.size()), "100%", state, cli::format_bytes(f.uploaded())});
   }
   for (const auto& d : s.downloads()) {
     const double pct =
@@ -82,6 +90,10 @@ int run_status(int argc, char** argv) {
                     fmt::format("{} ({} peers)", d.state(), d.peers()), "-"});
   }
   print_table({"FILE ID", "NAME", "SIZE", "DONE", "STATE", "UPLOADED"}, rows);
+  if (s.cache_limit() > 0) {
+    std::cout << fmt::format("\ncache: {} of {} used\n", cli::format_bytes(s.cache_used()),
+                             cli::format_bytes(s.cache_limit()));
+  }
   for (const auto& f : s.folders()) {
     std::cout << fmt::format(
         "\nshare-dir {}: {} files shared, {} waiting or hashing, {} skipped ({} hashed, {} "

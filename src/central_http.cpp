@@ -94,7 +94,8 @@ struct Router {
             {"chunk_size", manifest.chunk_size},
             {"chunks", manifest.chunk_count()},
             {"holders", std::move(holders)},
-            {"chunk_copies", std::move(copies)}};
+            {"chunk_copies", std::move(copies)},
+            {"replicas", details.replicas}};
   }
 
   http::Response metrics() const {

@@ -17,6 +17,7 @@
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
 #include "p2pshare/registry.hpp"
+#include "p2pshare/replicas.hpp"
 #include "p2pshare/tls.hpp"
 #include "p2pshare/wire.hpp"
 
@@ -36,6 +37,7 @@ constexpr std::uint32_t kFreeFailures = 5;
 constexpr std::chrono::milliseconds kThrottleBase{1000};
 constexpr std::chrono::milliseconds kThrottleMax{15 * 60 * 1000};
 constexpr int kMaxAnnounceGroups = 8;
+constexpr int kMaxGaveUp = 64;
 constexpr const char* kWrongLogin = "wrong user or password";
 
 std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
@@ -121,6 +123,23 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   std::shared_ptr<CentralMetrics> metrics = std::make_shared<CentralMetrics>();
   std::unique_ptr<http::Server> http_server;
   std::optional<cli::Address> http_bound;
+  // Replicas and volunteer caches: targets mirrored from the registry, the
+  // rest soft state.
+  // One owner's targets cost target x chunks of --max-chunks-per-peer.
+  ReplicaPlanner replicas{[this] {
+    ReplicaConfig replica_config = config.replicas;
+    replica_config.max_chunks_per_owner = config.limits.max_chunks_per_peer;
+    return replica_config;
+  }()};
+  bool replicas_loaded = [this] {
+    for (const auto& [file, target] : registry.replica_targets()) replicas.load(file, target);
+    return true;
+  }();
+
+  ReplicaPlanner::View replica_view(std::chrono::system_clock::time_point now) const {
+    return ReplicaPlanner::View{[this, now](const PeerId& peer) { return registry.peer_live(peer, now); },
+                                [this, now](const FileId& file) { return registry.replica_facts(file, now); }};
+  }
 
   void start_http() {
     auto host = std::make_shared<CentralHttpHost>();
@@ -184,7 +203,10 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   void on_close(const std::shared_ptr<Session>& session) {
     if (session->peer) {
       auto it = bound.find(*session->peer);
-      if (it != bound.end() && it->second.lock() == session) bound.erase(it);
+      if (it != bound.end() && it->second.lock() == session) {
+        bound.erase(it);
+        replicas.disconnected(*session->peer);
+      }
     }
     sessions.erase(session);
   }
@@ -538,6 +560,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         }
         bound[id] = session_ptr;
         session.peer = id;
+        replicas.registered(id, reg.cache_limit(), reg.cache_used());
         session.connection->set_limits(protocol::kCentralPeerRequestLimits);
         metrics->registrations.add();
         auto* out = response.mutable_registered();
@@ -561,8 +584,26 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           const User user = require_user(request);
           for (const auto& group : groups) group_ids.push_back(accounts.require_member(user, group));
         }
+        const auto& announce = request.announce();
+        const bool complete = !partial || partial->all();
+        if (announce.has_replicas() && !complete) {
+          throw Error(Errc::bad_request, "only a complete holder may set a replica target");
+        }
         registry.touch_peer(peer, now);
-        const FileId id = registry.announce(peer, manifest, std::move(partial));
+        const FileId id = manifest.file_id();
+        // Checked before the announce is stored: a refused target refuses the announce.
+        std::optional<std::uint32_t> target;
+        if (announce.has_replicas()) target = replicas.request(peer, id, manifest.chunk_count(), announce.replicas());
+        try {
+          registry.announce(peer, manifest, std::move(partial));
+        } catch (...) {
+          // Refused only for a file new to this peer, which was no owner of
+          // it then: its request goes again.
+          if (announce.has_replicas()) replicas.withdraw(peer, id);
+          throw;
+        }
+        if (target) registry.set_replicas(id, *target);
+        if (complete) replicas.announced(peer, id, announce.cached());
         metrics->announces.add();
         for (const auto group : group_ids) accounts.add_file_to_group(id, group);
         if (group_ids.empty()) accounts.mark_public(id);
@@ -574,6 +615,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         auto id = file_id_from_bytes(request.withdraw().file_id());
         if (!id) throw Error(Errc::bad_request, "file id must be 32 bytes");
         registry.withdraw(peer, *id);
+        if (auto target = replicas.withdraw(peer, *id)) registry.set_replicas(*id, *target);
         metrics->withdrawals.add();
         response.mutable_ok();
         return;
@@ -581,7 +623,24 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
       case pb::CentralRequest::kHeartbeat: {
         const PeerId& peer = require_peer(session);
         if (!registry.touch_peer(peer, now)) throw Error(Errc::unauthorized, "register first");
-        response.mutable_ok();
+        const auto& beat = request.heartbeat();
+        if (beat.gave_up_size() > kMaxGaveUp) throw Error(Errc::bad_request, "at most 64 files given up per heartbeat");
+        std::vector<FileId> gave_up;
+        for (const auto& raw : beat.gave_up()) {
+          auto file = file_id_from_bytes(raw);
+          if (!file) throw Error(Errc::bad_request, "file id must be 32 bytes");
+          gave_up.push_back(*file);
+        }
+        auto orders =
+            replicas.heartbeat(peer, beat.cache_used(), gave_up, std::chrono::steady_clock::now(), replica_view(now));
+        if (!orders) {
+          response.mutable_ok();
+          return;
+        }
+        auto* out = response.mutable_cache_orders();
+        for (const auto& file : orders->fetch) out->add_fetch(to_bytes(file));
+        for (const auto& file : orders->drop) out->add_drop(to_bytes(file));
+        for (const auto& file : orders->keep) out->add_keep(to_bytes(file));
         return;
       }
       case pb::CentralRequest::kListFiles: {
@@ -652,6 +711,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           }
         }
         for (const auto& name : details->names) out->add_names(name);
+        out->set_replicas(details->replicas);
+        if (auto facts = registry.replica_facts(*id, now)) out->set_live_copies(replicas.live_copies(*id, *facts));
         // Bounded answer: a download needs some sources, not all (each
         // partial holder costs up to 8 KiB of bitfield).
         std::size_t listed = 0;

@@ -112,6 +112,41 @@ std::uint64_t parse_rate(std::string_view text) {
   return value * multiplier;
 }
 
+std::uint64_t parse_size(std::string_view text) {
+  const std::string shown(text);
+  auto bad = [&] {
+    return Error(Errc::usage, fmt::format("malformed size '{}' (expected e.g. 10G, 512M, 64K)", shown));
+  };
+  if (text.empty()) throw bad();
+  std::uint64_t multiplier = 1;
+  switch (text.back()) {
+    case 'K':
+    case 'k':
+      multiplier = 1ull << 10;
+      break;
+    case 'M':
+    case 'm':
+      multiplier = 1ull << 20;
+      break;
+    case 'G':
+    case 'g':
+      multiplier = 1ull << 30;
+      break;
+    case 'T':
+    case 't':
+      multiplier = 1ull << 40;
+      break;
+    default:
+      break;
+  }
+  if (multiplier != 1) text.remove_suffix(1);
+  std::uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) throw bad();
+  if (value > (~0ull) / multiplier) throw bad();
+  return value * multiplier;
+}
+
 std::string format_bytes(std::uint64_t bytes) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double value = static_cast<double>(bytes);

@@ -23,7 +23,7 @@
 namespace p2pshare::central {
 namespace {
 
-constexpr std::int64_t kSchemaVersion = 2;
+constexpr std::int64_t kSchemaVersion = 3;
 // Names are metadata anyone can add to; the cap keeps a popular file's row
 // (and every FileDetails reply) bounded.
 constexpr std::size_t kMaxNamesPerFile = 16;
@@ -104,6 +104,10 @@ CREATE TABLE file_groups (
 CREATE INDEX file_groups_by_group ON file_groups (group_id);
 CREATE TABLE public_files (file_id BLOB PRIMARY KEY NOT NULL) WITHOUT ROWID;
 )sql",
+    // 3: replica targets (register-file --replicas; replicas.hpp).
+    R"sql(
+ALTER TABLE files ADD COLUMN replicas INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 
 std::int64_t to_unix_ms(SystemClock::time_point time) {
@@ -168,6 +172,7 @@ struct Registry::Impl {
     std::vector<Sha256Digest> chunk_hashes;
     std::vector<std::string> names;  // in order of first announcement
     std::map<PeerId, Holding> holders;
+    std::uint32_t replicas = 0;  // the replica target
   };
 
   // A token bucket of new identities for one source address, in integers
@@ -218,6 +223,7 @@ struct Registry::Impl {
   sqlite::Statement delete_peer;
   sqlite::Statement delete_file_names;
   sqlite::Statement delete_file;
+  sqlite::Statement update_replicas;
 
   std::map<PeerId, Peer> peers;
   // Every peer ordered by last_seen, so listing live peers visits only the
@@ -250,7 +256,8 @@ Registry::Impl::Impl(const std::filesystem::path& data_dir, std::chrono::millise
       delete_holder(db.prepare("DELETE FROM holders WHERE peer_id = ?1 AND file_id = ?2", "delete holder")),
       delete_peer(db.prepare("DELETE FROM peers WHERE id = ?1", "delete peer")),
       delete_file_names(db.prepare("DELETE FROM file_names WHERE file_id = ?1", "delete file names")),
-      delete_file(db.prepare("DELETE FROM files WHERE id = ?1", "delete file")) {
+      delete_file(db.prepare("DELETE FROM files WHERE id = ?1", "delete file")),
+      update_replicas(db.prepare("UPDATE files SET replicas = ?2 WHERE id = ?1", "set replicas")) {
   load();
   checkpointer = std::make_unique<sqlite::BackgroundCheckpointer>(db, path);
 }
@@ -301,7 +308,7 @@ void Registry::Impl::load() {
     peers_by_last_seen.emplace(peer.last_seen_ms, *id);
   }
 
-  auto file_rows = db.prepare("SELECT id, size, chunk_size, chunk_hashes FROM files", "load files");
+  auto file_rows = db.prepare("SELECT id, size, chunk_size, chunk_hashes, replicas FROM files", "load files");
   while (file_rows.step()) {
     const auto id = file_id_from_bytes(as_chars(file_rows.column_blob(0)));
     if (!id) corrupt(path, "a file id is not 32 bytes");
@@ -312,6 +319,7 @@ void Registry::Impl::load() {
     File& file = files[*id];
     file.size = static_cast<std::uint64_t>(file_rows.column_int(1));
     file.chunk_size = static_cast<std::uint32_t>(file_rows.column_int(2));
+    file.replicas = static_cast<std::uint32_t>(std::clamp<std::int64_t>(file_rows.column_int(4), 0, 1000));
     file.chunk_hashes.resize(hashes.size() / Sha256Digest::kSize);
     for (std::size_t i = 0; i < file.chunk_hashes.size(); ++i) {
       std::copy_n(hashes.begin() + static_cast<std::ptrdiff_t>(i * Sha256Digest::kSize), Sha256Digest::kSize,
@@ -650,6 +658,43 @@ bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
   return true;
 }
 
+bool Registry::set_replicas(const FileId& file_id, std::uint32_t replicas) {
+  const auto it = impl_->files.find(file_id);
+  if (it == impl_->files.end()) return false;
+  if (it->second.replicas == replicas) return true;
+  impl_->write([&] {
+    impl_->update_replicas.bind_blob(1, file_id.bytes).bind_int(2, replicas);
+    impl_->update_replicas.run();
+  });
+  it->second.replicas = replicas;
+  return true;
+}
+
+std::vector<std::pair<FileId, std::uint32_t>> Registry::replica_targets() const {
+  std::vector<std::pair<FileId, std::uint32_t>> targets;
+  for (const auto& [id, file] : impl_->files) {
+    if (file.replicas > 0) targets.emplace_back(id, file.replicas);
+  }
+  return targets;
+}
+
+std::optional<ReplicaFacts> Registry::replica_facts(const FileId& file_id, SystemClock::time_point now) const {
+  const auto it = impl_->files.find(file_id);
+  if (it == impl_->files.end()) return std::nullopt;
+  const std::int64_t now_ms = to_unix_ms(now);
+  ReplicaFacts facts;
+  facts.size = it->second.size;
+  for (const auto& [peer_id, holding] : it->second.holders) {
+    if (!holding.partial && impl_->live(*holding.peer, now_ms)) facts.live_complete.push_back(peer_id);
+  }
+  return facts;
+}
+
+bool Registry::peer_live(const PeerId& peer_id, SystemClock::time_point now) const {
+  const auto it = impl_->peers.find(peer_id);
+  return it != impl_->peers.end() && impl_->live(it->second, to_unix_ms(now));
+}
+
 std::vector<FileSummary> Registry::list_files(std::optional<FileId> after, std::size_t limit,
                                               SystemClock::time_point now) const {
   const std::int64_t now_ms = to_unix_ms(now);
@@ -710,6 +755,7 @@ std::optional<FileDetails> Registry::file(const FileId& id, SystemClock::time_po
   details.manifest.chunk_hashes = file.chunk_hashes;
   details.manifest.name = file.names.empty() ? std::string() : file.names.front();
   details.names = file.names;
+  details.replicas = file.replicas;
   for (const auto& [peer_id, holding] : file.holders) {
     const Impl::Peer& peer = *holding.peer;
     if (!impl_->live(peer, now_ms)) continue;

@@ -501,12 +501,12 @@ TEST_CASE("registry refuses a database from a newer version", "[registry]") {
   { Registry registry(dir.path(), kExpiry); }
   {
     p2pshare::sqlite::Database db(dir / "registry.db", "test");
-    CHECK(db.user_version() == 2);
-    db.set_user_version(3);
+    CHECK(db.user_version() == 3);
+    db.set_user_version(4);
   }
   std::string message;
   CHECK(error_code_of([&] { Registry registry(dir.path(), kExpiry); }, &message) == Errc::io);
-  CHECK_THAT(message, Catch::Contains("schema version 3"));
+  CHECK_THAT(message, Catch::Contains("schema version 4"));
 }
 
 TEST_CASE("sqlite transactions roll back unless committed", "[registry][sqlite]") {

@@ -18,6 +18,7 @@
 
 #include "p2pshare/cli.hpp"
 #include "p2pshare/registry.hpp"
+#include "p2pshare/replicas.hpp"
 
 namespace p2pshare::central {
 
@@ -41,6 +42,9 @@ struct ServerConfig {
   std::size_t password_memlimit = std::size_t{64} << 20;  // crypto_pwhash_MEMLIMIT_INTERACTIVE
   unsigned hash_threads = 2;
   std::size_t max_queued_hashes = 32;
+  // Replicas and volunteer caches (replicas.hpp); max_chunks_per_owner is
+  // limits.max_chunks_per_peer.
+  ReplicaConfig replicas;
 };
 
 class CentralServer {

@@ -31,6 +31,9 @@ std::vector<Address> parse_address_list(std::string_view text, std::string_view 
 std::string to_string(const std::vector<Address>& addresses);
 // "16M" = 16 MiB/s, "500K", "1G", "12345" bytes/s; "0" = unlimited.
 std::uint64_t parse_rate(std::string_view text);
+// A size: "10G" (GiB), "512M", "64K", "1T", "12345" bytes. Throws
+// Error(usage) naming the problem.
+std::uint64_t parse_size(std::string_view text);
 // "1.5 GiB"
 std::string format_bytes(std::uint64_t bytes);
 // RFC 3339 in UTC with milliseconds: 2026-11-21T14:25:03.123Z

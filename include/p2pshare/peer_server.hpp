@@ -44,6 +44,10 @@ struct PeerConfig {
   std::vector<std::filesystem::path> share_dirs;
   // --http-addr: the dashboard, /metrics, the JSON API and the gateway (plain HTTP).
   std::optional<cli::Address> http;
+  // --cache-dir, --cache-limit: volunteer this much storage for copies the
+  // central server asks for (replicas); limit 0 = not a volunteer.
+  std::filesystem::path cache_dir;
+  std::uint64_t cache_limit = 0;
 };
 
 class PeerServer {

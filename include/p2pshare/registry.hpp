@@ -64,6 +64,13 @@ struct FileDetails {
   Manifest manifest;  // manifest.name = first name
   std::vector<std::string> names;
   std::vector<HolderRecord> live_holders;
+  std::uint32_t replicas = 0;  // the replica target (set_replicas); 0 = none
+};
+
+// What replica planning needs of one file (replicas.hpp).
+struct ReplicaFacts {
+  std::uint64_t size = 0;
+  std::vector<PeerId> live_complete;  // live complete holders
 };
 
 // What one peer and one address may hold, and when the registry forgets.
@@ -118,6 +125,14 @@ class Registry {
   FileId announce(const PeerId& peer, const Manifest& manifest, std::optional<Bitfield> partial);
   // The peer no longer holds the file. False if it did not.
   bool withdraw(const PeerId& peer, const FileId& file);
+
+  // Replicas (replicas.hpp): the file's replica target, persisted with the
+  // file (into the pending batch). False if the file is unknown.
+  bool set_replicas(const FileId& file, std::uint32_t replicas);
+  // Every file with a target above 0, for the planner at start.
+  std::vector<std::pair<FileId, std::uint32_t>> replica_targets() const;
+  std::optional<ReplicaFacts> replica_facts(const FileId& file, SystemClock::time_point now) const;
+  bool peer_live(const PeerId& peer, SystemClock::time_point now) const;
 
   // Pages of files in file-id order, after `after` (exclusive), at most `limit`.
   std::vector<FileSummary> list_files(std::optional<FileId> after, std::size_t limit,

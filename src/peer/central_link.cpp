@@ -177,6 +177,7 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
   connection_->send(protocol::hello(pb::PLANE_CENTRAL));
   pb::CentralRequest reg;
   reg.mutable_register_()->set_listen_port(listen_port_);
+  if (replica_hooks_.fill_register) replica_hooks_.fill_register(*reg.mutable_register_());
   send(std::move(reg), [self](std::optional<pb::CentralResponse> response, const std::string& error) {
     if (!response || !response->has_registered()) {
       self->last_error_ = response && response->has_error() ? response->error().message() : error;
@@ -207,6 +208,7 @@ void CentralLink::heartbeat() {
     if (!self->registered_) return;  // it closed the connection: on_closed moves on
     pb::CentralRequest beat;
     beat.mutable_heartbeat();
+    if (self->replica_hooks_.fill_heartbeat) self->replica_hooks_.fill_heartbeat(*beat.mutable_heartbeat());
     // Unanswered for three intervals (at least 2 s, at most 30 s): the
     // server has stopped answering (expire_pending closes the connection).
     const auto deadline = std::clamp<std::chrono::milliseconds>(self->heartbeat_interval_ * 3, std::chrono::seconds(2),
@@ -214,7 +216,11 @@ void CentralLink::heartbeat() {
     self->send(
         std::move(beat),
         [self](std::optional<pb::CentralResponse> response, const std::string&) {
-          if (!response || !response->has_error() || !self->connection_) return;
+          if (!response) return;
+          if (response->has_cache_orders() && self->replica_hooks_.on_orders) {
+            self->replica_hooks_.on_orders(response->cache_orders());
+          }
+          if (!response->has_error() || !self->connection_) return;
           if (response->error().code() == static_cast<int>(Errc::unavailable)) {
             // Busy, or its database is down: the next one.
             self->connection_->close(fmt::format("heartbeat answered: {}", response->error().message()));

@@ -73,6 +73,14 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   // known_centrals, or accepted at the last handshake): capabilities are
   // checked against it, also while the central server is unreachable.
   std::optional<tls::KeyHash> trusted_key();
+  // Replicas: what a volunteer adds to its Register and Heartbeat, and what
+  // it does with the answer to a heartbeat (CacheOrders).
+  struct ReplicaHooks {
+    std::function<void(pb::Register&)> fill_register;
+    std::function<void(pb::Heartbeat&)> fill_heartbeat;
+    std::function<void(const pb::CacheOrders&)> on_orders;
+  };
+  void set_replica_hooks(ReplicaHooks hooks) { replica_hooks_ = std::move(hooks); }
 
  private:
   void connect();
@@ -123,6 +131,7 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   std::string last_error_ = "not connected yet";
   std::optional<tls::KeyHash> central_key_;
   std::optional<tls::KeyHash> trusted_key_;
+  ReplicaHooks replica_hooks_;
 };
 
 }  // namespace p2pshare::peer

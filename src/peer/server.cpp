@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -32,6 +33,9 @@
 
 namespace p2pshare::peer {
 namespace {
+
+// register-file --replicas: the most the central server takes (replicas.hpp).
+constexpr std::uint32_t kMaxReplicas = 16;
 
 // The logged-in user's session (accounts): "USER\nTOKEN-HEX\n", 0600.
 constexpr const char* kSessionFile = "session";
@@ -346,6 +350,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       auto self = weak.lock();
       if (ec || !self || self->stopping) return;
       for (const auto& [id, swarm] : self->swarms) swarm->save_uploaded();
+      self->touch_served_cache();
       self->save_uploads_periodically();
     });
   }
@@ -361,6 +366,245 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
           if (self && response && response->has_ok()) self->pending_withdrawals.erase(id);
         },
         std::chrono::seconds(0));
+  }
+
+  // --- replicas and the volunteer cache (docs/architecture.md) -------------
+  // Owner: the replica target asked per registered file. Volunteer: its
+  // cache copies' LRU times; the fetches the central server asked for; the
+  // ones given up on, told at the next heartbeat; the copies it must keep.
+  std::map<FileId, ReplicaRecord> replica_records;
+  std::set<FileId> cache_fetching;
+  std::vector<FileId> cache_gave_up;
+  std::set<FileId> cache_keep;
+  std::map<FileId, std::uint64_t> cache_uploaded_seen;
+
+  bool volunteer() const { return config.cache_limit > 0; }
+
+  static std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // Bytes the complete cache copies take.
+  std::uint64_t cache_used() const {
+    std::uint64_t used = 0;
+    for (const auto& [id, swarm] : swarms) {
+      if (swarm->cached() && seeding(*swarm)) used += swarm->manifest().size;
+    }
+    return used;
+  }
+  // And the fetches under way, whose space is promised.
+  std::uint64_t cache_reserved() const {
+    std::uint64_t reserved = cache_used();
+    for (const auto& id : cache_fetching) {
+      auto it = swarms.find(id);
+      if (it != swarms.end() && !seeding(*it->second)) reserved += it->second->manifest().size;
+    }
+    return reserved;
+  }
+
+  void save_replica_record(const FileId& id, const ReplicaRecord& record) {
+    replica_records[id] = record;
+    try {
+      state->put_replica_record(id, record);
+    } catch (const Error& e) {
+      log::error("cannot save the replica state of {}: {}", to_hex(id), e.what());
+    }
+  }
+
+  void forget_replica_record(const FileId& id) {
+    if (replica_records.erase(id) == 0) return;
+    cache_uploaded_seen.erase(id);
+    try {
+      state->remove_replica_record(id);
+    } catch (const Error& e) {
+      log::error("cannot forget the replica state of {}: {}", to_hex(id), e.what());
+    }
+  }
+
+  // Deletes a cache copy: no longer served, announced or on disk.
+  void drop_cached(const FileId& id, const char* why) {
+    auto swarm = lookup(id);
+    if (!swarm || !swarm->cached()) return;
+    log::info("cache: dropping {} ({})", to_hex(id), why);
+    const auto path = swarm->path();
+    const bool partial = !seeding(*swarm);
+    swarm->shutdown(!partial);
+    if (partial) swarm->discard_partial();
+    swarms.erase(id);
+    identities.erase(id);
+    cache_fetching.erase(id);
+    cache_keep.erase(id);
+    try {
+      state->remove_shared(id);
+      state->remove_download(id);
+    } catch (const Error& e) {
+      log::error("cannot forget {}: {}", to_hex(id), e.what());
+    }
+    forget_replica_record(id);
+    std::error_code ignored;
+    // The path is ours: the cache dir and the file id's hex digits.
+    if (!partial && path.parent_path() == config.cache_dir) std::filesystem::remove(path, ignored);
+    withdraw(id);
+  }
+
+  // Evicts complete cache copies, least recently used first, until `wanted`
+  // more bytes fit under the limit. The copies the central server said to
+  // keep go only when `even_kept` (the limit itself is over-run). False if
+  // it could not make the room.
+  bool make_room(std::uint64_t wanted, bool even_kept) {
+    std::vector<std::pair<std::int64_t, FileId>> candidates;
+    std::vector<std::pair<std::int64_t, FileId>> kept;
+    for (const auto& [id, swarm] : swarms) {
+      if (!swarm->cached() || !seeding(*swarm)) continue;
+      auto record = replica_records.find(id);
+      const std::int64_t used = record == replica_records.end() ? 0 : record->second.last_used_ms;
+      (cache_keep.contains(id) ? kept : candidates).emplace_back(used, id);
+    }
+    std::sort(candidates.begin(), candidates.end());
+    std::sort(kept.begin(), kept.end());
+    if (even_kept) candidates.insert(candidates.end(), kept.begin(), kept.end());
+    auto fits = [&] { return cache_reserved() + wanted <= config.cache_limit; };
+    for (const auto& [used, id] : candidates) {
+      if (fits()) break;
+      drop_cached(id, "least recently used, the cache is full");
+    }
+    return fits();
+  }
+
+  void on_cache_orders(const pb::CacheOrders& orders) {
+    if (!volunteer() || stopping) return;
+    for (const auto& raw : orders.drop()) {
+      if (auto id = file_id_from_bytes(raw)) drop_cached(*id, "its owner withdrew it");
+    }
+    cache_keep.clear();
+    for (const auto& raw : orders.keep()) {
+      if (auto id = file_id_from_bytes(raw)) cache_keep.insert(*id);
+    }
+    for (const auto& raw : orders.fetch()) {
+      if (auto id = file_id_from_bytes(raw)) cache_fetch(*id);
+    }
+  }
+
+  void cache_give_up(const FileId& id, const std::string& why) {
+    log::warn("cache: not fetching {}: {}", to_hex(id), why);
+    cache_fetching.erase(id);
+    if (cache_gave_up.size() < 64) cache_gave_up.push_back(id);
+  }
+
+  // The central server asks for a copy: the normal download (every chunk
+  // verified against the manifest the file id commits to) into the cache dir.
+  void cache_fetch(const FileId& id) {
+    if (lookup(id) || cache_fetching.contains(id)) return;  // held or under way already
+    cache_fetching.insert(id);
+    pb::CentralRequest get;
+    get.mutable_get_file()->set_file_id(to_bytes(id));
+    services->central->request(std::move(get), [weak = weak_from_this(), id](auto response, const std::string& error) {
+      auto self = weak.lock();
+      if (!self || self->stopping) return;
+      if (!response || !response->has_file()) {
+        return self->cache_give_up(id, response && response->has_error() ? response->error().message() : error);
+      }
+      Manifest manifest;
+      try {
+        manifest = manifest_from_wire(response->file().manifest());
+      } catch (const Error& e) {
+        return self->cache_give_up(id, std::string("bad metadata: ") + e.what());
+      }
+      if (manifest.file_id() != id) return self->cache_give_up(id, "the metadata does not match the file id");
+      self->cache_fetching.erase(id);  // not counted in the room it needs
+      if (self->lookup(id)) return;    // held or fetched by a request-file meanwhile
+      if (!self->make_room(manifest.size, false)) {
+        return self->cache_give_up(id, fmt::format("{} do not fit in the cache", cli::format_bytes(manifest.size)));
+      }
+      self->cache_fetching.insert(id);
+      DownloadRecord record;
+      manifest.name = store::sanitize_name(manifest.name, to_hex(id));
+      record.manifest = std::move(manifest);
+      record.directory = self->config.cache_dir;
+      record.destination = self->config.cache_dir / to_hex(id);
+      record.replace = true;
+      record.have = Bitfield(record.manifest.chunk_count());
+      auto swarm = Swarm::download(*self->services, std::move(record));
+      swarm->set_cached(true);
+      self->save_replica_record(id, ReplicaRecord{0, true, now_ms()});
+      Observer observer;
+      observer.progress = [](const pb::Progress&) {};
+      observer.finished = [weak = self->weak_from_this(), id](const DownloadOutcome& outcome) {
+        auto me = weak.lock();
+        if (!me || me->stopping) return;
+        if (const auto* failure = std::get_if<Failure>(&outcome)) {
+          // Not from inside the swarm that is telling us: it may be its last owner.
+          asio::post(me->io, [weak, id, message = failure->message] {
+            auto again = weak.lock();
+            if (!again || again->stopping) return;
+            auto failed = again->lookup(id);
+            if (failed && failed->cached() && !seeding(*failed)) {
+              failed->shutdown(false);
+              failed->discard_partial();
+              again->swarms.erase(id);
+              try {
+                again->state->remove_download(id);
+              } catch (const Error& e) {
+                log::error("cannot forget the download of {}: {}", to_hex(id), e.what());
+              }
+              again->forget_replica_record(id);
+            }
+            again->cache_give_up(id, message);
+          });
+          return;
+        }
+        const auto& done = std::get<pb::Downloaded>(outcome);
+        me->cache_fetching.erase(id);
+        if (auto identity = store::identity_of(std::filesystem::path(done.path())))
+          me->remember_identity(id, *identity);
+        me->save_replica_record(id, ReplicaRecord{0, true, now_ms()});
+        log::info("cache: holding {} ({})", to_hex(id), cli::format_bytes(done.size()));
+      };
+      swarm->add_observer(std::move(observer));
+      self->swarms[id] = swarm;
+      log::info("cache: fetching {} for the central server", to_hex(id));
+      // Waits for holders: a file below its target may have none live for a while.
+      swarm->start_download(true);
+    });
+  }
+
+  // Served cache copies move to the back of the LRU order (every 5 s, with
+  // the upload counters).
+  void touch_served_cache() {
+    for (const auto& [id, swarm] : swarms) {
+      if (!swarm->cached() || !seeding(*swarm)) continue;
+      auto& seen = cache_uploaded_seen[id];
+      if (swarm->uploaded() == seen) continue;
+      seen = swarm->uploaded();
+      auto record = replica_records[id];
+      record.cached = true;
+      record.last_used_ms = now_ms();
+      save_replica_record(id, record);
+    }
+  }
+
+  void start_replicas() {
+    services->central->set_replica_hooks(
+        CentralLink::ReplicaHooks{[weak = weak_from_this()](pb::Register& reg) {
+                                    auto self = weak.lock();
+                                    if (!self || !self->volunteer()) return;
+                                    reg.set_cache_limit(self->config.cache_limit);
+                                    reg.set_cache_used(self->cache_used());
+                                  },
+                                  [weak = weak_from_this()](pb::Heartbeat& beat) {
+                                    auto self = weak.lock();
+                                    if (!self || !self->volunteer()) return;
+                                    beat.set_cache_used(self->cache_used());
+                                    for (const auto& id : self->cache_gave_up) beat.add_gave_up(to_bytes(id));
+                                    self->cache_gave_up.clear();
+                                  },
+                                  [weak = weak_from_this()](const pb::CacheOrders& orders) {
+                                    if (auto self = weak.lock()) self->on_cache_orders(orders);
+                                  }});
+    if (!volunteer()) return;
+    // A limit lowered since the last run: the oldest copies go now.
+    if (cache_used() > config.cache_limit) make_room(0, true);
   }
 
   // Our key pair (identity.key, identity.crt): the peer id is its hash.
@@ -525,7 +769,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     try {
       switch (request.body_case()) {
         case pb::ControlRequest::kRegisterFile:
-          return register_file(c, request.register_file().path(), request.register_file().group());
+          return register_file(c, request.register_file().path(), request.register_file().group(),
+                               request.register_file().has_replicas()
+                                   ? std::optional<std::uint32_t>(request.register_file().replicas())
+                                   : std::nullopt);
         case pb::ControlRequest::kRequestFile:
           return request_file(c, request.request_file());
         case pb::ControlRequest::kStopSharing:
@@ -653,17 +900,23 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     std::filesystem::remove(config.data_dir / kSessionFile, ignored);
   }
 
-  void register_file(const std::shared_ptr<ControlSink>& c, const std::string& path_text,
-                     const std::string& group = {}) {
+  void register_file(const std::shared_ptr<ControlSink>& c, const std::string& path_text, const std::string& group,
+                     std::optional<std::uint32_t> replicas) {
     const std::filesystem::path path(path_text);
     if (!path.is_absolute()) throw Error(Errc::bad_request, "the path must be absolute");
+    if (replicas && *replicas > kMaxReplicas) {
+      throw Error(Errc::bad_request, fmt::format("--replicas must be 0..{}", kMaxReplicas));
+    }
+    if (replicas && !group.empty()) {
+      throw Error(Errc::bad_request, "--replicas is for public files: volunteers cannot fetch a group's file");
+    }
     if (!group.empty()) {
       if (auto error = accounts::name_error("group", group)) throw Error(Errc::bad_request, *error);
       if (user.empty()) throw Error(Errc::unauthorized, "nobody is logged in: log in to share with a group");
     }
     // Hashing a large file takes seconds: off the network thread.
     auto self = shared_from_this();
-    asio::post(disk, [self, c, path, group] {
+    asio::post(disk, [self, c, path, group, replicas] {
       std::optional<Manifest> manifest;
       std::optional<store::FileIdentity> identity;
       std::string error;
@@ -683,11 +936,34 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       } catch (const std::exception& e) {
         error = e.what();
       }
-      asio::post(self->io, [self, c, path, manifest = std::move(manifest), identity, error, code, group]() mutable {
-        if (!manifest) return c->send(encode(error_response(code, error)));
-        if (group.empty()) return self->add_shared(c, path, std::move(*manifest), *identity, {});
-        self->add_group_share(c, path, *manifest, *identity, group);
-      });
+      asio::post(self->io,
+                 [self, c, path, manifest = std::move(manifest), identity, error, code, group, replicas]() mutable {
+                   if (!manifest) return c->send(encode(error_response(code, error)));
+                   if (group.empty() && replicas && *replicas > 0) {
+                     return self->add_replicated_share(c, path, *manifest, *identity, *replicas);
+                   }
+                   if (group.empty()) return self->add_shared(c, path, std::move(*manifest), *identity, {}, replicas);
+                   self->add_group_share(c, path, *manifest, *identity, group);
+                 });
+    });
+  }
+
+  // A replica target needs the central server's word too (it may refuse
+  // one past this peer's budget): asked first, with the announcement itself.
+  void add_replicated_share(const std::shared_ptr<ControlSink>& c, const std::filesystem::path& path,
+                            const Manifest& manifest, const store::FileIdentity& identity, std::uint32_t replicas) {
+    pb::CentralRequest announce;
+    manifest_to_wire(manifest, announce.mutable_announce()->mutable_manifest());
+    announce.mutable_announce()->set_replicas(replicas);
+    services->central->request(std::move(announce), [weak = weak_from_this(), c, path, manifest, identity, replicas](
+                                                        auto response, const std::string& error) {
+      auto self = weak.lock();
+      if (!self) return;
+      if (!response) return c->send(encode(error_response(Errc::unavailable, error)));
+      if (response->has_error()) {
+        return c->send(encode(error_response(errc_of(response->error()), response->error().message())));
+      }
+      self->add_shared(c, path, manifest, identity, {}, replicas);
     });
   }
 
@@ -725,9 +1001,12 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   }
 
   void add_shared(const std::shared_ptr<ControlSink>& c, const std::filesystem::path& path, Manifest manifest,
-                  const store::FileIdentity& identity, const std::vector<std::string>& groups) {
+                  const store::FileIdentity& identity, const std::vector<std::string>& groups,
+                  std::optional<std::uint32_t> replicas = std::nullopt) {
     const FileId id = manifest.file_id();
     auto existing = lookup(id);
+    // Registering a file this peer holds as a cache copy makes it the owner's.
+    if (existing && existing->cached()) forget_replica_record(id);
     if (existing && existing->downloading()) {
       // We were downloading these very bytes: the local copy wins.
       existing->shutdown(false);
@@ -748,6 +1027,17 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     }
     auto swarm = Swarm::seed(*services, manifest, path, existing ? existing->uploaded() : 0);
     swarm->set_groups(groups);
+    // Without --replicas, a file registered again keeps the target it had.
+    if (replicas) {
+      if (*replicas > 0) {
+        save_replica_record(id, ReplicaRecord{*replicas, false, 0});
+      } else {
+        forget_replica_record(id);
+      }
+      swarm->set_replicas(*replicas);
+    } else if (auto record = replica_records.find(id); record != replica_records.end() && !record->second.cached) {
+      swarm->set_replicas(record->second.replicas);
+    }
     swarms[id] = swarm;
     remember_identity(id, identity);
     swarm->announce();
@@ -967,6 +1257,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     swarm->shutdown(true);
     swarms.erase(*id);
     identities.erase(*id);
+    cache_fetching.erase(*id);
+    forget_replica_record(*id);
     if (was_download) {
       // Not resumed at the next start; the partial file stays, and a later
       // request-file verifies and reuses what it holds.
@@ -1017,6 +1309,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     out->set_central_connected(services->central->registered());
     out->set_central_addr(services->central->address().to_string());
     out->set_user(user);
+    out->set_cache_limit(config.cache_limit);
+    out->set_cache_used(cache_used());
     for (const auto& [id, swarm] : swarms) {
       if (seeding(*swarm)) {
         auto* shared = out->add_shared();
@@ -1025,6 +1319,11 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         shared->set_path(swarm->path().string());
         shared->set_size(swarm->manifest().size);
         shared->set_uploaded(swarm->uploaded());
+        shared->set_cached(swarm->cached());
+        if (auto record = replica_records.find(id); record != replica_records.end()) {
+          if (!record->second.cached) shared->set_replicas(record->second.replicas);
+          if (record->second.cached) shared->set_last_used_ms(record->second.last_used_ms);
+        }
         if (folders) {
           if (auto folder = folders->folder_of(swarm->path())) shared->set_folder(folder->string());
         }
@@ -1130,10 +1429,22 @@ cli::Address PeerServer::start() {
 
   impl.make_services(impl.bound.port);
   impl.identities = impl.state->shared_identities();
+  impl.replica_records = impl.state->replica_records();
+  const auto replica_of = [&impl](const FileId& id) -> const ReplicaRecord* {
+    auto it = impl.replica_records.find(id);
+    return it == impl.replica_records.end() ? nullptr : &it->second;
+  };
   for (auto& record : impl.state->shared_files()) {
     const FileId id = record.manifest.file_id();
     auto swarm = Swarm::seed(*impl.services, std::move(record.manifest), record.path, record.uploaded);
     swarm->set_groups(std::move(record.groups));
+    if (const auto* replica = replica_of(id)) {
+      if (replica->cached) {
+        swarm->set_cached(true);
+      } else {
+        swarm->set_replicas(replica->replicas);
+      }
+    }
     impl.swarms[id] = swarm;
   }
   std::vector<std::shared_ptr<Swarm>> resumed;
@@ -1141,9 +1452,20 @@ cli::Address PeerServer::start() {
     const FileId id = record.manifest.file_id();
     if (impl.swarms.count(id)) continue;
     auto swarm = Swarm::download(*impl.services, std::move(record));
+    // A cache fetch cut by a stop goes on; the central server hears of it when it completes.
+    if (const auto* replica = replica_of(id); replica != nullptr && replica->cached) swarm->set_cached(true);
     impl.swarms[id] = swarm;
     resumed.push_back(swarm);
   }
+  if (impl.volunteer()) {
+    std::error_code ec;
+    std::filesystem::create_directories(impl.config.cache_dir, ec);
+    if (ec) {
+      throw Error(Errc::io,
+                  fmt::format("--cache-dir {}: cannot create it: {}", impl.config.cache_dir.string(), ec.message()));
+    }
+  }
+  impl.start_replicas();
   impl.accept();
   if (impl.config.http) impl.start_http();
   impl.services->central->start();

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <string_view>
@@ -127,6 +128,43 @@ void PeerState::open_identity_table() {
       "CREATE TABLE IF NOT EXISTS shared_groups (file_id BLOB NOT NULL, group_name TEXT NOT NULL, "
       "PRIMARY KEY (file_id, group_name)) WITHOUT ROWID",
       "create the shared file group table");
+  // Replica targets and cache copies: a table of its own too (no row = no
+  // target, not a cache copy).
+  db_.exec(
+      "CREATE TABLE IF NOT EXISTS replica_state (file_id BLOB PRIMARY KEY NOT NULL, replicas INTEGER NOT NULL, "
+      "cached INTEGER NOT NULL, last_used_ms INTEGER NOT NULL) WITHOUT ROWID",
+      "create the replica table");
+}
+
+std::map<FileId, ReplicaRecord> PeerState::replica_records() {
+  auto query = db_.prepare("SELECT file_id, replicas, cached, last_used_ms FROM replica_state", "load replica state");
+  std::map<FileId, ReplicaRecord> out;
+  while (query.step()) {
+    const auto blob = query.column_blob(0);
+    FileId id;
+    if (blob.size() != id.bytes.size()) throw Error(Errc::io, "peer state: corrupt file id in replica_state");
+    std::memcpy(id.bytes.data(), blob.data(), blob.size());
+    out[id] = ReplicaRecord{static_cast<std::uint32_t>(std::clamp<std::int64_t>(query.column_int(1), 0, 16)),
+                            query.column_int(2) != 0, query.column_int(3)};
+  }
+  return out;
+}
+
+void PeerState::put_replica_record(const FileId& id, const ReplicaRecord& record) {
+  auto put = db_.prepare(
+      "INSERT OR REPLACE INTO replica_state (file_id, replicas, cached, last_used_ms) VALUES (?1, ?2, ?3, ?4)",
+      "save replica state");
+  put.bind_blob(1, std::span<const std::uint8_t>(id.bytes))
+      .bind_int(2, record.replicas)
+      .bind_int(3, record.cached ? 1 : 0)
+      .bind_int(4, record.last_used_ms);
+  put.run();
+}
+
+void PeerState::remove_replica_record(const FileId& id) {
+  auto del = db_.prepare("DELETE FROM replica_state WHERE file_id = ?1", "forget replica state");
+  del.bind_blob(1, std::span<const std::uint8_t>(id.bytes));
+  del.run();
 }
 
 void PeerState::put_shared_groups(const FileId& id, const std::vector<std::string>& groups) {

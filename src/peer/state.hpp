@@ -43,6 +43,15 @@ struct DownloadRecord {
 // keeping its value. Returns the 64 hex digits.
 std::string load_or_create_cookie(const std::filesystem::path& path);
 
+// Replicas (docs/architecture.md, "Replicas and volunteer caches"): the
+// target the owner asked for a registered file, and for a volunteer's cache
+// copy when it was last fetched or served (the LRU order).
+struct ReplicaRecord {
+  std::uint32_t replicas = 0;
+  bool cached = false;
+  std::int64_t last_used_ms = 0;
+};
+
 class PeerState {
  public:
   explicit PeerState(const std::filesystem::path& data_dir);
@@ -59,6 +68,10 @@ class PeerState {
 
   // The groups a shared file is registered in (put_shared writes them too).
   void put_shared_groups(const FileId& id, const std::vector<std::string>& groups);
+
+  std::map<FileId, ReplicaRecord> replica_records();
+  void put_replica_record(const FileId& id, const ReplicaRecord& record);
+  void remove_replica_record(const FileId& id);
 
   std::vector<DownloadRecord> downloads();
   // `manifest` is the download's own (record.manifest may be empty: the

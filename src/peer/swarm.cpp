@@ -137,6 +137,8 @@ pb::CentralRequest Swarm::announcement() const {
   if (!complete()) request.mutable_announce()->set_bitfield(have_.to_wire());
   for (const auto& group : groups_) request.mutable_announce()->add_groups(group);
   if (!groups_.empty()) request.set_session(services_.session);
+  if (complete() && replicas_) request.mutable_announce()->set_replicas(*replicas_);
+  if (cached_) request.mutable_announce()->set_cached(true);
   return request;
 }
 

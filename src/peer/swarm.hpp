@@ -124,6 +124,12 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   bool visibility_known() const override { return visibility_known_; }
   // Seeding: the groups this peer registered the file in (empty: public).
   void set_groups(std::vector<std::string> groups) { groups_ = std::move(groups); }
+  // Replicas: the target this owner asks for (announced once complete), and
+  // whether this is a volunteer's cache copy.
+  void set_replicas(std::optional<std::uint32_t> replicas) { replicas_ = replicas; }
+  std::optional<std::uint32_t> replicas() const { return replicas_; }
+  void set_cached(bool cached) { cached_ = cached; }
+  bool cached() const { return cached_; }
 
  private:
   // The serving side's own state.
@@ -177,6 +183,8 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   // A download learns from its first holder refresh whether the file is a
   // group's; until then it neither announces nor serves.
   bool visibility_known_ = true;
+  std::optional<std::uint32_t> replicas_;
+  bool cached_ = false;
 };
 
 }  // namespace p2pshare::peer

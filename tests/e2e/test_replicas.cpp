@@ -1,0 +1,192 @@
+// Replicas and volunteer caches: register-file --replicas N, peer-server
+// --cache-dir/--cache-limit (docs/protocol.md, "Replicas and volunteer caches").
+#include <catch2/catch.hpp>
+
+#include "e2e.hpp"
+
+using namespace p2pshare::test;
+
+namespace {
+
+nlohmann::json file_info(const Cluster& c, const std::string& id) {
+  const auto r = c.on_central("file-info", {"--file-id", id, "--json"});
+  if (r.exit_code != 0) return nullptr;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  return j.is_object() ? j : nullptr;
+}
+
+int live_copies(const Cluster& c, const std::string& id) {
+  const auto j = file_info(c, id);
+  return j.is_object() ? j.value("live_copies", -1) : -1;
+}
+
+// The peer's cache copy of the file, from status --json (null: none).
+nlohmann::json cached_entry(Cluster& c, std::size_t i, const std::string& id) {
+  const auto j = c.status_json(i);
+  if (!j.is_object()) return nullptr;
+  for (const auto& s : j.value("shared", nlohmann::json::array())) {
+    if (s.value("file_id", "") == id && s.value("cached", false)) return s;
+  }
+  return nullptr;
+}
+
+// Anything of the file on the peer: shared or downloading.
+bool touches(Cluster& c, std::size_t i, const std::string& id) {
+  const auto j = c.status_json(i);
+  if (!j.is_object()) return false;
+  for (const auto* list : {"shared", "downloads"}) {
+    for (const auto& s : j.value(list, nlohmann::json::array())) {
+      if (s.value("file_id", "") == id) return true;
+    }
+  }
+  return false;
+}
+
+std::string register_with_replicas(Cluster& c, std::size_t i, const fs::path& file, int n) {
+  const auto r = c.on_peer(i, "register-file", {"--path", file.string(), "--replicas", std::to_string(n)});
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(r.out.size() == 65);
+  return r.out.substr(0, 64);
+}
+
+std::vector<std::string> volunteer(Cluster& c, const std::string& name, const std::string& limit) {
+  return {"--cache-dir", c.path(name).string(), "--cache-limit", limit};
+}
+
+}  // namespace
+
+TEST_CASE("replicas: two volunteers fetch a file with --replicas 2 and it outlives its owner", "[e2e][replicas]") {
+  Cluster c(1);
+  c.add_peer(true, volunteer(c, "cache1", "64M"));
+  c.add_peer(true, volunteer(c, "cache2", "64M"));
+  c.add_peer(true);  // downloads it once the owner is gone
+  const auto src = c.make_file("kept.bin", 3 * kMiB + 123, 41);
+  const std::string id = register_with_replicas(c, 0, src, 2);
+
+  REQUIRE(wait_for([&] { return live_copies(c, id) == 2; }, 30s));
+  const auto info = file_info(c, id);
+  CHECK(info.value("replicas", 0) == 2);
+  for (std::size_t v : {1, 2}) {
+    const auto entry = cached_entry(c, v, id);
+    INFO("volunteer " << v);
+    REQUIRE(entry.is_object());
+    CHECK(fs::path(entry.value("path", "")).parent_path() == c.path(v == 1 ? "cache1" : "cache2"));
+    CHECK(files_equal(entry.value("path", ""), src));
+  }
+  const auto text = c.on_central("file-info", {"--file-id", id});
+  CHECK(contains_ci(text.out, "replicas    target 2, live copies 2"));
+  const auto status = c.on_peer(1, "status");
+  CHECK(contains_ci(status.out, "seeding (cache)"));
+  CHECK(contains_ci(status.out, "cache: "));
+
+  Cluster::kill(c.peer(0));
+  REQUIRE(wait_for([&] { return !c.is_live(0); }, 10s));
+  const auto out = c.path("out") / "kept.bin";
+  const auto r = c.on_peer(3, "request-file", {"--file-id", id, "--out", out.string()}, 60s);
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  CHECK(files_equal(out, src));
+  // The target stays with the file while its owner is away.
+  CHECK(file_info(c, id).value("replicas", 0) == 2);
+}
+
+TEST_CASE("replicas: a volunteer whose cache cannot hold the file is not asked, one with room is", "[e2e][replicas]") {
+  Cluster c(1);
+  c.add_peer(true, volunteer(c, "small", "1M"));
+  const auto src = c.make_file("big.bin", 3 * kMiB, 42);
+  const std::string id = register_with_replicas(c, 0, src, 1);
+  // Many heartbeats pass (200 ms each) without the small volunteer touching it.
+  CHECK_FALSE(wait_for([&] { return touches(c, 1, id); }, 3s));
+  CHECK(live_copies(c, id) == 0);
+  c.add_peer(true, volunteer(c, "roomy", "16M"));
+  REQUIRE(wait_for([&] { return live_copies(c, id) == 1; }, 30s));
+  CHECK(cached_entry(c, 2, id).is_object());
+  CHECK_FALSE(touches(c, 1, id));
+}
+
+TEST_CASE("replicas: a volunteer killed mid-fetch is replaced by another", "[e2e][replicas]") {
+  Cluster c(0);
+  // The owner uploads slowly, so the first volunteer is still fetching when it dies.
+  c.add_peer(true, {"--upload-limit", "256K"});
+  c.add_peer(true, volunteer(c, "first", "64M"));
+  const auto src = c.make_file("slow.bin", 2 * kMiB, 43);
+  const std::string id = register_with_replicas(c, 0, src, 1);
+  REQUIRE(wait_for([&] { return c.have_bytes(1, id) > 0; }, 20s));
+  Cluster::kill(c.peer(1));
+  c.add_peer(true, volunteer(c, "second", "64M"));
+  REQUIRE(wait_for([&] { return live_copies(c, id) == 1; }, 60s));
+  const auto entry = cached_entry(c, 2, id);
+  REQUIRE(entry.is_object());
+  CHECK(files_equal(entry.value("path", ""), src));
+}
+
+TEST_CASE("replicas: when the owner withdraws the file, volunteers drop their copies", "[e2e][replicas]") {
+  Cluster c(1);
+  c.add_peer(true, volunteer(c, "cache", "64M"));
+  const auto src = c.make_file("gone.bin", kMiB + 7, 44);
+  const std::string id = register_with_replicas(c, 0, src, 1);
+  REQUIRE(wait_for([&] { return live_copies(c, id) == 1; }, 30s));
+  const fs::path copy = cached_entry(c, 1, id).value("path", "");
+  REQUIRE(fs::exists(copy));
+
+  const auto r = c.on_peer(0, "stop-sharing", {"--file-id", id});
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(wait_for([&] { return !touches(c, 1, id); }, 20s));
+  CHECK_FALSE(fs::exists(copy));
+  CHECK(wait_for([&] { return c.holders(id) <= 0; }, 10s));
+}
+
+TEST_CASE("replicas: a full volunteer keeps a copy its target needs, and evicts it once it is spare",
+          "[e2e][replicas]") {
+  Cluster c(1);
+  c.add_peer(true, volunteer(c, "cache", "5M"));  // room for one of the two files
+  c.add_peer(true);                               // downloads the first file: a second copy
+  const auto first = c.make_file("first.bin", 3 * kMiB, 47);
+  const auto second = c.make_file("second.bin", 3 * kMiB, 48);
+  const std::string a = register_with_replicas(c, 0, first, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, a).is_object(); }, 30s));
+  const std::string b = register_with_replicas(c, 0, second, 1);
+  // The only copy of `a` is the volunteer's: it is not evicted for `b`.
+  CHECK_FALSE(wait_for([&] { return touches(c, 1, b); }, 3s));
+  CHECK(cached_entry(c, 1, a).is_object());
+  // Someone else holds `a` now: the volunteer's copy is spare and goes for `b`.
+  const auto out = c.path("out") / "first.bin";
+  const auto r = c.on_peer(2, "request-file", {"--file-id", a, "--out", out.string()});
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, b).is_object(); }, 30s));
+  CHECK_FALSE(touches(c, 1, a));
+  CHECK(live_copies(c, a) == 1);
+  CHECK(live_copies(c, b) == 1);
+}
+
+TEST_CASE("replicas: a target past the owner's chunk budget is refused in one line, exit 1", "[e2e][replicas]") {
+  ClusterOptions options;
+  options.central_args = {"--max-chunks-per-peer", "10"};
+  Cluster c(1, options);
+  const auto src = c.make_file("budget.bin", 3 * kChunkSize, 46);  // 3 chunks
+  // 3 chunks x 4 replicas = 12 > 10.
+  check_fails("--replicas 4", c.on_peer(0, "register-file", {"--path", src.string(), "--replicas", "4"}), 1,
+              {"replicated chunks"});
+  const auto status = c.status_json(0);
+  CHECK(status["shared"].empty());
+  // 3 x 3 = 9 fits.
+  const std::string id = register_with_replicas(c, 0, src, 3);
+  REQUIRE(wait_for([&] { return file_info(c, id).value("replicas", 0) == 3; }, 10s));
+}
+
+TEST_CASE("replicas: a bad --cache-limit or --replicas is one line and exit 2", "[e2e][replicas]") {
+  Cluster c(1);
+  const auto bad =
+      c.run({"peer-server", "--central-server-addr", c.central_addr(), "--addr", "127.0.0.1:0", "--data-dir",
+             c.path("bad").string(), "--cache-dir", c.path("bad-cache").string(), "--cache-limit", "12Q"});
+  check_fails("--cache-limit 12Q", bad, 2, {"size", "12Q"});
+  const auto alone = c.run({"peer-server", "--central-server-addr", c.central_addr(), "--addr", "127.0.0.1:0",
+                            "--data-dir", c.path("bad").string(), "--cache-limit", "1G"});
+  check_fails("--cache-limit alone", alone, 2, {"--cache-dir"});
+  const auto src = c.make_file("f.bin", 1000, 45);
+  check_fails("--replicas 17", c.on_peer(0, "register-file", {"--path", src.string(), "--replicas", "17"}), 2,
+              {"replicas"});
+}
