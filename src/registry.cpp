@@ -5,6 +5,7 @@
 #include <limits>
 #include <string_view>
 #include <system_error>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
@@ -32,7 +33,7 @@ constexpr std::size_t kMaxNamesPerFile = 16;
 // The change log keeps this much history; a central server that has not
 // read it for half of that reloads everything instead (it may have missed
 // trimmed rows).
-constexpr std::int64_t kChangeLogKeepMs = 10 * 60 * 1000;
+constexpr std::int64_t kChangeLogKeepMs = std::int64_t{10} * 60 * 1000;
 // Serializes appending to the change log and the commit after it, so that
 // sequence numbers become visible in order: a reader that saw seq N has seen
 // every change below N.
@@ -300,7 +301,9 @@ struct Registry::Impl {
     std::int64_t kind = 0;
     PeerId peer;
     FileId file;
-    auto operator<=>(const Change&) const = default;
+    bool operator<(const Change& other) const {
+      return std::tie(kind, peer, file) < std::tie(other.kind, other.peer, other.file);
+    }
   };
   // Notes a change of this batch for the other centrals (shared stores only).
   void record(std::int64_t kind, const PeerId& peer, const FileId& file) {
@@ -1123,7 +1126,7 @@ std::size_t Registry::sync() {
         row.peer = peer_id_from_bytes(as_chars(impl.read_changes.column_blob(3)));
       if (!impl.read_changes.column_is_null(4))
         row.file = file_id_from_bytes(as_chars(impl.read_changes.column_blob(4)));
-      rows.push_back(std::move(row));
+      rows.push_back(row);
     }
     for (const Row& row : rows) {
       if (row.origin != impl.origin) {
