@@ -17,6 +17,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "p2pshare/account_store.hpp"
 #include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/registry.hpp"
@@ -1104,4 +1105,78 @@ TEST_CASE("db::open on PostgreSQL runs each missing step once and refuses a newe
   CHECK(error_code_of([&] { (void)p2pshare::db::open(location, "peer state", std::span(steps).first(1)); }, &message) ==
         Errc::io);
   CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
+}
+
+// --- the accounts store, on both stores -----------------------------------
+
+TEST_CASE("account store: users, sessions, groups and private files on each store", "[registry][accounts]") {
+  using p2pshare::central::AccountStore;
+  using p2pshare::central::User;
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
+  AccountStore accounts(registry);
+
+  accounts.create_user("alice", "hash-a", kStart);
+  accounts.create_user("bob", "hash-b", kStart);
+  registry.commit();
+  CHECK(error_code_of([&] { accounts.create_user("alice", "x", kStart); }) == Errc::bad_request);
+  const auto found = accounts.password_hash("alice");
+  REQUIRE(found);
+  CHECK(found->second == "hash-a");
+  const User alice = found->first;
+  const User bob = accounts.password_hash("bob")->first;
+  CHECK_FALSE(accounts.password_hash("carol"));
+
+  const std::string token = accounts.create_session(alice, kStart);
+  registry.commit();
+  REQUIRE(accounts.session_user(token));
+  CHECK(accounts.session_user(token)->name == "alice");
+
+  accounts.create_group(alice, "team", kStart);
+  registry.commit();
+  CHECK(error_code_of([&] { accounts.create_group(bob, "team", kStart); }) == Errc::bad_request);
+  accounts.request_join(bob, "team", kStart + 1s);
+  accounts.request_join(bob, "team", kStart + 2s);  // asking twice is asking once
+  registry.commit();
+  CHECK(accounts.requests(alice, "team") == std::vector<std::string>{"bob"});
+  CHECK(error_code_of([&] { (void)accounts.requests(bob, "team"); }) == Errc::unauthorized);
+  auto groups = accounts.list_groups(bob);
+  REQUIRE(groups.size() == 1);
+  CHECK(groups[0].owner == "alice");
+  CHECK(groups[0].members == 1);
+  CHECK_FALSE(groups[0].member);
+  CHECK(groups[0].pending);
+  accounts.decide(alice, "team", "bob", true, kStart + 3s);
+  registry.commit();
+  groups = accounts.list_groups(bob);
+  CHECK(groups[0].members == 2);
+  CHECK(groups[0].member);
+  CHECK_FALSE(groups[0].pending);
+
+  const FileId file = make_manifest(71).file_id();
+  const std::int64_t team = accounts.require_member(bob, "team");
+  accounts.add_file_to_group(file, team);
+  accounts.add_file_to_group(file, team);
+  registry.commit();
+  CHECK(accounts.hidden(file));
+  CHECK(accounts.member_groups_of(bob, file) == std::vector<std::string>{"team"});
+  CHECK(accounts.group_files(team, std::nullopt, 10) == std::vector<FileId>{file});
+  CHECK(accounts.group_files(team, file, 10).empty());
+  accounts.mark_public(file);
+  accounts.mark_public(file);
+  registry.commit();
+  CHECK_FALSE(accounts.hidden(file));
+
+  // The owner leaves: the group passes to bob; bob leaves: it is gone.
+  accounts.leave(alice, "team");
+  registry.commit();
+  CHECK(accounts.list_groups(bob)[0].owner == "bob");
+  accounts.leave(bob, "team");
+  registry.commit();
+  CHECK(accounts.list_groups(bob).empty());
+  CHECK(error_code_of([&] { (void)accounts.require_member(bob, "team"); }) == Errc::not_found);
+
+  accounts.delete_session(token);
+  registry.commit();
+  CHECK_FALSE(accounts.session_user(token));
 }
