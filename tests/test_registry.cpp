@@ -996,7 +996,7 @@ TEST_CASE("registry: liveness crosses registries by the flushed heartbeats and s
   CHECK(forgotten.peers + forgotten.files == 0);
 }
 
-TEST_CASE("registry on PostgreSQL: a lost connection fails one batch as unavailable and then reconnects",
+TEST_CASE("registry on PostgreSQL: a connection lost mid-batch fails that batch only and the next reconnects",
           "[registry][pg]") {
   p2pshare::test::FreshPgDatabase pg;
   const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
@@ -1007,27 +1007,55 @@ TEST_CASE("registry on PostgreSQL: a lost connection fails one batch as unavaila
   registry.announce(p, kept, std::nullopt);
   registry.commit();
 
+  // Idle when the server ends the session (a PostgreSQL restart): the next
+  // batch reconnects as it begins and nobody notices.
   REQUIRE(pg.terminate_connections() >= 1);
-  // The first write finds the connection gone: nothing is stored or
-  // acknowledged, and the registry stays up.
-  const Manifest retried = make_manifest(62, 2, "retried.bin");
-  std::string message;
-  const auto code = error_code_of(
-      [&] {
-        registry.announce(p, retried, std::nullopt);
-        registry.commit();
-      },
-      &message);
-  INFO(message);
-  CHECK(code == Errc::unavailable);
-  CHECK_FALSE(registry.has_uncommitted());
-  // The next one reconnects; what was committed before is all there.
-  registry.announce(p, retried, std::nullopt);
+  const Manifest after_idle = make_manifest(62, 2, "after-idle.bin");
+  registry.announce(p, after_idle, std::nullopt);
   registry.commit();
-  CHECK(registry.file(kept.file_id(), kStart));
-  CHECK(registry.file(retried.file_id(), kStart));
+
+  // Lost in the middle of a batch: that batch is not stored, its commit
+  // says unavailable (so its answers would), and the registry stays up.
+  const Manifest lost = make_manifest(63, 2, "lost.bin");
+  registry.announce(p, lost, std::nullopt);
+  REQUIRE(registry.has_uncommitted());
+  REQUIRE(pg.terminate_connections() >= 1);
+  std::string message;
+  CHECK(error_code_of([&] { registry.commit(); }, &message) == Errc::unavailable);
+  INFO(message);
+  CHECK_FALSE(registry.has_uncommitted());
+  // Memory is back at the last commit (reloaded over a new connection).
+  CHECK_FALSE(registry.file(lost.file_id(), kStart));
+  // The retry is stored.
+  registry.announce(p, lost, std::nullopt);
+  registry.commit();
   Registry reopened(location, kExpiry);
-  CHECK(reopened.file_count() == 2);
+  CHECK(reopened.file_count() == 3);
+  CHECK(reopened.file(kept.file_id(), kStart));
+  CHECK(reopened.file(after_idle.file_id(), kStart));
+  CHECK(reopened.file(lost.file_id(), kStart));
+}
+
+TEST_CASE("registry on PostgreSQL: sync reconnects by itself after the server ended the session", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry a(location, kExpiry);
+  Registry b(location, kExpiry);
+  const PeerId p = make_peer_id(1);
+  const Manifest manifest = make_manifest(64, 2, "seen.bin");
+  REQUIRE(pg.terminate_connections() >= 2);
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  a.announce(p, manifest, std::nullopt);
+  a.commit();
+  // B's first read finds its connection dead; a later one reconnects.
+  CHECK(p2pshare::test::wait_for([&] {
+    try {
+      b.sync();
+    } catch (const p2pshare::Error&) {
+      return false;
+    }
+    return b.file(manifest.file_id(), kStart).has_value();
+  }));
 }
 
 TEST_CASE("db::parse_location takes sqlite or a PostgreSQL URL and gives one usage error for anything else",
