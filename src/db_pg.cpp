@@ -240,10 +240,21 @@ class PgDatabase final : public Database {
  private:
   void connect_or_throw(Errc code) {
     if (conn_ != nullptr) PQfinish(conn_);
-    // A deadline on connecting unless the URL sets its own (later keywords
-    // win, and the URL is expanded from dbname after connect_timeout).
-    const std::array<const char*, 3> keywords = {"connect_timeout", "dbname", nullptr};
-    const std::array<const char*, 3> values = {"5", url_.c_str(), nullptr};
+    // Deadlines, each unless the URL sets its own (the URL is expanded from
+    // dbname, after these, and later keywords win): connecting; a TCP peer
+    // that stopped answering (keepalives, tcp_user_timeout; not for unix
+    // sockets); and any one statement, a lock wait included. libpq blocks
+    // the network thread meanwhile, so these bound how long.
+    const std::array<const char*, 8> keywords = {"connect_timeout",
+                                                 "keepalives_idle",
+                                                 "keepalives_interval",
+                                                 "keepalives_count",
+                                                 "tcp_user_timeout",
+                                                 "options",
+                                                 "dbname",
+                                                 nullptr};
+    const std::array<const char*, 8> values = {"5",          "5",    "2", "3", "10000", "-c statement_timeout=30000",
+                                               url_.c_str(), nullptr};
     conn_ = PQconnectdbParams(keywords.data(), values.data(), 1);
     ++generation_;
     if (PQstatus(conn_) != CONNECTION_OK) {
