@@ -88,7 +88,7 @@ class PgStatement final : public StatementImpl {
 
  private:
   void slot(int index) {
-    if (index < 1 || index > 64) throw Error(Errc::io, fmt::format("{}: bad parameter index {}", what_, index));
+    if (index < 1 || index > 65535) throw Error(Errc::io, fmt::format("{}: bad parameter index {}", what_, index));
     const auto size = static_cast<std::size_t>(index);
     if (values_.size() < size) {
       values_.resize(size);
