@@ -258,8 +258,12 @@ class PgDatabase final : public Database {
     conn_ = PQconnectdbParams(keywords.data(), values.data(), 1);
     ++generation_;
     if (PQstatus(conn_) != CONNECTION_OK) {
-      throw Error(
-          code, fmt::format("{}: cannot connect to {}: {}", label_, redacted(url_), first_line(PQerrorMessage(conn_))));
+      std::string message =
+          fmt::format("{}: cannot connect to {}: {}", label_, redacted(url_), first_line(PQerrorMessage(conn_)));
+      // Freed now: a constructor that throws runs no destructor.
+      PQfinish(conn_);
+      conn_ = nullptr;
+      throw Error(code, message);
     }
     // Notices (e.g. "relation already exists, skipping") are not errors.
     PQsetNoticeProcessor(
