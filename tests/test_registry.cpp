@@ -394,7 +394,7 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
   CHECK(ids_of(registry.live_peers(id, kStart + 30s)) == std::set<PeerId>{b});
 }
 
-TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[registry]") {
+TEST_CASE("registry survives SIGKILL and loses only unflushed heartbeats", "[registry]") {
   STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const Manifest manifest = make_manifest(11, 2, "crash.bin");
