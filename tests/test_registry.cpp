@@ -12,13 +12,17 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 #include <catch2/catch.hpp>
 
+#include "p2pshare/account_store.hpp"
+#include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/registry.hpp"
 #include "p2pshare/sqlite.hpp"
+#include "support/pg.hpp"
 #include "support/temp_dir.hpp"
 
 using p2pshare::Bitfield;
@@ -27,6 +31,8 @@ using p2pshare::Errc;
 using p2pshare::FileId;
 using p2pshare::Manifest;
 using p2pshare::PeerId;
+using p2pshare::central::Forgotten;
+using p2pshare::central::Limits;
 using p2pshare::central::PeerRecord;
 using p2pshare::central::Registry;
 using p2pshare::central::SystemClock;
@@ -34,6 +40,34 @@ using p2pshare::test::TempDir;
 using namespace std::chrono_literals;
 
 namespace {
+
+// The registry's tests run on both stores: a fresh SQLite file in a temp
+// dir, or a fresh database on the test PostgreSQL (support/pg.hpp). The same
+// location opened twice is the same store (a reopen, a restart).
+class TestStore {
+ public:
+  explicit TestStore(p2pshare::db::Dialect dialect) {
+    if (dialect == p2pshare::db::Dialect::sqlite) {
+      dir_.emplace();
+      location_ = p2pshare::db::parse_location("sqlite", dir_->path(), "registry.db");
+    } else {
+      pg_.emplace();
+      location_ = p2pshare::db::parse_location(pg_->url(), {}, {});
+    }
+  }
+  const p2pshare::db::Location& location() const { return location_; }
+  const char* name() const { return pg_ ? "postgresql" : "sqlite"; }
+
+ private:
+  std::optional<TempDir> dir_;
+  std::optional<p2pshare::test::FreshPgDatabase> pg_;
+  p2pshare::db::Location location_;
+};
+
+// Runs the rest of the test case once per store.
+#define STORE_UNDER_TEST(var)                                                                      \
+  const TestStore var(GENERATE(p2pshare::db::Dialect::sqlite, p2pshare::db::Dialect::postgresql)); \
+  INFO("store: " << (var).name())
 
 constexpr auto kExpiry = std::chrono::milliseconds(60s);
 // Fixed times, never the real clock: expiry tests must not depend on speed.
@@ -107,8 +141,8 @@ void run_then_sigkill(const std::function<int()>& work) {
 }  // namespace
 
 TEST_CASE("registry upserts peers and lists the live ones", "[registry]") {
-  TempDir dir;
-  Registry registry(dir / "nested" / "central", kExpiry);  // the directory is created
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   CHECK(registry.live_peers(std::nullopt, kStart).empty());
@@ -130,12 +164,17 @@ TEST_CASE("registry upserts peers and lists the live ones", "[registry]") {
   CHECK(peers[0].id == a);
   CHECK(peers[0].host == "10.0.0.9");
   CHECK(peers[0].port == 5000);
+}
+
+TEST_CASE("registry creates the directory of its SQLite file", "[registry]") {
+  TempDir dir;
+  { Registry registry(dir / "nested" / "central", kExpiry); }
   CHECK(std::filesystem::exists(dir / "nested" / "central" / "registry.db"));
 }
 
 TEST_CASE("registry expires silent peers and touching revives them", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
@@ -166,8 +205,8 @@ TEST_CASE("registry expires silent peers and touching revives them", "[registry]
 }
 
 TEST_CASE("registry announces complete and partial holders", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId seeder = make_peer_id(1);
   const PeerId leecher = make_peer_id(2);
   registry.upsert_peer(seeder, "10.0.0.1", 4000, kStart);
@@ -211,8 +250,8 @@ TEST_CASE("registry announces complete and partial holders", "[registry]") {
 }
 
 TEST_CASE("registry accumulates names and lists the first", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
@@ -243,8 +282,8 @@ TEST_CASE("registry accumulates names and lists the first", "[registry]") {
 }
 
 TEST_CASE("registry withdraws a holder but remembers the file", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
@@ -269,8 +308,8 @@ TEST_CASE("registry withdraws a holder but remembers the file", "[registry]") {
 }
 
 TEST_CASE("registry pages files in id order", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
   std::set<FileId> announced;
@@ -307,7 +346,7 @@ TEST_CASE("registry pages files in id order", "[registry]") {
 }
 
 TEST_CASE("registry keeps everything across a reopen", "[registry]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   const PeerId gone = make_peer_id(3);
@@ -316,7 +355,7 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
   have.set(ChunkIndex{2});
   FileId id;
   {
-    Registry registry(dir.path(), kExpiry);
+    Registry registry(store.location(), kExpiry);
     registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
     registry.upsert_peer(b, "10.0.0.2", 4001, kStart);
     id = registry.announce(a, manifest, std::nullopt);
@@ -328,7 +367,7 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
     registry.flush_last_seen();
     registry.touch_peer(b, kStart + 20s);  // the destructor flushes it
   }
-  Registry registry(dir.path(), kExpiry);
+  Registry registry(store.location(), kExpiry);
   CHECK(registry.file_count() == 1);
   auto peers = registry.live_peers(std::nullopt, kStart + 30s);
   REQUIRE(peers.size() == 3);
@@ -355,12 +394,12 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
   CHECK(ids_of(registry.live_peers(id, kStart + 30s)) == std::set<PeerId>{b});
 }
 
-TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[registry]") {
-  TempDir dir;
+TEST_CASE("registry survives SIGKILL and loses only unflushed heartbeats", "[registry]") {
+  STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const Manifest manifest = make_manifest(11, 2, "crash.bin");
   run_then_sigkill([&] {
-    Registry registry(dir.path(), kExpiry);
+    Registry registry(store.location(), kExpiry);
     registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
     registry.announce(a, manifest, std::nullopt);
     registry.touch_peer(a, kStart + 5s);
@@ -370,7 +409,7 @@ TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[reg
     return 1;
   });
 
-  Registry registry(dir.path(), kExpiry);
+  Registry registry(store.location(), kExpiry);
   const auto files = registry.list_files(std::nullopt, 10, kStart + 10s);
   REQUIRE(files.size() == 1);
   CHECK(files[0].id == manifest.file_id());
@@ -383,12 +422,12 @@ TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[reg
 }
 
 TEST_CASE("registry group commit: writes are durable from commit(), not before", "[registry]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const Manifest committed = make_manifest(21, 2, "committed.bin");
   const Manifest pending = make_manifest(22, 2, "pending.bin");
   run_then_sigkill([&] {
-    Registry registry(dir.path(), kExpiry);
+    Registry registry(store.location(), kExpiry);
     if (registry.has_uncommitted()) return 2;
     registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
     registry.announce(a, committed, std::nullopt);
@@ -402,7 +441,7 @@ TEST_CASE("registry group commit: writes are durable from commit(), not before",
     return 1;
   });
 
-  Registry registry(dir.path(), kExpiry);
+  Registry registry(store.location(), kExpiry);
   CHECK_FALSE(registry.has_uncommitted());
   const auto files = registry.list_files(std::nullopt, 10, kStart + 1s);
   REQUIRE(files.size() == 1);
@@ -460,8 +499,8 @@ TEST_CASE("registry: a commit that fails rolls memory back to the last commit", 
 }
 
 TEST_CASE("registry lists a file's holders only", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   const PeerId c = make_peer_id(3);
@@ -477,8 +516,8 @@ TEST_CASE("registry lists a file's holders only", "[registry]") {
 }
 
 TEST_CASE("registry answers nullopt for an unknown file", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   CHECK_FALSE(registry.file(make_manifest(1).file_id(), kStart));
   registry.upsert_peer(make_peer_id(1), "127.0.0.1", 4000, kStart);
   registry.announce(make_peer_id(1), make_manifest(1), std::nullopt);
@@ -487,8 +526,8 @@ TEST_CASE("registry answers nullopt for an unknown file", "[registry]") {
 }
 
 TEST_CASE("registry refuses an announce from an unknown peer", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   std::string message;
   CHECK(error_code_of([&] { registry.announce(make_peer_id(7), make_manifest(1), std::nullopt); }, &message) ==
         Errc::protocol);
@@ -501,12 +540,12 @@ TEST_CASE("registry refuses a database from a newer version", "[registry]") {
   { Registry registry(dir.path(), kExpiry); }
   {
     p2pshare::sqlite::Database db(dir / "registry.db", "test");
-    CHECK(db.user_version() == 3);
-    db.set_user_version(4);
+    CHECK(db.user_version() == 4);
+    db.set_user_version(5);
   }
   std::string message;
   CHECK(error_code_of([&] { Registry registry(dir.path(), kExpiry); }, &message) == Errc::io);
-  CHECK_THAT(message, Catch::Contains("schema version 4"));
+  CHECK_THAT(message, Catch::Contains("schema version 5"));
 }
 
 TEST_CASE("sqlite transactions roll back unless committed", "[registry][sqlite]") {
@@ -614,11 +653,11 @@ Limits small_limits() {
 }  // namespace
 
 TEST_CASE("registry refuses files past max_files_per_peer and keeps what the peer holds", "[registry][limits]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId greedy = make_peer_id(1);
   const PeerId honest = make_peer_id(2);
   {
-    Registry registry(dir.path(), kExpiry, small_limits());
+    Registry registry(store.location(), kExpiry, small_limits());
     registry.upsert_peer(greedy, "10.0.0.1", 4000, kStart);
     registry.upsert_peer(honest, "10.0.0.2", 4000, kStart);
     for (std::uint32_t i = 0; i < 3; ++i) registry.announce(greedy, make_manifest(i), std::nullopt);
@@ -643,13 +682,13 @@ TEST_CASE("registry refuses files past max_files_per_peer and keeps what the pee
   }
 
   // The count survives a reopen: it is rebuilt from the holders.
-  Registry reopened(dir.path(), kExpiry, small_limits());
+  Registry reopened(store.location(), kExpiry, small_limits());
   CHECK(error_code_of([&] { reopened.announce(greedy, make_manifest(5), std::nullopt); }) == Errc::unavailable);
 }
 
 TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry, small_limits());
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry, small_limits());
   const PeerId a = make_peer_id(1);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
   registry.announce(a, make_manifest(1, 600), std::nullopt);
@@ -665,8 +704,8 @@ TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits
 
 TEST_CASE("registry limits new identities per address a minute, and known ones re-register freely",
           "[registry][limits]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry, small_limits());  // 4 a minute
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry, small_limits());  // 4 a minute
   // A burst of 4 from one address, then a refusal that changes nothing.
   for (std::uint8_t i = 1; i <= 4; ++i) registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
   std::string message;
@@ -706,7 +745,7 @@ TEST_CASE("registry limits new identities per address a minute, and known ones r
 }
 
 TEST_CASE("registry forgets peers not seen for forget_after, and files nobody holds", "[registry][forget]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const Limits limits = small_limits();  // forget after 24 h
   const PeerId gone = make_peer_id(1);
   const PeerId back = make_peer_id(2);
@@ -715,7 +754,7 @@ TEST_CASE("registry forgets peers not seen for forget_after, and files nobody ho
   const FileId shared = make_manifest(2).file_id();
   const FileId withdrawn = make_manifest(3).file_id();
   {
-    Registry registry(dir.path(), kExpiry, limits);
+    Registry registry(store.location(), kExpiry, limits);
     registry.upsert_peer(gone, "10.0.0.1", 4000, kStart);
     registry.upsert_peer(back, "10.0.0.2", 4000, kStart);
     registry.upsert_peer(stays, "10.0.0.3", 4000, kStart);
@@ -752,7 +791,7 @@ TEST_CASE("registry forgets peers not seen for forget_after, and files nobody ho
     CHECK(error_code_of([&] { registry.announce(gone, make_manifest(1), std::nullopt); }) == Errc::protocol);
   }
   // The rows are gone too, not only the memory.
-  Registry reopened(dir.path(), kExpiry, limits);
+  Registry reopened(store.location(), kExpiry, limits);
   CHECK(reopened.peer_count() == 2);
   CHECK(reopened.file_count() == 1);
   CHECK_FALSE(reopened.file(only_gone, kStart));
@@ -762,11 +801,11 @@ TEST_CASE("registry forgets peers not seen for forget_after, and files nobody ho
 }
 
 TEST_CASE("registry forgets in bounded steps", "[registry][forget]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   Limits limits = small_limits();
   limits.new_peers_per_minute = 0;
   limits.max_files_per_peer = 100;
-  Registry registry(dir.path(), kExpiry, limits);
+  Registry registry(store.location(), kExpiry, limits);
   for (std::uint8_t i = 1; i <= 30; ++i) {
     registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
     registry.announce(make_peer_id(i), make_manifest(i), std::nullopt);  // 2 rows each: peer, holder
@@ -849,4 +888,323 @@ TEST_CASE("sqlite::migrate runs the missing steps and refuses a newer file", "[r
     CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
     CHECK(db.user_version() == 2);
   }
+}
+
+// --- several central servers on one PostgreSQL database -------------------
+
+TEST_CASE("registry: two registries on one PostgreSQL database are one registry after sync", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry a(location, kExpiry);
+  Registry b(location, kExpiry);
+  REQUIRE(a.shared());
+  const PeerId p = make_peer_id(1);
+  const PeerId q = make_peer_id(2);
+  const Manifest manifest = make_manifest(41, 4, "shared.bin");
+  const FileId id = manifest.file_id();
+
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  CHECK(a.announce(p, manifest, std::nullopt) == id);
+  a.commit();
+  // Memory only changes by sync: B has not read the log yet.
+  CHECK_FALSE(b.file(id, kStart));
+  CHECK(b.sync() == 2);  // the peer and its holding
+  auto details = b.file(id, kStart + 1s);
+  REQUIRE(details);
+  CHECK(details->manifest.chunk_hashes == manifest.chunk_hashes);
+  CHECK(details->names == std::vector<std::string>{"shared.bin"});
+  REQUIRE(details->live_holders.size() == 1);
+  CHECK(details->live_holders[0].peer.id == p);
+  CHECK(details->live_holders[0].peer.host == "10.0.0.1");
+  CHECK(b.sync() == 0);  // applied once
+
+  // The other way, with a partial holder and a second name.
+  Bitfield have(4);
+  have.set(ChunkIndex{1});
+  b.upsert_peer(q, "10.0.0.2", 4001, kStart);
+  b.announce(q, make_manifest(41, 4, "other-name.bin"), have);
+  b.commit();
+  CHECK(a.sync() == 2);
+  details = a.file(id, kStart + 1s);
+  REQUIRE(details);
+  CHECK(details->names == std::vector<std::string>{"shared.bin", "other-name.bin"});
+  CHECK(ids_of(a.live_peers(id, kStart + 1s)) == std::set<PeerId>{p, q});
+  for (const auto& holder : details->live_holders) {
+    CHECK(holder.partial.has_value() == (holder.peer.id == q));
+  }
+  // A's own changes are not applied to A again.
+  CHECK(a.sync() == 0);
+
+  // Withdraw through A: gone from B after its sync.
+  REQUIRE(a.withdraw(p, id));
+  a.commit();
+  CHECK(ids_of(b.live_peers(id, kStart + 1s)) == std::set<PeerId>{p, q});
+  b.sync();
+  CHECK(ids_of(b.live_peers(id, kStart + 1s)) == std::set<PeerId>{q});
+  CHECK(b.summary(id, kStart + 1s)->live_holders == 1);
+
+  // A third registry opened now starts from the store and the log's end.
+  Registry c(location, kExpiry);
+  CHECK(ids_of(c.live_peers(id, kStart + 1s)) == std::set<PeerId>{q});
+  CHECK(c.sync() == 0);
+}
+
+TEST_CASE("registry: liveness crosses registries by the flushed heartbeats and so does forgetting", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Limits limits;
+  limits.forget_after = 10min;
+  Registry a(location, kExpiry, limits);
+  Registry b(location, kExpiry, limits);
+  const PeerId p = make_peer_id(1);
+  const Manifest manifest = make_manifest(51, 2, "alive.bin");
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  a.announce(p, manifest, std::nullopt);
+  a.commit();
+  b.sync();
+  const auto later = kStart + kExpiry + 30s;  // past the expiry of kStart
+  CHECK(b.live_peers(std::nullopt, later).empty());
+
+  // A heartbeat on A stays in A's memory (no write per heartbeat)...
+  REQUIRE(a.touch_peer(p, kStart + kExpiry));
+  b.sync();
+  CHECK(b.live_peers(std::nullopt, later).empty());
+  CHECK(ids_of(a.live_peers(std::nullopt, later)) == std::set<PeerId>{p});
+  // ...until A flushes them: then B sees the peer live again.
+  a.flush_last_seen();
+  CHECK(b.sync() == 1);
+  CHECK(ids_of(b.live_peers(std::nullopt, later)) == std::set<PeerId>{p});
+  CHECK(b.summary(manifest.file_id(), later)->live_holders == 1);
+
+  // A forgets the silent peer and then the file nobody holds; B follows.
+  const auto much_later = kStart + kExpiry + 20min;
+  Forgotten forgotten = a.forget_stale(much_later, 1000);
+  a.commit();
+  CHECK(forgotten.peers == 1);
+  std::size_t files = forgotten.files;
+  if (files == 0) {
+    files = a.forget_stale(much_later, 1000).files;
+    a.commit();
+  }
+  CHECK(files == 1);
+  b.sync();
+  CHECK(b.peer_count() == 0);
+  CHECK(b.file_count() == 0);
+  // B's own forgetting then finds nothing to do, and fails on nothing.
+  forgotten = b.forget_stale(much_later, 1000);
+  b.commit();
+  CHECK(forgotten.peers + forgotten.files == 0);
+}
+
+TEST_CASE("registry on PostgreSQL: a connection lost mid-batch fails that batch only and the next reconnects",
+          "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry registry(location, kExpiry);
+  const PeerId p = make_peer_id(1);
+  const Manifest kept = make_manifest(61, 2, "kept.bin");
+  registry.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  registry.announce(p, kept, std::nullopt);
+  registry.commit();
+
+  // Idle when the server ends the session (a PostgreSQL restart): the next
+  // batch reconnects as it begins and nobody notices.
+  REQUIRE(pg.terminate_connections() >= 1);
+  const Manifest after_idle = make_manifest(62, 2, "after-idle.bin");
+  registry.announce(p, after_idle, std::nullopt);
+  registry.commit();
+
+  // Lost in the middle of a batch: that batch is not stored, its commit
+  // says unavailable (so its answers would), and the registry stays up.
+  const Manifest lost = make_manifest(63, 2, "lost.bin");
+  registry.announce(p, lost, std::nullopt);
+  REQUIRE(registry.has_uncommitted());
+  REQUIRE(pg.terminate_connections() >= 1);
+  std::string message;
+  CHECK(error_code_of([&] { registry.commit(); }, &message) == Errc::unavailable);
+  INFO(message);
+  CHECK_FALSE(registry.has_uncommitted());
+  // Memory is back at the last commit (reloaded over a new connection).
+  CHECK_FALSE(registry.file(lost.file_id(), kStart));
+  // The retry is stored.
+  registry.announce(p, lost, std::nullopt);
+  registry.commit();
+  Registry reopened(location, kExpiry);
+  CHECK(reopened.file_count() == 3);
+  CHECK(reopened.file(kept.file_id(), kStart));
+  CHECK(reopened.file(after_idle.file_id(), kStart));
+  CHECK(reopened.file(lost.file_id(), kStart));
+}
+
+TEST_CASE("registry on PostgreSQL: sync reconnects by itself after the server ended the session", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry a(location, kExpiry);
+  Registry b(location, kExpiry);
+  const PeerId p = make_peer_id(1);
+  const Manifest manifest = make_manifest(64, 2, "seen.bin");
+  REQUIRE(pg.terminate_connections() >= 2);
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  a.announce(p, manifest, std::nullopt);
+  a.commit();
+  // B's first read finds its connection dead; a later one reconnects.
+  CHECK(p2pshare::test::wait_for([&] {
+    try {
+      b.sync();
+    } catch (const p2pshare::Error&) {
+      return false;
+    }
+    return b.file(manifest.file_id(), kStart).has_value();
+  }));
+}
+
+TEST_CASE("db::parse_location takes sqlite or a PostgreSQL URL and gives one usage error for anything else",
+          "[registry][pg]") {
+  using p2pshare::db::Dialect;
+  using p2pshare::db::parse_location;
+  const auto sqlite = parse_location("sqlite", "/data", "registry.db");
+  CHECK(sqlite.dialect == Dialect::sqlite);
+  CHECK(sqlite.sqlite_path == std::filesystem::path("/data/registry.db"));
+  CHECK(parse_location("postgresql://u@h:5432/db", "/data", "registry.db").dialect == Dialect::postgresql);
+  CHECK(parse_location("postgres:///db?host=/run/pg", "/data", "registry.db").dialect == Dialect::postgresql);
+  for (const char* bad : {"mysql://h/db", "", "SQLITE", "postgresql://h/db?nonsense=1", "postgresql://%zz/db"}) {
+    INFO(bad);
+    std::string message;
+    CHECK(error_code_of([&] { (void)parse_location(bad, "/data", "registry.db"); }, &message) == Errc::usage);
+    CHECK(message.find('\n') == std::string::npos);
+  }
+  CHECK(p2pshare::db::redacted("postgresql://u:secret@h/db") == "postgresql://u:***@h/db");
+  CHECK(p2pshare::db::redacted("postgresql:///db?user=u&password=secret&host=x") ==
+        "postgresql:///db?user=u&password=***&host=x");
+}
+
+TEST_CASE("registry refuses a PostgreSQL database from a newer version", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  { Registry registry(location, kExpiry); }
+  pg.exec("UPDATE schema_version SET version = version + 1");
+  std::string message;
+  CHECK(error_code_of([&] { Registry registry(location, kExpiry); }, &message) == Errc::io);
+  CHECK_THAT(message, Catch::Contains("schema version 4"));
+}
+
+TEST_CASE("registry on PostgreSQL: a role the server refuses is one Errc::io line", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  std::string url = pg.url();
+  const auto user = url.find("user=postgres");
+  REQUIRE(user != std::string::npos);
+  url.replace(user, 13, "user=nobody_here");
+  std::string message;
+  CHECK(error_code_of([&] { Registry registry(p2pshare::db::parse_location(url, {}, {}), kExpiry); }, &message) ==
+        Errc::io);
+  CHECK(message.find("cannot connect") != std::string::npos);
+  CHECK(message.find('\n') == std::string::npos);
+}
+
+TEST_CASE("db::open on PostgreSQL runs each missing step once and refuses a newer database", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  const std::array<p2pshare::db::Migration, 2> steps = {{
+      {"CREATE TABLE t (k INTEGER NOT NULL)", "CREATE TABLE t (k BIGINT NOT NULL)"},
+      {"ALTER TABLE t ADD COLUMN v TEXT NOT NULL DEFAULT 'new'",
+       "ALTER TABLE t ADD COLUMN v TEXT NOT NULL DEFAULT 'new'"},
+  }};
+  {
+    auto db = p2pshare::db::open(location, "test", std::span(steps).first(1));  // an older build
+    db->exec("INSERT INTO t (k) VALUES (7)", "insert");
+  }
+  {
+    // Two central servers starting at once: the migration lock runs the
+    // step once (a second ALTER TABLE ... ADD COLUMN v would fail).
+    std::unique_ptr<p2pshare::db::Database> first;
+    std::unique_ptr<p2pshare::db::Database> second;
+    std::thread other([&] { first = p2pshare::db::open(location, "test", steps); });
+    second = p2pshare::db::open(location, "test", steps);
+    other.join();
+    REQUIRE(first);
+    auto row = second->prepare("SELECT k, v, (SELECT version FROM schema_version) FROM t", "select");
+    REQUIRE(row.step());
+    CHECK(row.column_int(0) == 7);
+    CHECK(row.column_text(1) == "new");
+    CHECK(row.column_int(2) == 2);
+    row.reset();
+  }
+  std::string message;
+  CHECK(error_code_of([&] { (void)p2pshare::db::open(location, "peer state", std::span(steps).first(1)); }, &message) ==
+        Errc::io);
+  CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
+}
+
+// --- the accounts store, on both stores -----------------------------------
+
+TEST_CASE("account store: users, sessions, groups and private files on each store", "[registry][accounts]") {
+  using p2pshare::central::AccountStore;
+  using p2pshare::central::User;
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
+  AccountStore accounts(registry);
+
+  accounts.create_user("alice", "hash-a", kStart);
+  accounts.create_user("bob", "hash-b", kStart);
+  registry.commit();
+  CHECK(error_code_of([&] { accounts.create_user("alice", "x", kStart); }) == Errc::bad_request);
+  const auto found = accounts.password_hash("alice");
+  REQUIRE(found);
+  CHECK(found->second == "hash-a");
+  const User alice = found->first;
+  const User bob = accounts.password_hash("bob")->first;
+  CHECK_FALSE(accounts.password_hash("carol"));
+
+  const std::string token = accounts.create_session(alice, kStart);
+  registry.commit();
+  REQUIRE(accounts.session_user(token));
+  CHECK(accounts.session_user(token)->name == "alice");
+
+  accounts.create_group(alice, "team", kStart);
+  registry.commit();
+  CHECK(error_code_of([&] { accounts.create_group(bob, "team", kStart); }) == Errc::bad_request);
+  accounts.request_join(bob, "team", kStart + 1s);
+  accounts.request_join(bob, "team", kStart + 2s);  // asking twice is asking once
+  registry.commit();
+  CHECK(accounts.requests(alice, "team") == std::vector<std::string>{"bob"});
+  CHECK(error_code_of([&] { (void)accounts.requests(bob, "team"); }) == Errc::unauthorized);
+  auto groups = accounts.list_groups(bob);
+  REQUIRE(groups.size() == 1);
+  CHECK(groups[0].owner == "alice");
+  CHECK(groups[0].members == 1);
+  CHECK_FALSE(groups[0].member);
+  CHECK(groups[0].pending);
+  accounts.decide(alice, "team", "bob", true, kStart + 3s);
+  registry.commit();
+  groups = accounts.list_groups(bob);
+  CHECK(groups[0].members == 2);
+  CHECK(groups[0].member);
+  CHECK_FALSE(groups[0].pending);
+
+  const FileId file = make_manifest(71).file_id();
+  const std::int64_t team = accounts.require_member(bob, "team");
+  accounts.add_file_to_group(file, team);
+  accounts.add_file_to_group(file, team);
+  registry.commit();
+  CHECK(accounts.hidden(file));
+  CHECK(accounts.member_groups_of(bob, file) == std::vector<std::string>{"team"});
+  CHECK(accounts.group_files(team, std::nullopt, 10) == std::vector<FileId>{file});
+  CHECK(accounts.group_files(team, file, 10).empty());
+  accounts.mark_public(file);
+  accounts.mark_public(file);
+  registry.commit();
+  CHECK_FALSE(accounts.hidden(file));
+
+  // The owner leaves: the group passes to bob; bob leaves: it is gone.
+  accounts.leave(alice, "team");
+  registry.commit();
+  CHECK(accounts.list_groups(bob)[0].owner == "bob");
+  accounts.leave(bob, "team");
+  registry.commit();
+  CHECK(accounts.list_groups(bob).empty());
+  CHECK(error_code_of([&] { (void)accounts.require_member(bob, "team"); }) == Errc::not_found);
+
+  accounts.delete_session(token);
+  registry.commit();
+  CHECK_FALSE(accounts.session_user(token));
 }
