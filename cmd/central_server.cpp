@@ -12,6 +12,7 @@
 
 #include "command.hpp"
 #include "p2pshare/central_server.hpp"
+#include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/log.hpp"
 #include "servers.hpp"
@@ -24,7 +25,11 @@ int run_central_server(int argc, char** argv) {
   // clang-format off
   options.add_options()
       ("addr", "Address to listen on, HOST:PORT (port 0: pick a free one)", cxxopts::value<std::string>())
-      ("data-dir", "Where the registry is kept (SQLite)", cxxopts::value<std::string>()->default_value(default_dir.string()))
+      ("data-dir", "Where the key pair is kept, and the registry with --store sqlite",
+       cxxopts::value<std::string>()->default_value(default_dir.string()))
+      ("store", "Where the registry is kept: sqlite (registry.db in --data-dir) or a PostgreSQL URL, "
+       "postgresql://USER@HOST:PORT/DB or postgresql:///DB?host=/socket/dir",
+       cxxopts::value<std::string>()->default_value("sqlite"))
       ("heartbeat-interval", "Milliseconds between peer heartbeats; a peer silent for 3 is not live",
        cxxopts::value<unsigned>()->default_value("10000"))
       ("max-connections", "Connections served at once; more are refused",
@@ -52,6 +57,9 @@ int run_central_server(int argc, char** argv) {
   central::ServerConfig config;
   config.listen = cli::parse_address(args["addr"].as<std::string>());
   config.data_dir = args["data-dir"].as<std::string>();
+  config.store = args["store"].as<std::string>();
+  // A malformed URL is a usage error (exit 2) before anything starts.
+  (void)db::parse_location(config.store, config.data_dir, "registry.db");
   const unsigned heartbeat = args["heartbeat-interval"].as<unsigned>();
   if (heartbeat < 50) throw Error(Errc::usage, "--heartbeat-interval must be at least 50 ms");
   config.heartbeat_interval = std::chrono::milliseconds(heartbeat);

@@ -14,6 +14,7 @@ packages=(
   libhttp-parser-dev   # the HTTP side's request parser (--http-addr)
   prometheus chromium   # tests: promtool check metrics; the dashboards in a headless browser
   curl   # bench/http_bench.sh
+  postgresql-15 libpq-dev   # central-server --store postgresql://; tests/pg/cluster.sh for the tests
 )
 
 missing=()

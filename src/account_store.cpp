@@ -5,9 +5,9 @@
 #include <fmt/format.h>
 
 #include "p2pshare/accounts.hpp"
+#include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/hash.hpp"
-#include "p2pshare/sqlite.hpp"
 
 namespace p2pshare::central {
 namespace {
@@ -107,7 +107,8 @@ void AccountStore::create_group(const User& user, const std::string& group, Syst
     insert.bind_text(1, group).bind_int(2, user.id).bind_int(3, unix_ms(now));
     insert.run();
     auto member = db_.prepare(
-        "INSERT INTO members (group_id, user_id, joined_ms) SELECT id, ?2, ?3 FROM user_groups WHERE name = ?1",
+        "INSERT INTO members (group_id, user_id, joined_ms) SELECT id, CAST(?2 AS BIGINT), CAST(?3 AS BIGINT) "
+        "FROM user_groups WHERE name = ?1",
         "add owner");
     member.bind_text(1, group).bind_int(2, user.id).bind_int(3, unix_ms(now));
     member.run();
@@ -132,7 +133,7 @@ std::vector<GroupInfo> AccountStore::list_groups(const User& user) {
 }
 
 namespace {
-bool is_member(sqlite::Database& db, std::int64_t group, std::int64_t user) {
+bool is_member(db::Database& db, std::int64_t group, std::int64_t user) {
   auto row = db.prepare("SELECT 1 FROM members WHERE group_id = ?1 AND user_id = ?2", "is member");
   row.bind_int(1, group).bind_int(2, user);
   const bool found = row.step();
@@ -146,14 +147,15 @@ void AccountStore::request_join(const User& user, const std::string& group, Syst
   if (is_member(db_, id, user.id)) throw Error(Errc::bad_request, fmt::format("already a member of {}", group));
   registry_.write([&] {
     auto insert = db_.prepare(
-        "INSERT OR IGNORE INTO join_requests (group_id, user_id, requested_ms) VALUES (?1, ?2, ?3)", "add request");
+        "INSERT INTO join_requests (group_id, user_id, requested_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        "add request");
     insert.bind_int(1, id).bind_int(2, user.id).bind_int(3, unix_ms(now));
     insert.run();
   });
 }
 
 namespace {
-std::int64_t require_owner(sqlite::Database& db, std::int64_t group, const User& user, const std::string& name) {
+std::int64_t require_owner(db::Database& db, std::int64_t group, const User& user, const std::string& name) {
   auto row = db.prepare("SELECT owner_id FROM user_groups WHERE id = ?1", "group owner");
   row.bind_int(1, group);
   if (!row.step() || row.column_int(0) != user.id) {
@@ -192,7 +194,8 @@ void AccountStore::decide(const User& owner, const std::string& group, const std
     del.run();
     if (accept) {
       auto insert =
-          db_.prepare("INSERT OR IGNORE INTO members (group_id, user_id, joined_ms) VALUES (?1, ?2, ?3)", "add member");
+          db_.prepare("INSERT INTO members (group_id, user_id, joined_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                      "add member");
       insert.bind_int(1, id).bind_int(2, asker->id).bind_int(3, unix_ms(now));
       insert.run();
     }
@@ -233,7 +236,8 @@ void AccountStore::leave(const User& user, const std::string& group) {
 
 void AccountStore::add_file_to_group(const FileId& file, std::int64_t group) {
   registry_.write([&] {
-    auto insert = db_.prepare("INSERT OR IGNORE INTO file_groups (file_id, group_id) VALUES (?1, ?2)", "file group");
+    auto insert =
+        db_.prepare("INSERT INTO file_groups (file_id, group_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", "file group");
     insert.bind_blob(1, file.bytes).bind_int(2, group);
     insert.run();
   });
@@ -245,7 +249,7 @@ void AccountStore::mark_public(const FileId& file) {
   if (row.step()) return;
   row.reset();
   registry_.write([&] {
-    auto insert = db_.prepare("INSERT OR IGNORE INTO public_files (file_id) VALUES (?1)", "public file");
+    auto insert = db_.prepare("INSERT INTO public_files (file_id) VALUES (?1) ON CONFLICT DO NOTHING", "public file");
     insert.bind_blob(1, file.bytes);
     insert.run();
   });

@@ -12,6 +12,7 @@
 #include "central_http.hpp"
 #include "p2pshare/account_store.hpp"
 #include "p2pshare/accounts.hpp"
+#include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
@@ -88,7 +89,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         config(std::move(cfg)),
         acceptor(io),
         flush_timer(io),
-        registry(config.data_dir, config.heartbeat_interval * 3, config.limits),
+        registry(db::parse_location(config.store, config.data_dir, "registry.db"), config.heartbeat_interval * 3,
+                 config.limits),
         identity(tls::load_or_create_identity(config.data_dir, false)),
         context(tls::make_context(tls::Side::server, &identity)),
         accounts(registry),

@@ -16,9 +16,11 @@
 
 #include <catch2/catch.hpp>
 
+#include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/registry.hpp"
 #include "p2pshare/sqlite.hpp"
+#include "support/pg.hpp"
 #include "support/temp_dir.hpp"
 
 using p2pshare::Bitfield;
@@ -34,6 +36,34 @@ using p2pshare::test::TempDir;
 using namespace std::chrono_literals;
 
 namespace {
+
+// The registry's tests run on both stores: a fresh SQLite file in a temp
+// dir, or a fresh database on the test PostgreSQL (support/pg.hpp). The same
+// location opened twice is the same store (a reopen, a restart).
+class TestStore {
+ public:
+  explicit TestStore(p2pshare::db::Dialect dialect) {
+    if (dialect == p2pshare::db::Dialect::sqlite) {
+      dir_.emplace();
+      location_ = p2pshare::db::parse_location("sqlite", dir_->path(), "registry.db");
+    } else {
+      pg_.emplace();
+      location_ = p2pshare::db::parse_location(pg_->url(), {}, {});
+    }
+  }
+  const p2pshare::db::Location& location() const { return location_; }
+  const char* name() const { return pg_ ? "postgresql" : "sqlite"; }
+
+ private:
+  std::optional<TempDir> dir_;
+  std::optional<p2pshare::test::FreshPgDatabase> pg_;
+  p2pshare::db::Location location_;
+};
+
+// Runs the rest of the test case once per store.
+#define STORE_UNDER_TEST(var)                                                                      \
+  const TestStore var(GENERATE(p2pshare::db::Dialect::sqlite, p2pshare::db::Dialect::postgresql)); \
+  INFO("store: " << (var).name())
 
 constexpr auto kExpiry = std::chrono::milliseconds(60s);
 // Fixed times, never the real clock: expiry tests must not depend on speed.
@@ -107,8 +137,8 @@ void run_then_sigkill(const std::function<int()>& work) {
 }  // namespace
 
 TEST_CASE("registry upserts peers and lists the live ones", "[registry]") {
-  TempDir dir;
-  Registry registry(dir / "nested" / "central", kExpiry);  // the directory is created
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   CHECK(registry.live_peers(std::nullopt, kStart).empty());
@@ -130,12 +160,17 @@ TEST_CASE("registry upserts peers and lists the live ones", "[registry]") {
   CHECK(peers[0].id == a);
   CHECK(peers[0].host == "10.0.0.9");
   CHECK(peers[0].port == 5000);
+}
+
+TEST_CASE("registry creates the directory of its SQLite file", "[registry]") {
+  TempDir dir;
+  { Registry registry(dir / "nested" / "central", kExpiry); }
   CHECK(std::filesystem::exists(dir / "nested" / "central" / "registry.db"));
 }
 
 TEST_CASE("registry expires silent peers and touching revives them", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
@@ -166,8 +201,8 @@ TEST_CASE("registry expires silent peers and touching revives them", "[registry]
 }
 
 TEST_CASE("registry announces complete and partial holders", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId seeder = make_peer_id(1);
   const PeerId leecher = make_peer_id(2);
   registry.upsert_peer(seeder, "10.0.0.1", 4000, kStart);
@@ -211,8 +246,8 @@ TEST_CASE("registry announces complete and partial holders", "[registry]") {
 }
 
 TEST_CASE("registry accumulates names and lists the first", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
@@ -243,8 +278,8 @@ TEST_CASE("registry accumulates names and lists the first", "[registry]") {
 }
 
 TEST_CASE("registry withdraws a holder but remembers the file", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
@@ -269,8 +304,8 @@ TEST_CASE("registry withdraws a holder but remembers the file", "[registry]") {
 }
 
 TEST_CASE("registry pages files in id order", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
   std::set<FileId> announced;
@@ -307,7 +342,7 @@ TEST_CASE("registry pages files in id order", "[registry]") {
 }
 
 TEST_CASE("registry keeps everything across a reopen", "[registry]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   const PeerId gone = make_peer_id(3);
@@ -316,7 +351,7 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
   have.set(ChunkIndex{2});
   FileId id;
   {
-    Registry registry(dir.path(), kExpiry);
+    Registry registry(store.location(), kExpiry);
     registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
     registry.upsert_peer(b, "10.0.0.2", 4001, kStart);
     id = registry.announce(a, manifest, std::nullopt);
@@ -328,7 +363,7 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
     registry.flush_last_seen();
     registry.touch_peer(b, kStart + 20s);  // the destructor flushes it
   }
-  Registry registry(dir.path(), kExpiry);
+  Registry registry(store.location(), kExpiry);
   CHECK(registry.file_count() == 1);
   auto peers = registry.live_peers(std::nullopt, kStart + 30s);
   REQUIRE(peers.size() == 3);
@@ -356,11 +391,11 @@ TEST_CASE("registry keeps everything across a reopen", "[registry]") {
 }
 
 TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[registry]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const Manifest manifest = make_manifest(11, 2, "crash.bin");
   run_then_sigkill([&] {
-    Registry registry(dir.path(), kExpiry);
+    Registry registry(store.location(), kExpiry);
     registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
     registry.announce(a, manifest, std::nullopt);
     registry.touch_peer(a, kStart + 5s);
@@ -370,7 +405,7 @@ TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[reg
     return 1;
   });
 
-  Registry registry(dir.path(), kExpiry);
+  Registry registry(store.location(), kExpiry);
   const auto files = registry.list_files(std::nullopt, 10, kStart + 10s);
   REQUIRE(files.size() == 1);
   CHECK(files[0].id == manifest.file_id());
@@ -383,12 +418,12 @@ TEST_CASE("registry survives SIGKILL; only unflushed heartbeats are lost", "[reg
 }
 
 TEST_CASE("registry group commit: writes are durable from commit(), not before", "[registry]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId a = make_peer_id(1);
   const Manifest committed = make_manifest(21, 2, "committed.bin");
   const Manifest pending = make_manifest(22, 2, "pending.bin");
   run_then_sigkill([&] {
-    Registry registry(dir.path(), kExpiry);
+    Registry registry(store.location(), kExpiry);
     if (registry.has_uncommitted()) return 2;
     registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
     registry.announce(a, committed, std::nullopt);
@@ -402,7 +437,7 @@ TEST_CASE("registry group commit: writes are durable from commit(), not before",
     return 1;
   });
 
-  Registry registry(dir.path(), kExpiry);
+  Registry registry(store.location(), kExpiry);
   CHECK_FALSE(registry.has_uncommitted());
   const auto files = registry.list_files(std::nullopt, 10, kStart + 1s);
   REQUIRE(files.size() == 1);
@@ -460,8 +495,8 @@ TEST_CASE("registry: a commit that fails rolls memory back to the last commit", 
 }
 
 TEST_CASE("registry lists a file's holders only", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   const PeerId a = make_peer_id(1);
   const PeerId b = make_peer_id(2);
   const PeerId c = make_peer_id(3);
@@ -477,8 +512,8 @@ TEST_CASE("registry lists a file's holders only", "[registry]") {
 }
 
 TEST_CASE("registry answers nullopt for an unknown file", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   CHECK_FALSE(registry.file(make_manifest(1).file_id(), kStart));
   registry.upsert_peer(make_peer_id(1), "127.0.0.1", 4000, kStart);
   registry.announce(make_peer_id(1), make_manifest(1), std::nullopt);
@@ -487,8 +522,8 @@ TEST_CASE("registry answers nullopt for an unknown file", "[registry]") {
 }
 
 TEST_CASE("registry refuses an announce from an unknown peer", "[registry]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry);
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
   std::string message;
   CHECK(error_code_of([&] { registry.announce(make_peer_id(7), make_manifest(1), std::nullopt); }, &message) ==
         Errc::protocol);
@@ -614,11 +649,11 @@ Limits small_limits() {
 }  // namespace
 
 TEST_CASE("registry refuses files past max_files_per_peer and keeps what the peer holds", "[registry][limits]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const PeerId greedy = make_peer_id(1);
   const PeerId honest = make_peer_id(2);
   {
-    Registry registry(dir.path(), kExpiry, small_limits());
+    Registry registry(store.location(), kExpiry, small_limits());
     registry.upsert_peer(greedy, "10.0.0.1", 4000, kStart);
     registry.upsert_peer(honest, "10.0.0.2", 4000, kStart);
     for (std::uint32_t i = 0; i < 3; ++i) registry.announce(greedy, make_manifest(i), std::nullopt);
@@ -643,13 +678,13 @@ TEST_CASE("registry refuses files past max_files_per_peer and keeps what the pee
   }
 
   // The count survives a reopen: it is rebuilt from the holders.
-  Registry reopened(dir.path(), kExpiry, small_limits());
+  Registry reopened(store.location(), kExpiry, small_limits());
   CHECK(error_code_of([&] { reopened.announce(greedy, make_manifest(5), std::nullopt); }) == Errc::unavailable);
 }
 
 TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry, small_limits());
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry, small_limits());
   const PeerId a = make_peer_id(1);
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
   registry.announce(a, make_manifest(1, 600), std::nullopt);
@@ -665,8 +700,8 @@ TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits
 
 TEST_CASE("registry limits new identities per address a minute, and known ones re-register freely",
           "[registry][limits]") {
-  TempDir dir;
-  Registry registry(dir.path(), kExpiry, small_limits());  // 4 a minute
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry, small_limits());  // 4 a minute
   // A burst of 4 from one address, then a refusal that changes nothing.
   for (std::uint8_t i = 1; i <= 4; ++i) registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
   std::string message;
@@ -706,7 +741,7 @@ TEST_CASE("registry limits new identities per address a minute, and known ones r
 }
 
 TEST_CASE("registry forgets peers not seen for forget_after, and files nobody holds", "[registry][forget]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   const Limits limits = small_limits();  // forget after 24 h
   const PeerId gone = make_peer_id(1);
   const PeerId back = make_peer_id(2);
@@ -715,7 +750,7 @@ TEST_CASE("registry forgets peers not seen for forget_after, and files nobody ho
   const FileId shared = make_manifest(2).file_id();
   const FileId withdrawn = make_manifest(3).file_id();
   {
-    Registry registry(dir.path(), kExpiry, limits);
+    Registry registry(store.location(), kExpiry, limits);
     registry.upsert_peer(gone, "10.0.0.1", 4000, kStart);
     registry.upsert_peer(back, "10.0.0.2", 4000, kStart);
     registry.upsert_peer(stays, "10.0.0.3", 4000, kStart);
@@ -752,7 +787,7 @@ TEST_CASE("registry forgets peers not seen for forget_after, and files nobody ho
     CHECK(error_code_of([&] { registry.announce(gone, make_manifest(1), std::nullopt); }) == Errc::protocol);
   }
   // The rows are gone too, not only the memory.
-  Registry reopened(dir.path(), kExpiry, limits);
+  Registry reopened(store.location(), kExpiry, limits);
   CHECK(reopened.peer_count() == 2);
   CHECK(reopened.file_count() == 1);
   CHECK_FALSE(reopened.file(only_gone, kStart));
@@ -762,11 +797,11 @@ TEST_CASE("registry forgets peers not seen for forget_after, and files nobody ho
 }
 
 TEST_CASE("registry forgets in bounded steps", "[registry][forget]") {
-  TempDir dir;
+  STORE_UNDER_TEST(store);
   Limits limits = small_limits();
   limits.new_peers_per_minute = 0;
   limits.max_files_per_peer = 100;
-  Registry registry(dir.path(), kExpiry, limits);
+  Registry registry(store.location(), kExpiry, limits);
   for (std::uint8_t i = 1; i <= 30; ++i) {
     registry.upsert_peer(make_peer_id(i), "10.0.0.1", 4000, kStart);
     registry.announce(make_peer_id(i), make_manifest(i), std::nullopt);  // 2 rows each: peer, holder

@@ -1,8 +1,8 @@
 // The central server's accounts: users, sessions, groups, members, pending
 // join requests and which files are in which group, in the registry's
-// SQLite database (schema version 2) and its group-commit batch.
+// store (SQLite or PostgreSQL; schema version 2) and its group-commit batch.
 //
-// Nothing is mirrored in memory: every answer is read from SQLite on the
+// Nothing is mirrored in memory: every answer is read from the store on the
 // same connection, so a rolled-back batch leaves nothing to reload.
 //
 // Threading: the central server's network thread only (like Registry).
@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "p2pshare/db.hpp"
 #include "p2pshare/registry.hpp"
-#include "p2pshare/sqlite.hpp"
 #include "p2pshare/types.hpp"
 
 namespace p2pshare::central {
@@ -73,8 +73,8 @@ class AccountStore {
   std::int64_t group_id(const std::string& group);
   std::optional<User> user_named(const std::string& name);
   Registry& registry_;
-  sqlite::Database& db_;
-  sqlite::Statement hidden_;
+  db::Database& db_;
+  db::Statement hidden_;
 };
 
 }  // namespace p2pshare::central

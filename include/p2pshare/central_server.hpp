@@ -24,6 +24,9 @@ namespace p2pshare::central {
 struct ServerConfig {
   cli::Address listen;
   std::filesystem::path data_dir;
+  // Where the registry is kept: "sqlite" (registry.db in data_dir) or a
+  // postgresql:// URL (store.hpp). The key pair stays in data_dir either way.
+  std::string store = "sqlite";
   // Peers heartbeat this often; one silent for 3 periods is no longer live.
   std::chrono::milliseconds heartbeat_interval{10000};
   std::size_t max_connections = 4096;

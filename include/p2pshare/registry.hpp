@@ -1,11 +1,12 @@
 // The central server's registry: peers, files, and who holds what, kept in
-// SQLite (WAL) and mirrored in memory so no request scans the database.
+// a store (db.hpp: SQLite, or PostgreSQL) and mirrored in memory so no
+// request scans the database.
 //
 // Threading: not thread-safe; the central server calls it from its one
 // network thread.
 //
 // Group commit: a mutating call (upsert_peer, announce, withdraw) changes
-// memory and writes its rows into one open SQLite transaction before it
+// memory and writes its rows into one open store transaction before it
 // returns; commit() ends that transaction. The server runs every request that
 // is ready, commits once, and only then answers them, so one commit (and the
 // occasional checkpoint) is shared by a whole batch and nothing is
@@ -32,10 +33,10 @@
 #include "p2pshare/manifest.hpp"
 #include "p2pshare/types.hpp"
 
-struct sqlite3;
-namespace p2pshare::sqlite {
+namespace p2pshare::db {
 class Database;
-}
+struct Location;
+}  // namespace p2pshare::db
 
 namespace p2pshare::central {
 
@@ -98,6 +99,8 @@ class Registry {
   // Opens or creates <data_dir>/registry.db. `expiry`: a peer not seen for
   // this long is not live (not listed, not counted as a holder).
   Registry(const std::filesystem::path& data_dir, std::chrono::milliseconds expiry, Limits limits = {});
+  // The same on any store (db.hpp): SQLite or PostgreSQL.
+  Registry(const db::Location& location, std::chrono::milliseconds expiry, Limits limits = {});
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -141,7 +144,7 @@ class Registry {
   // The accounts store (account_store.hpp) keeps its tables in this
   // database: `statements` runs in the open batch, under the rules above
   // (committed by commit(); if it throws, the batch is rolled back).
-  sqlite::Database& database();
+  db::Database& database();
   void write(const std::function<void()>& statements);
 
   // Writes the heartbeats kept in memory, then commits.

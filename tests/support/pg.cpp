@@ -1,0 +1,74 @@
+#include "support/pg.hpp"
+
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace p2pshare::test {
+namespace {
+
+void run_admin(const std::string& url, const std::string& sql) {
+  PGconn* conn = PQconnectdb(url.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    std::string error = PQerrorMessage(conn);
+    PQfinish(conn);
+    throw std::runtime_error("cannot connect to the test PostgreSQL (" + url + "): " + error);
+  }
+  PGresult* result = PQexec(conn, sql.c_str());
+  const bool ok = PQresultStatus(result) == PGRES_COMMAND_OK;
+  std::string error = ok ? std::string() : std::string(PQerrorMessage(conn));
+  PQclear(result);
+  PQfinish(conn);
+  if (!ok) throw std::runtime_error(sql + ": " + error);
+}
+
+}  // namespace
+
+std::string test_pg_url() {
+  const char* url = std::getenv("P2PSHARE_TEST_PG");  // NOLINT(concurrency-mt-unsafe): nobody sets it
+  if (url == nullptr || *url == '\0') {
+    FAIL(
+        "this test needs PostgreSQL: P2PSHARE_TEST_PG is not set. Run it through ctest (the \"pg: start\" "
+        "fixture starts a throwaway cluster), or start one with tests/pg/cluster.sh start DIR and set "
+        "P2PSHARE_TEST_PG to the URL it prints");
+  }
+  return url;
+}
+
+std::string pg_url_with_database(const std::string& url, const std::string& dbname) {
+  const auto scheme_end = url.find("://");
+  if (scheme_end == std::string::npos) throw std::invalid_argument("not a postgresql:// URL: " + url);
+  const auto authority = scheme_end + 3;
+  const auto query = url.find('?', authority);
+  auto slash = url.find('/', authority);
+  if (slash != std::string::npos && query != std::string::npos && slash > query) slash = std::string::npos;
+  const std::string head =
+      url.substr(0, slash == std::string::npos ? (query == std::string::npos ? url.size() : query) : slash);
+  const std::string tail = query == std::string::npos ? std::string() : url.substr(query);
+  return head + "/" + dbname + tail;
+}
+
+FreshPgDatabase::FreshPgDatabase() : admin_url_(test_pg_url()) {
+  static std::atomic<unsigned> counter{0};
+  std::random_device random;
+  name_ = "p2pshare_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1)) + "_" +
+          std::to_string(random() % 1000000);
+  run_admin(admin_url_, "CREATE DATABASE " + name_);
+  url_ = pg_url_with_database(admin_url_, name_);
+}
+
+FreshPgDatabase::~FreshPgDatabase() {
+  try {
+    run_admin(admin_url_, "DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+  } catch (const std::exception& error) {
+    WARN("could not drop test database " << name_ << ": " << error.what());
+  }
+}
+
+}  // namespace p2pshare::test

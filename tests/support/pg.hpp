@@ -1,0 +1,37 @@
+// A fresh PostgreSQL database per test, on the throwaway cluster the test
+// command starts (tests/pg/cluster.sh, the "pg: start" CTest fixture), whose
+// URL is in the environment variable P2PSHARE_TEST_PG. A test that needs
+// PostgreSQL fails with a clear message when the variable is missing: it is
+// never skipped silently.
+#pragma once
+
+#include <string>
+
+namespace p2pshare::test {
+
+// The cluster's URL (P2PSHARE_TEST_PG); fails the current test when unset.
+std::string test_pg_url();
+
+// `url` with its database name replaced by `dbname` (the rest kept as is).
+std::string pg_url_with_database(const std::string& url, const std::string& dbname);
+
+class FreshPgDatabase {
+ public:
+  // CREATE DATABASE with a name unique to this process and object.
+  FreshPgDatabase();
+  // DROP DATABASE ... WITH (FORCE): connections still open are ended.
+  ~FreshPgDatabase();
+  FreshPgDatabase(const FreshPgDatabase&) = delete;
+  FreshPgDatabase& operator=(const FreshPgDatabase&) = delete;
+
+  const std::string& name() const { return name_; }
+  // A postgresql:// URL of the new database.
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string admin_url_;
+  std::string name_;
+  std::string url_;
+};
+
+}  // namespace p2pshare::test
