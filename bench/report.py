@@ -63,6 +63,7 @@ GOAL_COMMANDS = {
     "5": "p2pshare_bench.py --goals 1,5",
     "6": "bench/opentracker_load.sh (baselines) + p2pshare_bench.py --goals 6",
     "7": "p2pshare_bench.py --goals 7",
+    "8": "p2pshare_bench.py --goals 8 (its own PostgreSQL, fsync on; SQLite, one and two central servers run by run)",
 }
 
 
