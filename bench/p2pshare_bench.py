@@ -12,7 +12,9 @@ usage: /usr/bin/python3 bench/p2pshare_bench.py [--small] [--goals 1,2,...]
            [--baselines bench/results/baselines.json] [--out PATH]
            [--bin build/release/p2pshare]
            [--load-bin build/release/bench/p2pshare_central_load]
-env:   BENCH_RUNS (default 3; 1 with --small), BENCH_TMPDIR (scratch parent)
+env:   BENCH_RUNS (default 3; 1 with --small), BENCH_TMPDIR (scratch parent),
+       BENCH_PG_INFLIGHT, BENCH_PG_SYNC (goal 8, diagnosis only: see
+       bench/benchmarks-notes.md), P2PSHARE_PG_BIN (PostgreSQL's bin dir)
 
 Exit status: 0 when every goal ran (met or not); 1 when one could not run or
 something was wrong: a crash, an unclean exit, a download whose bytes differ
