@@ -1,8 +1,10 @@
 #include "p2pshare/central_server.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <set>
+#include <system_error>
 
 #include <fmt/format.h>
 
@@ -29,6 +31,10 @@ constexpr std::size_t kMaxHoldersPerAnswer = 200;
 // Rows one forgetting step may delete before the waiting requests run: a
 // step of 500 took a median 4 ms on the test machine, one of 2,000 took 14.
 constexpr std::size_t kForgetBatchRows = 500;
+// Several central servers on one PostgreSQL: the longest a change made through
+// another one takes to show in list_files here (a read that misses catches up
+// at once).
+constexpr std::chrono::milliseconds kSyncInterval{100};
 // Password guesses: the first 5 failures for a user name or an address are
 // free (typos), then each waits twice as long, up to 15 minutes. 4,096
 // keys each: a few hundred KiB at most, whatever an attacker sends.
@@ -66,6 +72,18 @@ void fill_peer(const PeerRecord& peer, pb::PeerEntry* entry) {
       std::chrono::duration_cast<std::chrono::milliseconds>(peer.last_seen.time_since_epoch()).count());
 }
 
+// The data dir holds the key pair whatever the store: made here, as the
+// SQLite store made it before there was another.
+Registry open_registry(const ServerConfig& config) {
+  std::error_code error;
+  std::filesystem::create_directories(config.data_dir, error);
+  if (error) {
+    throw Error(Errc::io, fmt::format("central: creating {} failed: {}", config.data_dir.string(), error.message()));
+  }
+  return Registry(db::parse_location(config.store, config.data_dir, "registry.db"), config.heartbeat_interval * 3,
+                  config.limits);
+}
+
 }  // namespace
 
 struct Session {
@@ -89,8 +107,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         config(std::move(cfg)),
         acceptor(io),
         flush_timer(io),
-        registry(db::parse_location(config.store, config.data_dir, "registry.db"), config.heartbeat_interval * 3,
-                 config.limits),
+        sync_timer(io),
+        registry(open_registry(config)),
         identity(tls::load_or_create_identity(config.data_dir, false)),
         context(tls::make_context(tls::Side::server, &identity)),
         accounts(registry),
@@ -104,6 +122,10 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   ServerConfig config;
   asio::ip::tcp::acceptor acceptor;
   asio::steady_timer flush_timer;
+  // Several central servers on one PostgreSQL: how often the others'
+  // changes are read into memory (Registry::sync).
+  asio::steady_timer sync_timer;
+  bool sync_failing = false;  // logged once per outage, not every tick
   Registry registry;
   tls::Identity identity;
   std::shared_ptr<asio::ssl::context> context;
@@ -628,6 +650,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           if (!file) throw Error(Errc::bad_request, "file id must be 32 bytes");
         }
         auto* out = response.mutable_peer_list();
+        if (file && registry.shared() && !registry.summary(*file, now)) catch_up();
         for (const auto& peer : registry.live_peers(file, now)) fill_peer(peer, out->add_peers());
         return;
       }
@@ -635,6 +658,12 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         auto id = file_id_from_bytes(request.get_file().file_id());
         if (!id) throw Error(Errc::bad_request, "file id must be 32 bytes");
         auto details = registry.file(*id, now);
+        // Announced through another central server a moment ago: read the
+        // change log now rather than answer "unknown" until the next poll.
+        if (!details && registry.shared()) {
+          catch_up();
+          details = registry.file(*id, now);
+        }
         // A group's file is described to its members only; to anyone else
         // it is as unknown as a file id nobody registered.
         const bool visible = details && (!accounts.hidden(*id) || [&] {
@@ -669,6 +698,32 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         break;
     }
     throw Error(Errc::protocol, "unknown request");
+  }
+
+  // Applies the other central servers' changes (shared stores only). Runs
+  // with no batch open: the pending writes are committed (and their answers
+  // sent) first, as the flush timer does.
+  void catch_up() {
+    if (!registry.shared()) return;
+    if (registry.has_uncommitted()) commit();
+    try {
+      registry.sync();
+      if (sync_failing) log::info("central: reading the other central servers' changes works again");
+      sync_failing = false;
+    } catch (const std::exception& e) {
+      if (!sync_failing) log::warn("central: reading the other central servers' changes failed: {}", e.what());
+      sync_failing = true;
+    }
+  }
+
+  void schedule_sync() {
+    if (!registry.shared()) return;
+    sync_timer.expires_after(kSyncInterval);
+    sync_timer.async_wait([self = shared_from_this()](const std::error_code& ec) {
+      if (ec || self->stopping) return;
+      self->catch_up();
+      self->schedule_sync();
+    });
   }
 
   void schedule_flush() {
@@ -722,6 +777,7 @@ cli::Address CentralServer::start() {
   impl_->accept();
   if (impl_->config.http) impl_->start_http();
   impl_->schedule_flush();
+  impl_->schedule_sync();
   return bound;
 }
 
@@ -733,6 +789,7 @@ void CentralServer::stop() {
     impl->acceptor.close(ignored);
     if (impl->http_server) impl->http_server->stop();
     impl->flush_timer.cancel();
+    impl->sync_timer.cancel();
     // Whatever was written is committed, with the heartbeats, before the
     // connections close.
     impl->commit(true);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -10,6 +11,7 @@
 
 #include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
+#include "p2pshare/hash.hpp"
 
 // Durability: the database runs in WAL mode with synchronous=NORMAL. Writes
 // go into one open transaction (group commit) that commit() ends; a committed
@@ -23,10 +25,19 @@
 namespace p2pshare::central {
 namespace {
 
-constexpr std::int64_t kSchemaVersion = 2;
+constexpr std::int64_t kSchemaVersion = 3;
 // Names are metadata anyone can add to; the cap keeps a popular file's row
 // (and every FileDetails reply) bounded.
 constexpr std::size_t kMaxNamesPerFile = 16;
+// The change log keeps this much history; a central server that has not
+// read it for half of that reloads everything instead (it may have missed
+// trimmed rows).
+constexpr std::int64_t kChangeLogKeepMs = 10 * 60 * 1000;
+// Serializes appending to the change log and the commit after it, so that
+// sequence numbers become visible in order: a reader that saw seq N has seen
+// every change below N.
+constexpr std::int64_t kChangeLogLock = 0x70327073686c67;
+constexpr std::int64_t kChangesPerRead = 1000;
 
 // kMigrations[v] brings a store at schema version v to version v + 1, in
 // each dialect (db::open): the same numbered steps on SQLite and on
@@ -173,6 +184,30 @@ CREATE TABLE file_groups (
 CREATE INDEX file_groups_by_group ON file_groups (group_id);
 CREATE TABLE public_files (file_id BYTEA PRIMARY KEY);
 )sql"},
+    // 3: the change log several central servers on one database read each
+    // other's writes from (Registry::sync). Written on PostgreSQL only; the
+    // table exists on SQLite too so the steps stay the same.
+    {R"sql(
+CREATE TABLE changes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  origin INTEGER NOT NULL,        -- the writing central's random instance id
+  kind INTEGER NOT NULL,          -- 1 peer, 2 holder, 3 file
+  peer_id BLOB,
+  file_id BLOB,
+  at_ms INTEGER NOT NULL          -- Unix milliseconds, for trimming
+);
+)sql",
+     R"sql(
+CREATE TABLE changes (
+  seq BIGSERIAL PRIMARY KEY,
+  origin BIGINT NOT NULL,
+  kind SMALLINT NOT NULL,
+  peer_id BYTEA,
+  file_id BYTEA,
+  at_ms BIGINT NOT NULL
+);
+CREATE INDEX changes_by_time ON changes (at_ms);
+)sql"},
 }};
 
 std::int64_t to_unix_ms(SystemClock::time_point time) {
@@ -237,6 +272,9 @@ struct Registry::Impl {
 
   Impl(const db::Location& location, std::chrono::milliseconds expiry, Limits configured);
   void load();
+  // Replaces memory with the store's contents; if the store cannot be read,
+  // memory stays as it was, needs_reload is set and this throws.
+  void reload();
   // Opens the batch transaction if none is open.
   void begin_writes();
   // Runs `write` (statements only) in the batch; if it throws, the batch is
@@ -255,6 +293,29 @@ struct Registry::Impl {
   // Deletes `count` of the peer's holdings (the peer stays, for a later step).
   void forget_holdings(Peer& peer, std::size_t count);
   std::size_t forget_orphans(std::size_t max_rows, bool& more);
+
+  // --- several central servers on one PostgreSQL database (sync) ---------
+  enum ChangeKind : std::int64_t { kPeerChanged = 1, kHolderChanged = 2, kFileChanged = 3 };
+  struct Change {
+    std::int64_t kind = 0;
+    PeerId peer;
+    FileId file;
+    auto operator<=>(const Change&) const = default;
+  };
+  // Notes a change of this batch for the other centrals (shared stores only).
+  void record(std::int64_t kind, const PeerId& peer, const FileId& file) {
+    if (shared) pending_changes.insert(Change{kind, peer, file});
+  }
+  // Appends the batch's changes to the log, in the batch's transaction.
+  void append_changes(std::int64_t now_ms);
+  // Memory takes the store's current rows for one key.
+  void apply_peer(const PeerId& id);
+  void apply_holder(const PeerId& peer_id, const FileId& file_id);
+  // False if the file has no row (any memory of it is dropped).
+  bool apply_file(const FileId& id);
+  void drop_peer(const PeerId& id);
+  void drop_file(const FileId& id);
+  void drop_holding(File& file, const FileId& file_id, const PeerId& peer_id);
 
   std::unique_ptr<db::Database> db;
   std::string path;    // what db is, for messages
@@ -281,6 +342,22 @@ struct Registry::Impl {
   std::set<FileId> orphans;        // files nobody holds: forget_stale removes them
   // Keyed by source address; memory only (a restart refills every bucket).
   std::unordered_map<std::string, Bucket> new_peer_buckets;
+
+  bool needs_reload = false;  // a failed batch could not reload memory yet
+  // Shared stores (PostgreSQL): other central servers write the same rows.
+  bool shared = false;
+  std::int64_t origin = 0;    // this instance's id in the change log
+  std::int64_t last_seq = 0;  // the change log is applied up to here
+  std::int64_t last_sync_ms = 0;
+  std::set<Change> pending_changes;
+  db::Statement append_change;
+  db::Statement read_changes;
+  db::Statement select_peer;
+  db::Statement select_holder;
+  db::Statement select_file;
+  db::Statement select_names;
+  db::Statement trim_changes;
+  db::Statement lock_log;
 };
 
 Registry::Impl::Impl(const db::Location& location, std::chrono::milliseconds expiry, Limits configured)
@@ -293,10 +370,12 @@ Registry::Impl::Impl(const db::Location& location, std::chrono::milliseconds exp
                               "last_seen_ms = excluded.last_seen_ms",
                               "upsert peer")),
       update_last_seen(db->prepare("UPDATE peers SET last_seen_ms = ?2 WHERE id = ?1", "update last_seen")),
-      insert_file(
-          db->prepare("INSERT INTO files (id, size, chunk_size, chunk_hashes) VALUES (?1, ?2, ?3, ?4)", "insert file")),
+      insert_file(db->prepare("INSERT INTO files (id, size, chunk_size, chunk_hashes) VALUES (?1, ?2, ?3, ?4) "
+                              "ON CONFLICT DO NOTHING",
+                              "insert file")),
       insert_name(
-          db->prepare("INSERT INTO file_names (file_id, position, name) VALUES (?1, ?2, ?3)", "insert file name")),
+          db->prepare("INSERT INTO file_names (file_id, position, name) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                      "insert file name")),
       upsert_holder(db->prepare("INSERT INTO holders (peer_id, file_id, partial) VALUES (?1, ?2, ?3) "
                                 "ON CONFLICT (peer_id, file_id) DO UPDATE SET partial = excluded.partial",
                                 "upsert holder")),
@@ -304,11 +383,32 @@ Registry::Impl::Impl(const db::Location& location, std::chrono::milliseconds exp
       delete_peer(db->prepare("DELETE FROM peers WHERE id = ?1", "delete peer")),
       delete_file_names(db->prepare("DELETE FROM file_names WHERE file_id = ?1", "delete file names")),
       delete_file(db->prepare("DELETE FROM files WHERE id = ?1", "delete file")) {
+  shared = db->dialect() == db::Dialect::postgresql;
+  if (shared) {
+    std::array<std::uint8_t, 8> random{};
+    random_bytes(random);
+    for (const auto byte : random) origin = (origin << 8) | byte;
+    origin &= std::numeric_limits<std::int64_t>::max();
+    append_change = db->prepare(
+        "INSERT INTO changes (origin, kind, peer_id, file_id, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)", "log a change");
+    read_changes = db->prepare(
+        "SELECT seq, origin, kind, peer_id, file_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2", "read changes");
+    select_peer = db->prepare("SELECT host, port, last_seen_ms FROM peers WHERE id = ?1", "read a peer");
+    select_holder = db->prepare("SELECT partial FROM holders WHERE peer_id = ?1 AND file_id = ?2", "read a holder");
+    select_file = db->prepare("SELECT size, chunk_size, chunk_hashes FROM files WHERE id = ?1", "read a file");
+    select_names =
+        db->prepare("SELECT name FROM file_names WHERE file_id = ?1 ORDER BY position", "read a file's names");
+    trim_changes = db->prepare("DELETE FROM changes WHERE at_ms < ?1", "trim the change log");
+    lock_log = db->prepare(fmt::format("SELECT pg_advisory_xact_lock({})", kChangeLogLock), "lock the change log");
+  }
   load();
 }
 
 void Registry::Impl::begin_writes() {
   if (batch) return;
+  // After a failed batch whose reload failed too (the store was away),
+  // nothing is written until memory agrees with the store again.
+  if (needs_reload) reload();
   db->begin();
   batch = true;
 }
@@ -327,6 +427,24 @@ void Registry::Impl::write(F&& write) {
 void Registry::Impl::abandon_batch() noexcept {
   if (batch) db->rollback();
   batch = false;
+  pending_changes.clear();
+  try {
+    reload();
+  } catch (const std::exception&) {
+    // The store cannot even be read (PostgreSQL is away): memory stays as
+    // it was, and the next write reloads first (begin_writes), so nothing
+    // is acknowledged that was not stored.
+  }
+}
+
+void Registry::Impl::reload() {
+  // std::map and std::set keep their nodes when moved: the Holding
+  // pointers into the old peers stay valid if the old state comes back.
+  auto old_peers = std::move(peers);
+  auto old_by_last_seen = std::move(peers_by_last_seen);
+  auto old_dirty = std::move(dirty_peers);
+  auto old_files = std::move(files);
+  auto old_orphans = std::move(orphans);
   peers.clear();
   peers_by_last_seen.clear();
   dirty_peers.clear();
@@ -334,10 +452,16 @@ void Registry::Impl::abandon_batch() noexcept {
   orphans.clear();
   try {
     load();
-  } catch (const std::exception&) {
-    // The store cannot even be read: memory stays empty and every later
-    // write fails too, so nothing is acknowledged that was not stored.
+  } catch (...) {
+    peers = std::move(old_peers);
+    peers_by_last_seen = std::move(old_by_last_seen);
+    dirty_peers = std::move(old_dirty);
+    files = std::move(old_files);
+    orphans = std::move(old_orphans);
+    needs_reload = true;
+    throw;
   }
+  needs_reload = false;
 }
 
 void Registry::Impl::load() {
@@ -412,6 +536,12 @@ void Registry::Impl::load() {
   for (const auto& [id, file] : files) {
     if (file.holders.empty()) orphans.insert(id);
   }
+  if (shared) {
+    // The log position of this snapshot: sync applies what came after.
+    auto max_seq = db->prepare("SELECT COALESCE(MAX(seq), 0) FROM changes", "read the change log position");
+    if (max_seq.step()) last_seq = max_seq.column_int(0);
+    max_seq.reset();
+  }
 }
 
 void Registry::Impl::set_last_seen(Peer& peer, std::int64_t ms) {
@@ -485,6 +615,7 @@ std::size_t Registry::Impl::forget_peers(std::int64_t cutoff_ms, std::size_t max
   });
 
   for (Peer* peer : stale) {
+    record(kPeerChanged, peer->id, {});
     for (const FileId& file_id : peer->files) {
       File& file = files.at(file_id);
       file.holders.erase(peer->id);
@@ -508,6 +639,7 @@ void Registry::Impl::forget_holdings(Peer& peer, std::size_t count) {
     }
   });
   for (const FileId& file_id : gone) {
+    record(kHolderChanged, peer.id, file_id);
     File& file = files.at(file_id);
     file.holders.erase(peer.id);
     if (file.holders.empty()) orphans.insert(file_id);
@@ -540,10 +672,157 @@ std::size_t Registry::Impl::forget_orphans(std::size_t max_rows, bool& more) {
   });
 
   for (const FileId& id : gone) {
+    record(kFileChanged, {}, id);
     files.erase(id);
     orphans.erase(id);
   }
   return gone.size();
+}
+
+namespace {
+
+std::int64_t wall_clock_ms() {
+  return to_unix_ms(SystemClock::now());
+}
+
+}  // namespace
+
+void Registry::Impl::append_changes(std::int64_t now_ms) {
+  if (pending_changes.empty()) return;
+  write([&] {
+    lock_log.run();
+    for (const Change& change : pending_changes) {
+      append_change.bind_int(1, origin).bind_int(2, change.kind);
+      if (change.kind == kFileChanged) {
+        append_change.bind_null(3);
+      } else {
+        append_change.bind_blob(3, change.peer.bytes);
+      }
+      if (change.kind == kPeerChanged) {
+        append_change.bind_null(4);
+      } else {
+        append_change.bind_blob(4, change.file.bytes);
+      }
+      append_change.bind_int(5, now_ms);
+      append_change.run();
+    }
+  });
+  pending_changes.clear();
+}
+
+void Registry::Impl::drop_peer(const PeerId& id) {
+  const auto it = peers.find(id);
+  if (it == peers.end()) return;
+  Peer& peer = it->second;
+  for (const FileId& file_id : peer.files) {
+    const auto file = files.find(file_id);
+    if (file == files.end()) continue;
+    file->second.holders.erase(id);
+    if (file->second.holders.empty()) orphans.insert(file_id);
+  }
+  if (peer.last_seen_dirty) std::erase(dirty_peers, &peer);
+  peers_by_last_seen.erase({peer.last_seen_ms, id});
+  peers.erase(it);
+}
+
+void Registry::Impl::drop_holding(File& file, const FileId& file_id, const PeerId& peer_id) {
+  if (file.holders.erase(peer_id) == 0) return;
+  const auto peer = peers.find(peer_id);
+  if (peer != peers.end() && peer->second.files.erase(file_id) != 0) peer->second.chunks -= file.chunk_hashes.size();
+  if (file.holders.empty()) orphans.insert(file_id);
+}
+
+void Registry::Impl::drop_file(const FileId& id) {
+  const auto it = files.find(id);
+  if (it == files.end()) return;
+  for (const auto& [peer_id, holding] : it->second.holders) {
+    const auto peer = peers.find(peer_id);
+    if (peer != peers.end() && peer->second.files.erase(id) != 0) {
+      peer->second.chunks -= it->second.chunk_hashes.size();
+    }
+  }
+  files.erase(it);
+  orphans.erase(id);
+}
+
+void Registry::Impl::apply_peer(const PeerId& id) {
+  select_peer.bind_blob(1, id.bytes);
+  if (!select_peer.step()) {
+    drop_peer(id);
+    return;
+  }
+  const std::string host(select_peer.column_text(0));
+  const auto port = static_cast<std::uint16_t>(select_peer.column_int(1));
+  const std::int64_t last_seen_ms = select_peer.column_int(2);
+  select_peer.reset();
+  auto [it, inserted] = peers.try_emplace(id);
+  Peer& peer = it->second;
+  if (inserted) {
+    peer.id = id;
+    peer.last_seen_ms = last_seen_ms;
+    peers_by_last_seen.emplace(last_seen_ms, id);
+  } else {
+    // A heartbeat this central holds in memory may be newer than the row.
+    set_last_seen(peer, std::max(peer.last_seen_ms, last_seen_ms));
+  }
+  peer.host = host;
+  peer.port = port;
+}
+
+bool Registry::Impl::apply_file(const FileId& id) {
+  select_file.bind_blob(1, id.bytes);
+  if (!select_file.step()) {
+    drop_file(id);
+    return false;
+  }
+  auto [it, inserted] = files.try_emplace(id);
+  File& file = it->second;
+  if (inserted) {
+    const auto hashes = select_file.column_blob(2);
+    file.size = static_cast<std::uint64_t>(select_file.column_int(0));
+    file.chunk_size = static_cast<std::uint32_t>(select_file.column_int(1));
+    file.chunk_hashes.resize(hashes.size() / Sha256Digest::kSize);
+    for (std::size_t i = 0; i < file.chunk_hashes.size(); ++i) {
+      std::copy_n(hashes.begin() + static_cast<std::ptrdiff_t>(i * Sha256Digest::kSize), Sha256Digest::kSize,
+                  file.chunk_hashes[i].bytes.begin());
+    }
+    orphans.insert(id);  // until a holder is applied
+  }
+  select_file.reset();
+  std::vector<std::string> names;
+  select_names.bind_blob(1, id.bytes);
+  while (select_names.step()) names.emplace_back(select_names.column_text(0));
+  file.names = std::move(names);
+  return true;
+}
+
+void Registry::Impl::apply_holder(const PeerId& peer_id, const FileId& file_id) {
+  if (!peers.contains(peer_id)) apply_peer(peer_id);
+  if (!apply_file(file_id)) return;
+  File& file = files.at(file_id);
+  const auto peer_it = peers.find(peer_id);
+  select_holder.bind_blob(1, peer_id.bytes).bind_blob(2, file_id.bytes);
+  const bool found = select_holder.step();
+  if (!found || peer_it == peers.end()) {
+    select_holder.reset();
+    drop_holding(file, file_id, peer_id);
+    return;
+  }
+  std::optional<Bitfield> partial;
+  if (!select_holder.column_is_null(0)) {
+    partial = Bitfield::from_wire(as_chars(select_holder.column_blob(0)),
+                                  static_cast<std::uint32_t>(file.chunk_hashes.size()));
+    if (!partial) {
+      select_holder.reset();
+      drop_holding(file, file_id, peer_id);
+      return;
+    }
+  }
+  select_holder.reset();
+  Peer& peer = peer_it->second;
+  file.holders.insert_or_assign(peer_id, Holding{&peer, std::move(partial)});
+  if (peer.files.insert(file_id).second) peer.chunks += file.chunk_hashes.size();
+  orphans.erase(file_id);
 }
 
 namespace {
@@ -598,6 +877,7 @@ void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint1
   peer.port = port;
   // The row now holds the newest value; flush_last_seen skips this peer.
   peer.last_seen_dirty = false;
+  impl_->record(Impl::kPeerChanged, id, {});
 }
 
 bool Registry::touch_peer(const PeerId& id, SystemClock::time_point now) {
@@ -692,6 +972,7 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
   file_it->second.holders.insert_or_assign(peer_id, Impl::Holding{&peer, std::move(partial)});
   if (peer.files.insert(id).second) peer.chunks += chunks;
   impl_->orphans.erase(id);
+  impl_->record(Impl::kHolderChanged, peer_id, id);
   return id;
 }
 
@@ -711,6 +992,7 @@ bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
   Impl::Peer& peer = impl_->peers.at(peer_id);
   if (peer.files.erase(file_id) != 0) peer.chunks -= file_it->second.chunk_hashes.size();
   if (holders.empty()) impl_->orphans.insert(file_id);
+  impl_->record(Impl::kHolderChanged, peer_id, file_id);
   return true;
 }
 
@@ -789,6 +1071,12 @@ Forgotten Registry::forget_stale(SystemClock::time_point now, std::size_t max_ro
   forgotten.peers = impl_->forget_peers(now_ms - impl_->limits.forget_after.count(), max_rows, forgotten.more);
   // With peers still due, the files go in a later call: one call stays bounded.
   if (!forgotten.more) forgotten.files = impl_->forget_orphans(max_rows, forgotten.more);
+  if (impl_->shared) {
+    impl_->write([&] {
+      impl_->trim_changes.bind_int(1, wall_clock_ms() - kChangeLogKeepMs);
+      impl_->trim_changes.run();
+    });
+  }
   for (auto it = impl_->new_peer_buckets.begin(); it != impl_->new_peer_buckets.end();) {
     impl_->refill(it->second, now_ms);
     if (it->second.credit >= std::int64_t{impl_->limits.new_peers_per_minute} * Impl::kMinute) {
@@ -798,6 +1086,60 @@ Forgotten Registry::forget_stale(SystemClock::time_point now, std::size_t max_ro
     }
   }
   return forgotten;
+}
+
+bool Registry::shared() const noexcept {
+  return impl_->shared;
+}
+
+std::size_t Registry::sync() {
+  Impl& impl = *impl_;
+  if (!impl.shared || impl.batch) return 0;
+  const std::int64_t now_ms = wall_clock_ms();
+  // Behind for longer than the log is sure to keep (or memory is known to
+  // be wrong): start again from a full snapshot.
+  if (impl.needs_reload || (impl.last_sync_ms != 0 && now_ms - impl.last_sync_ms > kChangeLogKeepMs / 2)) {
+    impl.reload();
+    impl.last_sync_ms = now_ms;
+    return 0;
+  }
+  struct Row {
+    std::int64_t seq = 0;
+    std::int64_t origin = 0;
+    std::int64_t kind = 0;
+    std::optional<PeerId> peer;
+    std::optional<FileId> file;
+  };
+  std::size_t applied = 0;
+  for (int round = 0; round < 10; ++round) {
+    std::vector<Row> rows;
+    impl.read_changes.bind_int(1, impl.last_seq).bind_int(2, kChangesPerRead);
+    while (impl.read_changes.step()) {
+      Row row;
+      row.seq = impl.read_changes.column_int(0);
+      row.origin = impl.read_changes.column_int(1);
+      row.kind = impl.read_changes.column_int(2);
+      if (!impl.read_changes.column_is_null(3))
+        row.peer = peer_id_from_bytes(as_chars(impl.read_changes.column_blob(3)));
+      if (!impl.read_changes.column_is_null(4))
+        row.file = file_id_from_bytes(as_chars(impl.read_changes.column_blob(4)));
+      rows.push_back(std::move(row));
+    }
+    for (const Row& row : rows) {
+      if (row.origin != impl.origin) {
+        // Each change reloads the rows it names: applying one twice, or
+        // after a later one, leaves memory equal to the store.
+        if (row.kind == Impl::kPeerChanged && row.peer) impl.apply_peer(*row.peer);
+        if (row.kind == Impl::kHolderChanged && row.peer && row.file) impl.apply_holder(*row.peer, *row.file);
+        if (row.kind == Impl::kFileChanged && row.file) impl.apply_file(*row.file);
+        ++applied;
+      }
+      impl.last_seq = row.seq;
+    }
+    if (static_cast<std::int64_t>(rows.size()) < kChangesPerRead) break;
+  }
+  impl.last_sync_ms = now_ms;
+  return applied;
 }
 
 std::size_t Registry::peer_count() const noexcept {
@@ -814,7 +1156,11 @@ void Registry::flush_last_seen() {
         impl_->update_last_seen.run();
       }
     });
-    for (Impl::Peer* peer : impl_->dirty_peers) peer->last_seen_dirty = false;
+    for (Impl::Peer* peer : impl_->dirty_peers) {
+      // Other centrals refresh these peers' liveness from their rows.
+      if (peer->last_seen_dirty) impl_->record(Impl::kPeerChanged, peer->id, {});
+      peer->last_seen_dirty = false;
+    }
     impl_->dirty_peers.clear();
   }
   commit();
@@ -835,6 +1181,7 @@ bool Registry::has_uncommitted() const noexcept {
 void Registry::commit() {
   if (!impl_->batch) return;
   try {
+    if (impl_->shared) impl_->append_changes(wall_clock_ms());
     impl_->db->commit();
     impl_->batch = false;
   } catch (...) {

@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 #include <catch2/catch.hpp>
@@ -29,6 +30,8 @@ using p2pshare::Errc;
 using p2pshare::FileId;
 using p2pshare::Manifest;
 using p2pshare::PeerId;
+using p2pshare::central::Forgotten;
+using p2pshare::central::Limits;
 using p2pshare::central::PeerRecord;
 using p2pshare::central::Registry;
 using p2pshare::central::SystemClock;
@@ -536,12 +539,12 @@ TEST_CASE("registry refuses a database from a newer version", "[registry]") {
   { Registry registry(dir.path(), kExpiry); }
   {
     p2pshare::sqlite::Database db(dir / "registry.db", "test");
-    CHECK(db.user_version() == 2);
-    db.set_user_version(3);
+    CHECK(db.user_version() == 3);
+    db.set_user_version(4);
   }
   std::string message;
   CHECK(error_code_of([&] { Registry registry(dir.path(), kExpiry); }, &message) == Errc::io);
-  CHECK_THAT(message, Catch::Contains("schema version 3"));
+  CHECK_THAT(message, Catch::Contains("schema version 4"));
 }
 
 TEST_CASE("sqlite transactions roll back unless committed", "[registry][sqlite]") {
@@ -884,4 +887,221 @@ TEST_CASE("sqlite::migrate runs the missing steps and refuses a newer file", "[r
     CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
     CHECK(db.user_version() == 2);
   }
+}
+
+// --- several central servers on one PostgreSQL database -------------------
+
+TEST_CASE("registry: two registries on one PostgreSQL database are one registry after sync", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry a(location, kExpiry);
+  Registry b(location, kExpiry);
+  REQUIRE(a.shared());
+  const PeerId p = make_peer_id(1);
+  const PeerId q = make_peer_id(2);
+  const Manifest manifest = make_manifest(41, 4, "shared.bin");
+  const FileId id = manifest.file_id();
+
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  CHECK(a.announce(p, manifest, std::nullopt) == id);
+  a.commit();
+  // Memory only changes by sync: B has not read the log yet.
+  CHECK_FALSE(b.file(id, kStart));
+  CHECK(b.sync() == 2);  // the peer and its holding
+  auto details = b.file(id, kStart + 1s);
+  REQUIRE(details);
+  CHECK(details->manifest.chunk_hashes == manifest.chunk_hashes);
+  CHECK(details->names == std::vector<std::string>{"shared.bin"});
+  REQUIRE(details->live_holders.size() == 1);
+  CHECK(details->live_holders[0].peer.id == p);
+  CHECK(details->live_holders[0].peer.host == "10.0.0.1");
+  CHECK(b.sync() == 0);  // applied once
+
+  // The other way, with a partial holder and a second name.
+  Bitfield have(4);
+  have.set(ChunkIndex{1});
+  b.upsert_peer(q, "10.0.0.2", 4001, kStart);
+  b.announce(q, make_manifest(41, 4, "other-name.bin"), have);
+  b.commit();
+  CHECK(a.sync() == 2);
+  details = a.file(id, kStart + 1s);
+  REQUIRE(details);
+  CHECK(details->names == std::vector<std::string>{"shared.bin", "other-name.bin"});
+  CHECK(ids_of(a.live_peers(id, kStart + 1s)) == std::set<PeerId>{p, q});
+  for (const auto& holder : details->live_holders) {
+    CHECK(holder.partial.has_value() == (holder.peer.id == q));
+  }
+  // A's own changes are not applied to A again.
+  CHECK(a.sync() == 0);
+
+  // Withdraw through A: gone from B after its sync.
+  REQUIRE(a.withdraw(p, id));
+  a.commit();
+  CHECK(ids_of(b.live_peers(id, kStart + 1s)) == std::set<PeerId>{p, q});
+  b.sync();
+  CHECK(ids_of(b.live_peers(id, kStart + 1s)) == std::set<PeerId>{q});
+  CHECK(b.summary(id, kStart + 1s)->live_holders == 1);
+
+  // A third registry opened now starts from the store and the log's end.
+  Registry c(location, kExpiry);
+  CHECK(ids_of(c.live_peers(id, kStart + 1s)) == std::set<PeerId>{q});
+  CHECK(c.sync() == 0);
+}
+
+TEST_CASE("registry: liveness crosses registries by the flushed heartbeats and so does forgetting", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Limits limits;
+  limits.forget_after = 10min;
+  Registry a(location, kExpiry, limits);
+  Registry b(location, kExpiry, limits);
+  const PeerId p = make_peer_id(1);
+  const Manifest manifest = make_manifest(51, 2, "alive.bin");
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  a.announce(p, manifest, std::nullopt);
+  a.commit();
+  b.sync();
+  const auto later = kStart + kExpiry + 30s;  // past the expiry of kStart
+  CHECK(b.live_peers(std::nullopt, later).empty());
+
+  // A heartbeat on A stays in A's memory (no write per heartbeat)...
+  REQUIRE(a.touch_peer(p, kStart + kExpiry));
+  b.sync();
+  CHECK(b.live_peers(std::nullopt, later).empty());
+  CHECK(ids_of(a.live_peers(std::nullopt, later)) == std::set<PeerId>{p});
+  // ...until A flushes them: then B sees the peer live again.
+  a.flush_last_seen();
+  CHECK(b.sync() == 1);
+  CHECK(ids_of(b.live_peers(std::nullopt, later)) == std::set<PeerId>{p});
+  CHECK(b.summary(manifest.file_id(), later)->live_holders == 1);
+
+  // A forgets the silent peer and then the file nobody holds; B follows.
+  const auto much_later = kStart + kExpiry + 20min;
+  Forgotten forgotten = a.forget_stale(much_later, 1000);
+  a.commit();
+  CHECK(forgotten.peers == 1);
+  std::size_t files = forgotten.files;
+  if (files == 0) {
+    files = a.forget_stale(much_later, 1000).files;
+    a.commit();
+  }
+  CHECK(files == 1);
+  b.sync();
+  CHECK(b.peer_count() == 0);
+  CHECK(b.file_count() == 0);
+  // B's own forgetting then finds nothing to do, and fails on nothing.
+  forgotten = b.forget_stale(much_later, 1000);
+  b.commit();
+  CHECK(forgotten.peers + forgotten.files == 0);
+}
+
+TEST_CASE("registry on PostgreSQL: a lost connection fails one batch as unavailable and then reconnects",
+          "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry registry(location, kExpiry);
+  const PeerId p = make_peer_id(1);
+  const Manifest kept = make_manifest(61, 2, "kept.bin");
+  registry.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  registry.announce(p, kept, std::nullopt);
+  registry.commit();
+
+  REQUIRE(pg.terminate_connections() >= 1);
+  // The first write finds the connection gone: nothing is stored or
+  // acknowledged, and the registry stays up.
+  const Manifest retried = make_manifest(62, 2, "retried.bin");
+  std::string message;
+  const auto code = error_code_of(
+      [&] {
+        registry.announce(p, retried, std::nullopt);
+        registry.commit();
+      },
+      &message);
+  INFO(message);
+  CHECK(code == Errc::unavailable);
+  CHECK_FALSE(registry.has_uncommitted());
+  // The next one reconnects; what was committed before is all there.
+  registry.announce(p, retried, std::nullopt);
+  registry.commit();
+  CHECK(registry.file(kept.file_id(), kStart));
+  CHECK(registry.file(retried.file_id(), kStart));
+  Registry reopened(location, kExpiry);
+  CHECK(reopened.file_count() == 2);
+}
+
+TEST_CASE("db::parse_location takes sqlite or a PostgreSQL URL and gives one usage error for anything else",
+          "[registry][pg]") {
+  using p2pshare::db::Dialect;
+  using p2pshare::db::parse_location;
+  const auto sqlite = parse_location("sqlite", "/data", "registry.db");
+  CHECK(sqlite.dialect == Dialect::sqlite);
+  CHECK(sqlite.sqlite_path == std::filesystem::path("/data/registry.db"));
+  CHECK(parse_location("postgresql://u@h:5432/db", "/data", "registry.db").dialect == Dialect::postgresql);
+  CHECK(parse_location("postgres:///db?host=/run/pg", "/data", "registry.db").dialect == Dialect::postgresql);
+  for (const char* bad : {"mysql://h/db", "", "SQLITE", "postgresql://h/db?nonsense=1", "postgresql://%zz/db"}) {
+    INFO(bad);
+    std::string message;
+    CHECK(error_code_of([&] { (void)parse_location(bad, "/data", "registry.db"); }, &message) == Errc::usage);
+    CHECK(message.find('\n') == std::string::npos);
+  }
+  CHECK(p2pshare::db::redacted("postgresql://u:secret@h/db") == "postgresql://u:***@h/db");
+  CHECK(p2pshare::db::redacted("postgresql:///db?user=u&password=secret&host=x") ==
+        "postgresql:///db?user=u&password=***&host=x");
+}
+
+TEST_CASE("registry refuses a PostgreSQL database from a newer version", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  { Registry registry(location, kExpiry); }
+  pg.exec("UPDATE schema_version SET version = version + 1");
+  std::string message;
+  CHECK(error_code_of([&] { Registry registry(location, kExpiry); }, &message) == Errc::io);
+  CHECK_THAT(message, Catch::Contains("schema version 4"));
+}
+
+TEST_CASE("registry on PostgreSQL: a role the server refuses is one Errc::io line", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  std::string url = pg.url();
+  const auto user = url.find("user=postgres");
+  REQUIRE(user != std::string::npos);
+  url.replace(user, 13, "user=nobody_here");
+  std::string message;
+  CHECK(error_code_of([&] { Registry registry(p2pshare::db::parse_location(url, {}, {}), kExpiry); }, &message) ==
+        Errc::io);
+  CHECK(message.find("cannot connect") != std::string::npos);
+  CHECK(message.find('\n') == std::string::npos);
+}
+
+TEST_CASE("db::open on PostgreSQL runs each missing step once and refuses a newer database", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  const std::array<p2pshare::db::Migration, 2> steps = {{
+      {"CREATE TABLE t (k INTEGER NOT NULL)", "CREATE TABLE t (k BIGINT NOT NULL)"},
+      {"ALTER TABLE t ADD COLUMN v TEXT NOT NULL DEFAULT 'new'",
+       "ALTER TABLE t ADD COLUMN v TEXT NOT NULL DEFAULT 'new'"},
+  }};
+  {
+    auto db = p2pshare::db::open(location, "test", std::span(steps).first(1));  // an older build
+    db->exec("INSERT INTO t (k) VALUES (7)", "insert");
+  }
+  {
+    // Two central servers starting at once: the migration lock runs the
+    // step once (a second ALTER TABLE ... ADD COLUMN v would fail).
+    std::unique_ptr<p2pshare::db::Database> first;
+    std::unique_ptr<p2pshare::db::Database> second;
+    std::thread other([&] { first = p2pshare::db::open(location, "test", steps); });
+    second = p2pshare::db::open(location, "test", steps);
+    other.join();
+    REQUIRE(first);
+    auto row = second->prepare("SELECT k, v, (SELECT version FROM schema_version) FROM t", "select");
+    REQUIRE(row.step());
+    CHECK(row.column_int(0) == 7);
+    CHECK(row.column_text(1) == "new");
+    CHECK(row.column_int(2) == 2);
+    row.reset();
+  }
+  std::string message;
+  CHECK(error_code_of([&] { (void)p2pshare::db::open(location, "peer state", std::span(steps).first(1)); }, &message) ==
+        Errc::io);
+  CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
 }

@@ -141,6 +141,19 @@ class Registry {
   Forgotten forget_stale(SystemClock::time_point now, std::size_t max_rows);
   std::size_t peer_count() const noexcept;
 
+  // Several central servers on one PostgreSQL database are one registry.
+  // Every committed batch also appends what it changed (peer, holder, file
+  // keys) to a change log, in the same transaction; sync() reads the log
+  // past the last position it applied and reloads the rows other central
+  // servers changed into memory. The server calls it every ~100 ms and
+  // before answering a read that misses in memory. Call it with no batch
+  // open (it does nothing then). Throws Error(unavailable/io) if the store
+  // cannot be read; the next call resumes where this one stopped. Returns
+  // the number of others' changes applied. On SQLite (one central server
+  // per file) shared() is false and sync() does nothing.
+  bool shared() const noexcept;
+  std::size_t sync();
+
   // The accounts store (account_store.hpp) keeps its tables in this
   // database: `statements` runs in the open batch, under the rules above
   // (committed by commit(); if it throws, the batch is rolled back).

@@ -63,6 +63,27 @@ FreshPgDatabase::FreshPgDatabase() : admin_url_(test_pg_url()) {
   url_ = pg_url_with_database(admin_url_, name_);
 }
 
+void FreshPgDatabase::exec(const std::string& sql) const {
+  run_admin(url_, sql);
+}
+
+int FreshPgDatabase::terminate_connections() const {
+  PGconn* conn = PQconnectdb(admin_url_.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    std::string error = PQerrorMessage(conn);
+    PQfinish(conn);
+    throw std::runtime_error("cannot connect to the test PostgreSQL: " + error);
+  }
+  const std::string sql =
+      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '" + name_ + "'";
+  PGresult* result = PQexec(conn, sql.c_str());
+  int ended = -1;
+  if (PQresultStatus(result) == PGRES_TUPLES_OK && PQntuples(result) == 1) ended = std::stoi(PQgetvalue(result, 0, 0));
+  PQclear(result);
+  PQfinish(conn);
+  return ended;
+}
+
 FreshPgDatabase::~FreshPgDatabase() {
   try {
     run_admin(admin_url_, "DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");

@@ -27,6 +27,12 @@ class FreshPgDatabase {
   const std::string& name() const { return name_; }
   // A postgresql:// URL of the new database.
   const std::string& url() const { return url_; }
+  // Ends every session on this database (pg_terminate_backend), as a
+  // server restart would: the clients' next statement finds its connection
+  // gone. Returns how many were ended.
+  int terminate_connections() const;
+  // Runs one statement on this database (no rows wanted).
+  void exec(const std::string& sql) const;
 
  private:
   std::string admin_url_;
