@@ -104,7 +104,9 @@ cxxopts::ParseResult parse(cxxopts::Options& options, int argc, char** argv, con
 }
 
 void check_option_value(const std::string& name, const std::string& value) {
-  if (name == "addr" || name == "peer-addr" || name == "central-server-addr" || name == "http-addr") {
+  if (name == "central-server-addr") {
+    (void)cli::parse_address_list(value);
+  } else if (name == "addr" || name == "peer-addr" || name == "http-addr") {
     (void)cli::parse_address(value);
   } else if (name == "upload-limit" || name == "download-limit") {
     (void)cli::parse_rate(value);
@@ -201,7 +203,8 @@ ControlClient connect_control(const cxxopts::ParseResult& args) {
 void add_central_options(cxxopts::Options& options) {
   // clang-format off
   options.add_options()
-      ("central-server-addr", "The central server, HOST:PORT",
+      ("central-server-addr", "The central server, HOST:PORT; or several, HOST:PORT,HOST:PORT,... (up to 16), "
+       "tried in order until one answers",
        cxxopts::value<std::string>()->default_value(kDefaultCentralAddr))
       ("central-fingerprint", "The central server's key fingerprint (64 hex digits), pinned: nothing is recorded",
        cxxopts::value<std::string>())
@@ -242,20 +245,21 @@ std::chrono::milliseconds parse_duration(std::string_view flag, const std::strin
 }
 
 CentralTarget central_address(const cxxopts::ParseResult& args) {
-  return CentralTarget{cli::parse_address(args["central-server-addr"].as<std::string>()),
+  return CentralTarget{cli::parse_address_list(args["central-server-addr"].as<std::string>()),
                        parse_fingerprint_option(args), std::filesystem::path(args["data-dir"].as<std::string>())};
 }
 
-pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest request) {
+namespace {
+
+pb::CentralResponse ask_one_central(const CentralTarget& central, const cli::Address& address,
+                                    const pb::CentralRequest& request) {
   // Lists and queries need no certificate of ours; the server's key must be
   // the pinned or remembered one before anything is sent.
   wire::SyncClient client(protocol::kCentralLimits);
-  client.connect(
-      central.address.host, central.address.port, std::chrono::seconds(5), [&](const tls::KeyHash& presented) {
-        return tls::check_central_key(central.address.to_string(), presented, central.pinned, central.data_dir);
-      });
+  client.connect(address.host, address.port, std::chrono::seconds(5), [&](const tls::KeyHash& presented) {
+    return tls::check_central_key(address.to_string(), presented, central.pinned, central.data_dir);
+  });
   client.send(protocol::hello(pb::PLANE_CENTRAL), std::chrono::seconds(5));
-  request.set_request_id(1);
   client.send(request.SerializeAsString(), std::chrono::seconds(5));
   pb::CentralResponse response;
   if (!response.ParseFromString(client.receive(std::chrono::seconds(30)))) {
@@ -263,6 +267,25 @@ pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest
   }
   if (response.has_error()) throw_remote(response.error());
   return response;
+}
+
+}  // namespace
+
+pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest request) {
+  request.set_request_id(1);
+  if (central.addresses.size() == 1) return ask_one_central(central, central.addresses.front(), request);
+  std::string failures;
+  for (const auto& address : central.addresses) {
+    try {
+      return ask_one_central(central, address, request);
+    } catch (const Error& e) {
+      // Unreachable, timed out, lost, or "unavailable": the next one. A
+      // refused key, a bad request or "not found" is the answer.
+      if (e.code() != Errc::unavailable) throw;
+      failures += fmt::format("{}{} ({})", failures.empty() ? "" : "; ", address.to_string(), e.what());
+    }
+  }
+  throw Error(Errc::unavailable, fmt::format("no central server answered: {}", failures));
 }
 
 void print_json(const nlohmann::json& value) {

@@ -69,9 +69,10 @@ inline constexpr const char* kDefaultPeerAddr = "127.0.0.1:7071";
 // --peer-addr, --data-dir, --json for the commands that talk to a peer-server.
 void add_control_options(cxxopts::Options& options);
 ControlClient connect_control(const cxxopts::ParseResult& args);
-// Where the central server is and which key it must prove.
+// Where the central server is and which key it must prove: one or more
+// addresses (--central-server-addr A,B,...), tried in order.
 struct CentralTarget {
-  cli::Address address;
+  std::vector<cli::Address> addresses;
   std::optional<tls::KeyHash> pinned;  // --central-fingerprint
   std::filesystem::path data_dir;      // holds known_centrals
 };
@@ -84,7 +85,10 @@ CentralTarget central_address(const cxxopts::ParseResult& args);
 std::optional<tls::KeyHash> parse_fingerprint_option(const cxxopts::ParseResult& args);
 tls::KeyHash parse_fingerprint(const std::string& text);
 
-// One request, one answer, to the central server.
+// One request, one answer, to the central server: the first address of the
+// list that answers. An address that cannot be reached, times out or answers
+// "unavailable" passes the request to the next; any other error is the
+// answer. Throws Error(unavailable) naming every address when none answers.
 pb::CentralResponse ask_central(const CentralTarget& central, pb::CentralRequest request);
 
 // Throws the Error carried by a response, with its code.

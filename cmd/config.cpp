@@ -72,12 +72,20 @@ std::vector<std::string> arguments_of(const Where& where, const OptionSpec& spec
     return {"--" + spec.name};
   }
   if (const auto* array = node.as_array()) {
-    if (!spec.repeatable) where.fail(fmt::format("--{} takes one value, not an array", spec.name));
+    // An option whose one value is a comma-separated list takes an array too.
+    const bool comma_list = spec.name == "central-server-addr";
+    if (!spec.repeatable && !comma_list) where.fail(fmt::format("--{} takes one value, not an array", spec.name));
     for (const auto& element : *array) {
       auto text = scalar_text(element);
       if (!text)
         where.fail(fmt::format("--{} wants strings or numbers in its array, not {}", spec.name, type_name(element)));
       values.push_back(*text);
+    }
+    if (comma_list) {
+      if (values.empty()) where.fail(fmt::format("--{} wants at least one address", spec.name));
+      std::string joined;
+      for (std::size_t i = 0; i < values.size(); ++i) joined += (i == 0 ? "" : ",") + values[i];
+      values = {joined};
     }
   } else {
     auto text = scalar_text(node);

@@ -19,7 +19,8 @@ int run_peer_server(int argc, char** argv) {
                            "Serve the files you register, download files from every peer that has them.");
   // clang-format off
   options.add_options()
-      ("central-server-addr", "The central server, HOST:PORT", cxxopts::value<std::string>())
+      ("central-server-addr", "The central server, HOST:PORT; or several, HOST:PORT,HOST:PORT,... (up to 16): "
+       "one is used, the next when it stops answering", cxxopts::value<std::string>())
       ("central-fingerprint", "The central server's key fingerprint (64 hex digits), pinned: nothing is recorded",
        cxxopts::value<std::string>())
       ("addr", "Address to listen on for peers and your own commands, HOST:PORT (port 0: pick one)",
@@ -47,7 +48,7 @@ int run_peer_server(int argc, char** argv) {
   set_log_level(args["log-level"].as<std::string>());
 
   peer::PeerConfig config;
-  config.central = cli::parse_address(args["central-server-addr"].as<std::string>());
+  config.centrals = cli::parse_address_list(args["central-server-addr"].as<std::string>());
   config.listen = cli::parse_address(args["addr"].as<std::string>());
   config.data_dir = args["data-dir"].as<std::string>();
   config.download_dir = args.count("download-dir") ? std::filesystem::path(args["download-dir"].as<std::string>())

@@ -5,6 +5,7 @@
 
 #include "command.hpp"
 #include "p2pshare/error.hpp"
+#include "p2pshare/store.hpp"
 
 namespace p2pshare::cmd {
 namespace {
@@ -58,13 +59,15 @@ int run_status(int argc, char** argv) {
     print_json({{"peer_id", hex(s.peer_id())},
                 {"addr", s.listen_addr()},
                 {"central_connected", s.central_connected()},
+                {"central_addr", s.central_addr()},
                 {"user", s.user()},
                 {"shared", shared},
                 {"downloads", downloads},
                 {"folders", folders}});
     return 0;
   }
-  std::cout << fmt::format("peer {} on {}, central server {}\n\n", hex(s.peer_id()), s.listen_addr(),
+  std::cout << fmt::format("peer {} on {}, central server {} {}\n\n", hex(s.peer_id()), s.listen_addr(),
+                           store::display_name(s.central_addr()),
                            s.central_connected() ? "connected" : "NOT connected");
   std::cout << fmt::format("logged in as: {}\n\n", s.user().empty() ? "nobody" : s.user());
   std::vector<std::vector<std::string>> rows;

@@ -45,6 +45,43 @@ Address parse_address(std::string_view text) {
   return address;
 }
 
+std::vector<Address> parse_address_list(std::string_view text, std::string_view flag) {
+  std::vector<Address> addresses;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t comma = text.find(',', start);
+    std::string_view item =
+        text.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (item.empty()) {
+      throw Error(Errc::usage, fmt::format("{} '{}': an empty item (expected HOST:PORT,HOST:PORT,...)", flag, text));
+    }
+    if (addresses.size() == kMaxCentralAddresses) {
+      throw Error(Errc::usage, fmt::format("{}: at most {} addresses", flag, kMaxCentralAddresses));
+    }
+    Address address = parse_address(item);
+    for (const auto& earlier : addresses) {
+      if (earlier.host == address.host && earlier.port == address.port) {
+        throw Error(Errc::usage, fmt::format("{}: {} is listed twice", flag, address.to_string()));
+      }
+    }
+    addresses.push_back(std::move(address));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return addresses;
+}
+
+std::string to_string(const std::vector<Address>& addresses) {
+  std::string out;
+  for (const auto& a : addresses) {
+    if (!out.empty()) out += ',';
+    out += a.to_string();
+  }
+  return out;
+}
+
 std::uint64_t parse_rate(std::string_view text) {
   auto bad = [&] {
     return Error(Errc::usage, fmt::format("malformed rate '{}' (expected e.g. 16M, 500K, 0 for unlimited)", text));

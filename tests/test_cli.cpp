@@ -66,6 +66,49 @@ TEST_CASE("parse_address rejects malformed addresses with Errc::usage", "[cli]")
   }
 }
 
+TEST_CASE("parse_address_list keeps the order of one or more addresses", "[cli]") {
+  auto one = cli::parse_address_list("127.0.0.1:80");
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].to_string() == "127.0.0.1:80");
+
+  auto three = cli::parse_address_list("127.0.0.1:7070, [::1]:7071 ,localhost:7072");
+  REQUIRE(three.size() == 3);
+  CHECK(three[0].to_string() == "127.0.0.1:7070");
+  CHECK(three[1].to_string() == "[::1]:7071");
+  CHECK(three[2].to_string() == "localhost:7072");
+  CHECK(cli::to_string(three) == "127.0.0.1:7070,[::1]:7071,localhost:7072");
+
+  std::string sixteen;
+  for (int i = 0; i < 16; ++i) sixteen += (i ? "," : "") + std::string("127.0.0.1:") + std::to_string(1000 + i);
+  CHECK(cli::parse_address_list(sixteen).size() == 16);
+}
+
+TEST_CASE("parse_address_list refuses empty items, duplicates, bad addresses and long lists", "[cli]") {
+  std::string seventeen;
+  for (int i = 0; i < 17; ++i) seventeen += (i ? "," : "") + std::string("127.0.0.1:") + std::to_string(1000 + i);
+  const std::string bad[] = {"",
+                             ",",
+                             "127.0.0.1:1,",
+                             ",127.0.0.1:1",
+                             "127.0.0.1:1,,127.0.0.1:2",
+                             "127.0.0.1:1, ,127.0.0.1:2",
+                             "127.0.0.1:1,127.0.0.1:1",
+                             "127.0.0.1:1,127.0.0.1:2, 127.0.0.1:1",
+                             "127.0.0.1:1,host",
+                             "127.0.0.1:1;127.0.0.1:2",
+                             seventeen};
+  for (const auto& text : bad) {
+    INFO("list: '" << text << "'");
+    CHECK(thrown_code([&] { cli::parse_address_list(text); }) == Errc::usage);
+  }
+  try {
+    cli::parse_address_list("127.0.0.1:1,127.0.0.1:1");
+    FAIL("did not throw");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("127.0.0.1:1 is listed twice") != std::string::npos);
+  }
+}
+
 TEST_CASE("parse_address names the bad input in its message", "[cli]") {
   try {
     cli::parse_address("host:65536");

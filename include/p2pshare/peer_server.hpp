@@ -26,7 +26,9 @@ namespace p2pshare::peer {
 
 struct PeerConfig {
   cli::Address listen;
-  cli::Address central;
+  // --central-server-addr: one or more, used one at a time in this order
+  // (the next when the one in use stops answering).
+  std::vector<cli::Address> centrals;
   std::filesystem::path data_dir;
   std::filesystem::path download_dir;
   std::uint64_t upload_limit = 0;    // bytes/s, 0 = unlimited

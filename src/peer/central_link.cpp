@@ -27,20 +27,32 @@ std::optional<tls::KeyHash> recorded_key(const std::filesystem::path& data_dir, 
 }  // namespace
 
 std::optional<tls::KeyHash> CentralLink::trusted_key() {
-  if (!trusted_key_) trusted_key_ = trust_.pinned ? trust_.pinned : recorded_key(trust_.data_dir, central_.to_string());
+  if (!trusted_key_)
+    trusted_key_ = trust_.pinned ? trust_.pinned : recorded_key(trust_.data_dir, address().to_string());
   return trusted_key_;
 }
 
-CentralLink::CentralLink(asio::io_context& io, cli::Address central, Trust trust, std::uint16_t listen_port,
-                         std::function<void()> on_registered)
+bool CentralLink::trusts(const tls::KeyHash& key) {
+  if (trust_.pinned) return *trust_.pinned == key;
+  if (central_key_ && *central_key_ == key) return true;
+  for (const auto& central : centrals_) {
+    if (recorded_key(trust_.data_dir, central.to_string()) == key) return true;
+  }
+  return false;
+}
+
+CentralLink::CentralLink(asio::io_context& io, std::vector<cli::Address> centrals, Trust trust,
+                         std::uint16_t listen_port, std::function<void()> on_registered)
     : io_(io),
-      central_(std::move(central)),
+      centrals_(std::move(centrals)),
       trust_(std::move(trust)),
       listen_port_(listen_port),
       on_registered_(std::move(on_registered)),
       peer_id_(trust_.self),
       timer_(io),
-      waiting_timer_(io) {}
+      waiting_timer_(io) {
+  if (centrals_.empty()) throw Error(Errc::usage, "no central server given");
+}
 
 void CentralLink::start() {
   connect();
@@ -68,20 +80,20 @@ void CentralLink::connect() {
     }
   });
   resolver->async_resolve(
-      central_.host, std::to_string(central_.port),
+      address().host, std::to_string(address().port),
       [self = shared_from_this(), resolver, socket, deadline](const std::error_code& ec, auto endpoints) {
         if (ec) {
           deadline->cancel();
-          self->last_error_ = fmt::format("cannot resolve {}: {}", self->central_.to_string(), ec.message());
-          self->retry_later();
+          self->last_error_ = fmt::format("cannot resolve {}: {}", self->address().to_string(), ec.message());
+          self->fail_over(self->last_error_);
           return;
         }
         asio::async_connect(*socket, endpoints, [self, socket, deadline](const std::error_code& e, const auto&) {
           deadline->cancel();
           if (e) {
-            self->last_error_ = fmt::format("cannot reach the central server at {}: {}", self->central_.to_string(),
+            self->last_error_ = fmt::format("cannot reach the central server at {}: {}", self->address().to_string(),
                                             e == asio::error::operation_aborted ? "timed out" : e.message());
-            self->retry_later();
+            self->fail_over(self->last_error_);
             return;
           }
           self->on_connected(std::move(*socket));
@@ -98,6 +110,36 @@ void CentralLink::retry_later() {
   });
 }
 
+void CentralLink::fail_over(const std::string& why) {
+  if (stopped_) return;
+  ++failed_attempts_;
+  if (centrals_.size() > 1) {
+    const std::string from = address().to_string();
+    current_ = (current_ + 1) % centrals_.size();
+    // The key proved by the one we leave is not the next one's.
+    central_key_.reset();
+    if (failed_attempts_ == 1) {
+      log::warn("central server {} stopped answering ({}); using {}", from, why, address().to_string());
+    } else {
+      log::debug("central server {} does not answer ({}); trying {}", from, why, address().to_string());
+    }
+  }
+  if (failed_attempts_ % centrals_.size() != 0) {
+    // The next one of the round at once.
+    timer_.expires_after(std::chrono::milliseconds(0));
+    timer_.async_wait([self = shared_from_this()](const std::error_code& ec) {
+      if (!ec) self->connect();
+    });
+    return;
+  }
+  if (!outage_logged_ && centrals_.size() > 1) {
+    outage_logged_ = true;
+    log::warn("no central server answers ({}): trying the list again, waiting up to 5 s between rounds",
+              cli::to_string(centrals_));
+  }
+  retry_later();
+}
+
 void CentralLink::on_connected(asio::ip::tcp::socket socket) {
   if (stopped_) return;
   wire::tune_socket(socket);
@@ -111,10 +153,10 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
   connection_->set_verify([self](const wire::Connection& c) -> std::string {
     std::string refused;
     if (!c.peer_key()) {
-      refused = fmt::format("central server {} presented no certificate", self->central_.to_string());
+      refused = fmt::format("central server {} presented no certificate", self->address().to_string());
     } else {
       try {
-        refused = tls::check_central_key(self->central_.to_string(), *c.peer_key(), self->trust_.pinned,
+        refused = tls::check_central_key(self->address().to_string(), *c.peer_key(), self->trust_.pinned,
                                          self->trust_.data_dir)
                       .value_or("");
       } catch (const Error& e) {
@@ -144,9 +186,11 @@ void CentralLink::on_connected(asio::ip::tcp::socket socket) {
     }
     self->registered_ = true;
     self->backoff_ = std::chrono::milliseconds(250);
+    self->failed_attempts_ = 0;
+    self->outage_logged_ = false;
     self->heartbeat_interval_ = std::chrono::milliseconds(
         std::clamp<std::uint32_t>(response->registered().heartbeat_interval_ms(), 50, 3600000));
-    log::info("registered with the central server {} as {}", self->central_.to_string(), to_hex(self->peer_id_));
+    log::info("registered with the central server {} as {}", self->address().to_string(), to_hex(self->peer_id_));
     if (self->on_registered_) self->on_registered_();
     auto waiting = std::move(self->waiting_);
     self->waiting_.clear();
@@ -160,38 +204,57 @@ void CentralLink::heartbeat() {
   timer_.async_wait([self = shared_from_this()](const std::error_code& ec) {
     if (ec || self->stopped_ || !self->registered_) return;
     self->expire_pending();
+    if (!self->registered_) return;  // it closed the connection: on_closed moves on
     pb::CentralRequest beat;
     beat.mutable_heartbeat();
-    self->send(std::move(beat), [self](std::optional<pb::CentralResponse> response, const std::string&) {
-      // The server forgot us (its registry expired us): register afresh.
-      if (response && response->has_error() && self->connection_) self->connection_->close("heartbeat refused");
-    });
-    self->heartbeat();
+    // Unanswered for three intervals (at least 2 s, at most 30 s): the
+    // server has stopped answering (expire_pending closes the connection).
+    const auto deadline = std::clamp<std::chrono::milliseconds>(self->heartbeat_interval_ * 3, std::chrono::seconds(2),
+                                                                std::chrono::seconds(30));
+    self->send(
+        std::move(beat),
+        [self](std::optional<pb::CentralResponse> response, const std::string&) {
+          if (!response || !response->has_error() || !self->connection_) return;
+          if (response->error().code() == static_cast<int>(Errc::unavailable)) {
+            // Busy, or its database is down: the next one.
+            self->connection_->close(fmt::format("heartbeat answered: {}", response->error().message()));
+            return;
+          }
+          // The server forgot us (its registry expired us): register afresh.
+          self->reconnect_same_ = true;
+          self->connection_->close("heartbeat refused");
+        },
+        deadline);
+    if (self->registered_) self->heartbeat();
   });
 }
 
 void CentralLink::expire_pending() {
   // A server that accepts requests but never answers must not hang a download.
   const auto now = std::chrono::steady_clock::now();
+  bool expired = false;
   for (auto it = pending_.begin(); it != pending_.end();) {
     if (it->second.deadline > now) {
       ++it;
       continue;
     }
+    expired = true;
     auto callback = std::move(it->second.callback);
     it = pending_.erase(it);
-    callback(std::nullopt, fmt::format("the central server at {} did not answer in time", central_.to_string()));
+    callback(std::nullopt, fmt::format("the central server at {} did not answer in time", address().to_string()));
   }
+  // It accepts requests but answers none: it has stopped answering.
+  if (expired && connection_ && !connection_->closed()) connection_->close("did not answer in time");
 }
 
-void CentralLink::send(pb::CentralRequest request, Callback callback) {
+void CentralLink::send(pb::CentralRequest request, Callback callback, std::chrono::milliseconds deadline) {
   if (!connection_ || connection_->closed()) {
     callback(std::nullopt, last_error_);
     return;
   }
   const auto id = next_id_++;
   request.set_request_id(id);
-  pending_[id] = Pending{std::move(callback), std::chrono::steady_clock::now() + std::chrono::seconds(30)};
+  pending_[id] = Pending{std::move(callback), std::chrono::steady_clock::now() + deadline};
   connection_->send(request.SerializeAsString());
 }
 
@@ -237,14 +300,19 @@ void CentralLink::on_closed(const std::string& reason) {
   const bool was_registered = registered_;
   registered_ = false;
   if (was_registered) {
-    last_error_ = fmt::format("lost the central server at {}: {}", central_.to_string(), reason);
+    last_error_ = fmt::format("lost the central server at {}: {}", address().to_string(), reason);
     log::warn("{}", last_error_);
   }
   auto pending = std::move(pending_);
   pending_.clear();
   for (auto& [id, p] : pending) p.callback(std::nullopt, last_error_);
   timer_.cancel();
-  retry_later();
+  if (reconnect_same_) {
+    reconnect_same_ = false;
+    retry_later();
+    return;
+  }
+  fail_over(was_registered ? reason : last_error_);
 }
 
 }  // namespace p2pshare::peer

@@ -6,6 +6,15 @@
 // on_registered so the server re-announces everything it holds: a restarted
 // central server is refilled without anyone's help.
 //
+// Failover: given several central servers (--central-server-addr A,B,...),
+// it uses one at a time, and moves to the next in the list (round robin) when
+// the one in use stops answering: the connection cannot be made or is lost,
+// the handshake or registration fails, a heartbeat gets no answer in time or
+// is answered "unavailable". A full round of the list without a registration
+// waits a backoff (250 ms doubling to 5 s) before the next. Each central
+// server's key is checked against the pinned fingerprint or its own line in
+// known_centrals.
+//
 // Threading: network thread only.
 #pragma once
 
@@ -17,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <asio.hpp>
 #include <asio/ssl.hpp>
@@ -40,7 +50,8 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
     std::optional<tls::KeyHash> pinned;           // --central-fingerprint
     std::filesystem::path data_dir;               // known_centrals
   };
-  CentralLink(asio::io_context& io, cli::Address central, Trust trust, std::uint16_t listen_port,
+  // `centrals`: one or more addresses, tried in this order.
+  CentralLink(asio::io_context& io, std::vector<cli::Address> centrals, Trust trust, std::uint16_t listen_port,
               std::function<void()> on_registered);
   void start();
   void stop();
@@ -48,7 +59,13 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   void request(pb::CentralRequest request, Callback callback, std::chrono::milliseconds wait = std::chrono::seconds(5));
   bool registered() const { return registered_; }
   const PeerId& peer_id() const { return peer_id_; }
-  const cli::Address& address() const { return central_; }
+  // The central server in use (or being tried).
+  const cli::Address& address() const { return centrals_[current_]; }
+  const std::vector<cli::Address>& addresses() const { return centrals_; }
+  // Whether `key` is one a central server of the list is trusted with: the
+  // pinned one, the one proved on the latest connection, or one recorded in
+  // known_centrals for any address of the list.
+  bool trusts(const tls::KeyHash& key);
   // The key the central server proved on the latest connection we accepted;
   // nullopt before the first one.
   const std::optional<tls::KeyHash>& central_key() const { return central_key_; }
@@ -62,12 +79,23 @@ class CentralLink : public std::enable_shared_from_this<CentralLink> {
   void on_connected(asio::ip::tcp::socket socket);
   void on_frame(std::string_view message);
   void on_closed(const std::string& reason);
-  void send(pb::CentralRequest request, Callback callback);
+  void send(pb::CentralRequest request, Callback callback,
+            std::chrono::milliseconds deadline = std::chrono::seconds(30));
   void heartbeat();
   void retry_later();
+  // The central server in use failed (why: one line): the next one, after a
+  // backoff when the whole list failed since the last registration.
+  void fail_over(const std::string& why);
 
   asio::io_context& io_;
-  cli::Address central_;
+  std::vector<cli::Address> centrals_;
+  std::size_t current_ = 0;
+  // Attempts failed since the last registration; a full round backs off.
+  std::size_t failed_attempts_ = 0;
+  // Set when the connection is closed to register again with the same central
+  // server (it forgot us), not to move to the next.
+  bool reconnect_same_ = false;
+  bool outage_logged_ = false;
   Trust trust_;
   std::uint16_t listen_port_;
   std::function<void()> on_registered_;

@@ -389,9 +389,10 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   // After bind: the central server must be told the port we really listen on.
   void make_services(std::uint16_t port) {
     CentralLink::Trust trust{client_tls, key_pair->peer_id(), config.central_fingerprint, config.data_dir};
-    auto central = std::make_shared<CentralLink>(io, config.central, std::move(trust), port, [weak = weak_from_this()] {
-      if (auto self = weak.lock()) self->announce_all();
-    });
+    auto central =
+        std::make_shared<CentralLink>(io, config.centrals, std::move(trust), port, [weak = weak_from_this()] {
+          if (auto self = weak.lock()) self->announce_all();
+        });
     services = std::unique_ptr<Services>(
         new Services{io, disk, *state, central, std::make_shared<TokenBucket>(io, config.upload_limit),
                      std::make_shared<TokenBucket>(io, config.download_limit), std::make_shared<BufferPool>(),
@@ -876,13 +877,18 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       const std::string wanted =
           to_hex(std::span(reinterpret_cast<const std::uint8_t*>(request.central_fingerprint().data()),
                            request.central_fingerprint().size()));
-      const bool same = key && request.central_fingerprint().size() == key->size() &&
-                        std::memcmp(key->data(), request.central_fingerprint().data(), key->size()) == 0;
+      // Any central server of our list will do: the one in use, or another
+      // whose key is recorded (each may have its own).
+      bool same = false;
+      if (tls::KeyHash named{}; request.central_fingerprint().size() == named.size()) {
+        std::memcpy(named.data(), request.central_fingerprint().data(), named.size());
+        same = services->central->trusts(named);
+      }
       if (!same) {
         return fmt::format(
             "refused: the link names the central server {} with key fingerprint {}, but this peer-server's central "
             "server {} has key fingerprint {} (start a peer-server with --central-server-addr {})",
-            store::display_name(request.central_addr()), wanted, config.central.to_string(),
+            store::display_name(request.central_addr()), wanted, services->central->address().to_string(),
             key ? tls::fingerprint_of(*key) : std::string("unknown"), store::display_name(request.central_addr()));
       }
     }
@@ -986,17 +992,19 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       throw Error(Errc::not_found,
                   fmt::format("this peer-server neither shares nor downloads {}: register it first", to_hex(*id)));
     }
+    // The central server in use, with the key it proved: a link names one.
+    const cli::Address central = services->central->address();
     std::optional<tls::KeyHash> key = services->central->central_key();
     if (!key) key = config.central_fingerprint;
     if (!key) {
       throw Error(Errc::unavailable, fmt::format("not connected to the central server {} yet, so its key is not "
                                                  "known: try again in a moment",
-                                                 config.central.to_string()));
+                                                 central.to_string()));
     }
     pb::ControlResponse response;
     auto* out = response.mutable_description();
     manifest_to_wire(swarm->manifest(), out->mutable_manifest());
-    out->set_central_addr(config.central.to_string());
+    out->set_central_addr(central.to_string());
     out->set_central_fingerprint(std::string(key->begin(), key->end()));
     c->send(encode(response));
   }
@@ -1007,6 +1015,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     out->set_peer_id(to_bytes(services->self));
     out->set_listen_addr(bound.to_string());
     out->set_central_connected(services->central->registered());
+    out->set_central_addr(services->central->address().to_string());
     out->set_user(user);
     for (const auto& [id, swarm] : swarms) {
       if (seeding(*swarm)) {

@@ -64,9 +64,15 @@ TEST_CASE("config: each mistake in the file is one line naming file, line and ke
        {"list-files", central},
        {":2:", "json", "true or false"}},
       {"an array for a single value",
-       "[list-files]\ncentral-server-addr = [\"a:1\", \"b:2\"]\n",
+       "[list-files]\ndata-dir = [\"/a\", \"/b\"]\n",
+       {"list-files", central},
+       {":2:", "data-dir", "array"}},
+      // central-server-addr takes an array (its comma-separated list), but
+      // each item is still an address.
+      {"an array holding a bad address",
+       "[list-files]\ncentral-server-addr = [\"127.0.0.1:1\", \"nowhere\"]\n",
        {"list-files"},
-       {":2:", "central-server-addr", "array"}},
+       {":2:", "central-server-addr", "nowhere"}},
       {"a bad duration",
        "[central-server]\nforget-after = \"soon\"\n",
        {"central-server", "--addr=127.0.0.1:0"},

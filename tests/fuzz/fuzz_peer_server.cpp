@@ -380,7 +380,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
   peer::PeerConfig peer_config;
   peer_config.listen = cli::Address{"127.0.0.1", 0};
-  peer_config.central = central_addr;
+  peer_config.centrals = {central_addr};
   peer_config.data_dir = env.dir / "peer";
   peer_config.download_dir = env.dir / "downloads";
   peer_config.disk_threads = 2;

@@ -181,6 +181,9 @@ class Cluster {
 
   Node& central() { return central_; }
   const std::string& central_addr() const { return central_.addr; }
+  // What peer-servers started from now on get as --central-server-addr
+  // (e.g. "A,B" for failover); empty (the default): central_addr().
+  void set_peer_central_list(std::string list) { peer_central_list_ = std::move(list); }
   Node& peer(std::size_t i) { return *peers_.at(i); }
   std::size_t peer_count() const { return peers_.size(); }
 
@@ -230,7 +233,7 @@ class Cluster {
     std::vector<std::string> args{binary(),
                                   "peer-server",
                                   "--central-server-addr",
-                                  central_.addr,
+                                  peer_central_list_.empty() ? central_.addr : peer_central_list_,
                                   "--addr",
                                   addr,
                                   "--data-dir",
@@ -430,6 +433,7 @@ class Cluster {
   }
 
   ClusterOptions options_;
+  std::string peer_central_list_;
   TempDir dir_;
   Node central_;
   std::vector<std::unique_ptr<Node>> peers_;
