@@ -10,12 +10,12 @@
 // private cluster of this test's own (tests/pg/cluster.sh in a temp dir), so
 // that stopping it disturbs no other test.
 //
-// [.pending]: hidden (not run by ctest) until what they test has landed on
-// main: failover to the next central server (wip/failover), a central server
-// that answers "unavailable" instead of exiting while PostgreSQL is away
-// (wip/pgstore: create-user's user lookup throws out of its handler).
-// Each was run and fails today for exactly that reason; drop the tag when it
-// passes (`p2pshare_e2e_tests '[pending]'` runs them).
+// [.pending]: hidden (not run by ctest) until what it tests has landed: a
+// central server that answers "unavailable" instead of exiting while
+// PostgreSQL is away (wip/pgstore 71c4573: create-user's user lookup throws
+// out of its handler and the server exits). It was run and fails today for
+// exactly that reason; drop the tag when it passes
+// (`p2pshare_e2e_tests '[pending]'` runs it).
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
@@ -291,8 +291,7 @@ TEST_CASE("two central servers on one PostgreSQL: announced through one, found a
   CHECK(wait_for([&] { return reg.holders(a, id) == 2; }, 10s));
 }
 
-TEST_CASE("a central server SIGKILLed under load: its peers fail over and no registered file is lost",
-          "[e2e][pg][.pending]") {
+TEST_CASE("a central server SIGKILLed under load: its peers fail over and no registered file is lost", "[e2e][pg]") {
   FreshPgDatabase db;
   PgRegistry reg(db.url());
   const auto a = reg.add_central();
