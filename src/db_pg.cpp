@@ -6,8 +6,10 @@
 #include <libpq-fe.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -86,7 +88,7 @@ class PgStatement final : public StatementImpl {
 
  private:
   void slot(int index) {
-    if (index < 1 || index > 64) throw Error(Errc::io, fmt::format("{}: bad parameter index {}", what_, index));
+    if (index < 1 || index > 65535) throw Error(Errc::io, fmt::format("{}: bad parameter index {}", what_, index));
     const auto size = static_cast<std::size_t>(index);
     if (values_.size() < size) {
       values_.resize(size);
@@ -128,7 +130,7 @@ class PgDatabase final : public Database {
   Dialect dialect() const noexcept override { return Dialect::postgresql; }
 
   void exec(std::string_view sql, std::string_view what) override {
-    check_connected(what);
+    ensure_connected(what);
     Result result(PQexec(conn_, std::string(sql).c_str()));
     check(result.get(), what);
   }
@@ -138,10 +140,19 @@ class PgDatabase final : public Database {
   }
 
   void begin() override {
-    if (PQstatus(conn_) != CONNECTION_OK) reconnect();
-    exec("BEGIN", "begin transaction");
+    try {
+      exec("BEGIN", "begin transaction");
+    } catch (const Error& error) {
+      // A connection the server closed while idle (a restart) is found
+      // dead only now; nothing is written yet, so one retry on a new
+      // connection is safe.
+      if (error.code() != Errc::unavailable || PQstatus(conn_) == CONNECTION_OK) throw;
+      exec("BEGIN", "begin transaction");
+    }
+    in_transaction_ = true;
   }
   void commit() override {
+    in_transaction_ = false;
     check_connected("commit");
     Result result(PQexec(conn_, "COMMIT"));
     check(result.get(), "commit");
@@ -151,6 +162,7 @@ class PgDatabase final : public Database {
     }
   }
   void rollback() noexcept override {
+    in_transaction_ = false;
     if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) return;
     Result result(PQexec(conn_, "ROLLBACK"));
   }
@@ -201,6 +213,14 @@ class PgDatabase final : public Database {
   std::uint64_t next_statement_number() noexcept { return ++statements_; }
   const std::string& label() const noexcept { return label_; }
 
+  // Outside a transaction a lost connection is replaced (with backoff);
+  // inside one, the transaction is lost with it: unavailable.
+  void ensure_connected(std::string_view what) {
+    if (PQstatus(conn_) == CONNECTION_OK) return;
+    if (in_transaction_) check_connected(what);
+    reconnect();
+  }
+
   void check_connected(std::string_view what) const {
     if (PQstatus(conn_) != CONNECTION_OK) {
       throw Error(Errc::unavailable, fmt::format("{}: {} failed: the PostgreSQL connection is lost", label_, what));
@@ -220,7 +240,22 @@ class PgDatabase final : public Database {
  private:
   void connect_or_throw(Errc code) {
     if (conn_ != nullptr) PQfinish(conn_);
-    conn_ = PQconnectdb(url_.c_str());
+    // Deadlines, each unless the URL sets its own (the URL is expanded from
+    // dbname, after these, and later keywords win): connecting; a TCP peer
+    // that stopped answering (keepalives, tcp_user_timeout; not for unix
+    // sockets); and any one statement, a lock wait included. libpq blocks
+    // the network thread meanwhile, so these bound how long.
+    const std::array<const char*, 8> keywords = {"connect_timeout",
+                                                 "keepalives_idle",
+                                                 "keepalives_interval",
+                                                 "keepalives_count",
+                                                 "tcp_user_timeout",
+                                                 "options",
+                                                 "dbname",
+                                                 nullptr};
+    const std::array<const char*, 8> values = {"5",          "5",    "2", "3", "10000", "-c statement_timeout=30000",
+                                               url_.c_str(), nullptr};
+    conn_ = PQconnectdbParams(keywords.data(), values.data(), 1);
     ++generation_;
     if (PQstatus(conn_) != CONNECTION_OK) {
       throw Error(
@@ -231,14 +266,34 @@ class PgDatabase final : public Database {
         conn_, [](void*, const char*) {}, nullptr);
   }
   void reconnect() {
+    // Backoff: every batch (and every sync) would try otherwise, each
+    // blocking the network thread for up to connect_timeout.
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_attempt_) {
+      throw Error(Errc::unavailable,
+                  fmt::format("{}: PostgreSQL at {} is unreachable; retrying", label_, redacted(url_)));
+    }
     log::warn("{}: reconnecting to {}", label_, redacted(url_));
-    connect_or_throw(Errc::unavailable);
+    try {
+      connect_or_throw(Errc::unavailable);
+    } catch (...) {
+      backoff_ = std::min(std::max(backoff_ * 2, kFirstBackoff), kMaxBackoff);
+      next_attempt_ = std::chrono::steady_clock::now() + backoff_;
+      throw;
+    }
+    backoff_ = {};
     log::info("{}: reconnected", label_);
   }
+
+  static constexpr std::chrono::milliseconds kFirstBackoff{100};
+  static constexpr std::chrono::milliseconds kMaxBackoff{5000};
 
   std::string url_;
   std::string label_;
   PGconn* conn_ = nullptr;
+  bool in_transaction_ = false;
+  std::chrono::milliseconds backoff_{};
+  std::chrono::steady_clock::time_point next_attempt_{};
   std::uint64_t generation_ = 0;
   std::uint64_t statements_ = 0;
 };
@@ -257,7 +312,7 @@ PgStatement::~PgStatement() {
 void PgStatement::execute() {
   result_.reset();
   row_ = -1;
-  db_.check_connected(what_);
+  db_.ensure_connected(what_);
   std::vector<const char*> values(values_.size());
   std::vector<int> lengths(values_.size());
   for (std::size_t i = 0; i < values_.size(); ++i) {

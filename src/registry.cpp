@@ -5,6 +5,7 @@
 #include <limits>
 #include <string_view>
 #include <system_error>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
@@ -32,12 +33,15 @@ constexpr std::size_t kMaxNamesPerFile = 16;
 // The change log keeps this much history; a central server that has not
 // read it for half of that reloads everything instead (it may have missed
 // trimmed rows).
-constexpr std::int64_t kChangeLogKeepMs = 10 * 60 * 1000;
+constexpr std::int64_t kChangeLogKeepMs = std::int64_t{10} * 60 * 1000;
 // Serializes appending to the change log and the commit after it, so that
 // sequence numbers become visible in order: a reader that saw seq N has seen
 // every change below N.
 constexpr std::int64_t kChangeLogLock = 0x70327073686c67;
 constexpr std::int64_t kChangesPerRead = 1000;
+// Rows of one INSERT into the change log (5 parameters each; PostgreSQL
+// takes at most 65,535).
+constexpr std::size_t kChangesPerInsert = 100;
 
 // kMigrations[v] brings a store at schema version v to version v + 1, in
 // each dialect (db::open): the same numbered steps on SQLite and on
@@ -300,7 +304,9 @@ struct Registry::Impl {
     std::int64_t kind = 0;
     PeerId peer;
     FileId file;
-    auto operator<=>(const Change&) const = default;
+    bool operator<(const Change& other) const {
+      return std::tie(kind, peer, file) < std::tie(other.kind, other.peer, other.file);
+    }
   };
   // Notes a change of this batch for the other centrals (shared stores only).
   void record(std::int64_t kind, const PeerId& peer, const FileId& file) {
@@ -350,7 +356,7 @@ struct Registry::Impl {
   std::int64_t last_seq = 0;  // the change log is applied up to here
   std::int64_t last_sync_ms = 0;
   std::set<Change> pending_changes;
-  db::Statement append_change;
+  std::optional<db::Statement> append_change_full;  // kChangesPerInsert rows
   db::Statement read_changes;
   db::Statement select_peer;
   db::Statement select_holder;
@@ -389,8 +395,6 @@ Registry::Impl::Impl(const db::Location& location, std::chrono::milliseconds exp
     random_bytes(random);
     for (const auto byte : random) origin = (origin << 8) | byte;
     origin &= std::numeric_limits<std::int64_t>::max();
-    append_change = db->prepare(
-        "INSERT INTO changes (origin, kind, peer_id, file_id, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)", "log a change");
     read_changes = db->prepare(
         "SELECT seq, origin, kind, peer_id, file_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2", "read changes");
     select_peer = db->prepare("SELECT host, port, last_seen_ms FROM peers WHERE id = ?1", "read a peer");
@@ -691,20 +695,45 @@ void Registry::Impl::append_changes(std::int64_t now_ms) {
   if (pending_changes.empty()) return;
   write([&] {
     lock_log.run();
-    for (const Change& change : pending_changes) {
-      append_change.bind_int(1, origin).bind_int(2, change.kind);
-      if (change.kind == kFileChanged) {
-        append_change.bind_null(3);
-      } else {
-        append_change.bind_blob(3, change.peer.bytes);
+    // Many rows per INSERT: a round trip per row would double what an
+    // announce costs on PostgreSQL.
+    std::vector<const Change*> all;
+    all.reserve(pending_changes.size());
+    for (const Change& change : pending_changes) all.push_back(&change);
+    for (std::size_t first = 0; first < all.size(); first += kChangesPerInsert) {
+      const std::size_t count = std::min(kChangesPerInsert, all.size() - first);
+      std::string sql = "INSERT INTO changes (origin, kind, peer_id, file_id, at_ms) VALUES ";
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::size_t p = i * 5;
+        sql += fmt::format("{}(?{}, ?{}, ?{}, ?{}, ?{})", i == 0 ? "" : ", ", p + 1, p + 2, p + 3, p + 4, p + 5);
       }
-      if (change.kind == kPeerChanged) {
-        append_change.bind_null(4);
+      db::Statement insert;
+      if (count == kChangesPerInsert && append_change_full) {
+        insert = std::move(*append_change_full);
+        append_change_full.reset();
       } else {
-        append_change.bind_blob(4, change.file.bytes);
+        insert = db->prepare(sql, "log changes");
       }
-      append_change.bind_int(5, now_ms);
-      append_change.run();
+      for (std::size_t i = 0; i < count; ++i) {
+        const Change& change = *all[first + i];
+        const int p = static_cast<int>(i * 5);
+        insert.bind_int(p + 1, origin).bind_int(p + 2, change.kind);
+        if (change.kind == kFileChanged) {
+          insert.bind_null(p + 3);
+        } else {
+          insert.bind_blob(p + 3, change.peer.bytes);
+        }
+        if (change.kind == kPeerChanged) {
+          insert.bind_null(p + 4);
+        } else {
+          insert.bind_blob(p + 4, change.file.bytes);
+        }
+        insert.bind_int(p + 5, now_ms);
+      }
+      insert.run();
+      // The full-size statement is kept (prepared on the server from its
+      // second use); the tail's size varies, so it is not.
+      if (count == kChangesPerInsert) append_change_full = std::move(insert);
     }
   });
   pending_changes.clear();
@@ -1123,7 +1152,7 @@ std::size_t Registry::sync() {
         row.peer = peer_id_from_bytes(as_chars(impl.read_changes.column_blob(3)));
       if (!impl.read_changes.column_is_null(4))
         row.file = file_id_from_bytes(as_chars(impl.read_changes.column_blob(4)));
-      rows.push_back(std::move(row));
+      rows.push_back(row);
     }
     for (const Row& row : rows) {
       if (row.origin != impl.origin) {

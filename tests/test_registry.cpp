@@ -17,6 +17,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "p2pshare/account_store.hpp"
 #include "p2pshare/db.hpp"
 #include "p2pshare/error.hpp"
 #include "p2pshare/registry.hpp"
@@ -995,7 +996,7 @@ TEST_CASE("registry: liveness crosses registries by the flushed heartbeats and s
   CHECK(forgotten.peers + forgotten.files == 0);
 }
 
-TEST_CASE("registry on PostgreSQL: a lost connection fails one batch as unavailable and then reconnects",
+TEST_CASE("registry on PostgreSQL: a connection lost mid-batch fails that batch only and the next reconnects",
           "[registry][pg]") {
   p2pshare::test::FreshPgDatabase pg;
   const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
@@ -1006,27 +1007,55 @@ TEST_CASE("registry on PostgreSQL: a lost connection fails one batch as unavaila
   registry.announce(p, kept, std::nullopt);
   registry.commit();
 
+  // Idle when the server ends the session (a PostgreSQL restart): the next
+  // batch reconnects as it begins and nobody notices.
   REQUIRE(pg.terminate_connections() >= 1);
-  // The first write finds the connection gone: nothing is stored or
-  // acknowledged, and the registry stays up.
-  const Manifest retried = make_manifest(62, 2, "retried.bin");
-  std::string message;
-  const auto code = error_code_of(
-      [&] {
-        registry.announce(p, retried, std::nullopt);
-        registry.commit();
-      },
-      &message);
-  INFO(message);
-  CHECK(code == Errc::unavailable);
-  CHECK_FALSE(registry.has_uncommitted());
-  // The next one reconnects; what was committed before is all there.
-  registry.announce(p, retried, std::nullopt);
+  const Manifest after_idle = make_manifest(62, 2, "after-idle.bin");
+  registry.announce(p, after_idle, std::nullopt);
   registry.commit();
-  CHECK(registry.file(kept.file_id(), kStart));
-  CHECK(registry.file(retried.file_id(), kStart));
+
+  // Lost in the middle of a batch: that batch is not stored, its commit
+  // says unavailable (so its answers would), and the registry stays up.
+  const Manifest lost = make_manifest(63, 2, "lost.bin");
+  registry.announce(p, lost, std::nullopt);
+  REQUIRE(registry.has_uncommitted());
+  REQUIRE(pg.terminate_connections() >= 1);
+  std::string message;
+  CHECK(error_code_of([&] { registry.commit(); }, &message) == Errc::unavailable);
+  INFO(message);
+  CHECK_FALSE(registry.has_uncommitted());
+  // Memory is back at the last commit (reloaded over a new connection).
+  CHECK_FALSE(registry.file(lost.file_id(), kStart));
+  // The retry is stored.
+  registry.announce(p, lost, std::nullopt);
+  registry.commit();
   Registry reopened(location, kExpiry);
-  CHECK(reopened.file_count() == 2);
+  CHECK(reopened.file_count() == 3);
+  CHECK(reopened.file(kept.file_id(), kStart));
+  CHECK(reopened.file(after_idle.file_id(), kStart));
+  CHECK(reopened.file(lost.file_id(), kStart));
+}
+
+TEST_CASE("registry on PostgreSQL: sync reconnects by itself after the server ended the session", "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry a(location, kExpiry);
+  Registry b(location, kExpiry);
+  const PeerId p = make_peer_id(1);
+  const Manifest manifest = make_manifest(64, 2, "seen.bin");
+  REQUIRE(pg.terminate_connections() >= 2);
+  a.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  a.announce(p, manifest, std::nullopt);
+  a.commit();
+  // B's first read finds its connection dead; a later one reconnects.
+  CHECK(p2pshare::test::wait_for([&] {
+    try {
+      b.sync();
+    } catch (const p2pshare::Error&) {
+      return false;
+    }
+    return b.file(manifest.file_id(), kStart).has_value();
+  }));
 }
 
 TEST_CASE("db::parse_location takes sqlite or a PostgreSQL URL and gives one usage error for anything else",
@@ -1104,4 +1133,78 @@ TEST_CASE("db::open on PostgreSQL runs each missing step once and refuses a newe
   CHECK(error_code_of([&] { (void)p2pshare::db::open(location, "peer state", std::span(steps).first(1)); }, &message) ==
         Errc::io);
   CHECK_THAT(message, Catch::Contains("schema version 2, but this build knows versions up to 1"));
+}
+
+// --- the accounts store, on both stores -----------------------------------
+
+TEST_CASE("account store: users, sessions, groups and private files on each store", "[registry][accounts]") {
+  using p2pshare::central::AccountStore;
+  using p2pshare::central::User;
+  STORE_UNDER_TEST(store);
+  Registry registry(store.location(), kExpiry);
+  AccountStore accounts(registry);
+
+  accounts.create_user("alice", "hash-a", kStart);
+  accounts.create_user("bob", "hash-b", kStart);
+  registry.commit();
+  CHECK(error_code_of([&] { accounts.create_user("alice", "x", kStart); }) == Errc::bad_request);
+  const auto found = accounts.password_hash("alice");
+  REQUIRE(found);
+  CHECK(found->second == "hash-a");
+  const User alice = found->first;
+  const User bob = accounts.password_hash("bob")->first;
+  CHECK_FALSE(accounts.password_hash("carol"));
+
+  const std::string token = accounts.create_session(alice, kStart);
+  registry.commit();
+  REQUIRE(accounts.session_user(token));
+  CHECK(accounts.session_user(token)->name == "alice");
+
+  accounts.create_group(alice, "team", kStart);
+  registry.commit();
+  CHECK(error_code_of([&] { accounts.create_group(bob, "team", kStart); }) == Errc::bad_request);
+  accounts.request_join(bob, "team", kStart + 1s);
+  accounts.request_join(bob, "team", kStart + 2s);  // asking twice is asking once
+  registry.commit();
+  CHECK(accounts.requests(alice, "team") == std::vector<std::string>{"bob"});
+  CHECK(error_code_of([&] { (void)accounts.requests(bob, "team"); }) == Errc::unauthorized);
+  auto groups = accounts.list_groups(bob);
+  REQUIRE(groups.size() == 1);
+  CHECK(groups[0].owner == "alice");
+  CHECK(groups[0].members == 1);
+  CHECK_FALSE(groups[0].member);
+  CHECK(groups[0].pending);
+  accounts.decide(alice, "team", "bob", true, kStart + 3s);
+  registry.commit();
+  groups = accounts.list_groups(bob);
+  CHECK(groups[0].members == 2);
+  CHECK(groups[0].member);
+  CHECK_FALSE(groups[0].pending);
+
+  const FileId file = make_manifest(71).file_id();
+  const std::int64_t team = accounts.require_member(bob, "team");
+  accounts.add_file_to_group(file, team);
+  accounts.add_file_to_group(file, team);
+  registry.commit();
+  CHECK(accounts.hidden(file));
+  CHECK(accounts.member_groups_of(bob, file) == std::vector<std::string>{"team"});
+  CHECK(accounts.group_files(team, std::nullopt, 10) == std::vector<FileId>{file});
+  CHECK(accounts.group_files(team, file, 10).empty());
+  accounts.mark_public(file);
+  accounts.mark_public(file);
+  registry.commit();
+  CHECK_FALSE(accounts.hidden(file));
+
+  // The owner leaves: the group passes to bob; bob leaves: it is gone.
+  accounts.leave(alice, "team");
+  registry.commit();
+  CHECK(accounts.list_groups(bob)[0].owner == "bob");
+  accounts.leave(bob, "team");
+  registry.commit();
+  CHECK(accounts.list_groups(bob).empty());
+  CHECK(error_code_of([&] { (void)accounts.require_member(bob, "team"); }) == Errc::not_found);
+
+  accounts.delete_session(token);
+  registry.commit();
+  CHECK_FALSE(accounts.session_user(token));
 }
