@@ -36,6 +36,7 @@
 // the right answer, 1 otherwise (the JSON still says what was measured), 2 on a
 // bad command line.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -48,6 +49,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -128,6 +130,48 @@ double cpu_seconds(int pid) {
   // After ')': state is field 3; utime and stime are fields 14 and 15.
   if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return -1;
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// CPU time of `ppid` (with its reaped children's) plus that of its live
+// children, in seconds; -1 when `ppid` cannot be read. For a PostgreSQL
+// postmaster: every backend, the WAL writer, the checkpointer.
+double tree_cpu_seconds(int ppid) {
+  if (ppid <= 0) return -1;
+  auto fields = [](int pid, int& parent, unsigned long long& own, unsigned long long& reaped) {
+    FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+    if (!f) return false;
+    char buf[2048];
+    const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    const char* p = std::strrchr(buf, ')');
+    if (!p) return false;
+    unsigned long long ut = 0, st = 0;
+    long long cut = 0, cst = 0;
+    if (std::sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %lld %lld", &parent, &ut, &st, &cut,
+                    &cst) != 5)
+      return false;
+    own = ut + st;
+    reaped = static_cast<unsigned long long>(cut + cst);
+    return true;
+  };
+  int parent = 0;
+  unsigned long long own = 0, reaped = 0;
+  if (!fields(ppid, parent, own, reaped)) return -1;
+  unsigned long long total = own + reaped;
+  if (DIR* d = ::opendir("/proc")) {
+    while (const dirent* e = ::readdir(d)) {
+      const int pid = std::atoi(e->d_name);
+      unsigned long long o = 0, r = 0;
+      if (pid > 0 && pid != ppid && fields(pid, parent, o, r) && parent == ppid) total += o;
+    }
+    ::closedir(d);
+  }
+  return static_cast<double>(total) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+double unix_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // Latencies of one request type in one phase.
@@ -215,6 +259,8 @@ struct Options {
   double fresh_seconds = 0;
   std::size_t fresh_connections = 0;  // 0: bounded by fresh_seconds only
   int server_pid = 0;                 // > 0: report the server's CPU time per phase
+  int tree_pid = 0;                   // > 0: also the CPU of this process and its children (a postmaster)
+  std::string file_prefix = "p2pshare-bench-file-";  // another prefix, another pool of files
   std::size_t fresh_clients = 32;
   unsigned heartbeat_ms = 1000;
   double timeout = 600;
@@ -234,7 +280,7 @@ class Load {
     ids_.reserve(opt_.files);
     hashes_.reserve(opt_.files);
     for (std::size_t f = 0; f < opt_.files; ++f) {
-      const std::string seed_text = "p2pshare-bench-file-" + std::to_string(f);
+      const std::string seed_text = opt_.file_prefix + std::to_string(f);
       const auto hash =
           Sha256::digest(std::span(reinterpret_cast<const std::uint8_t*>(seed_text.data()), seed_text.size()));
       hashes_.push_back(std::string(reinterpret_cast<const char*>(hash.bytes.data()), hash.bytes.size()));
@@ -629,9 +675,23 @@ class Load {
     j["server_cpu_seconds"] = cpu1 - cpu0;
     j["server_cpu_share"] = (cpu1 - cpu0) / secs;
     j["load_generator_cpu_share"] = (cpu_seconds(::getpid()) - gen_cpu0_) / secs;
+    const double count = j.contains("count") ? static_cast<double>(j["count"].get<std::size_t>()) : 0.0;
+    if (count > 0) j["load_generator_cpu_us_per_request"] = (cpu_seconds(::getpid()) - gen_cpu0_) * 1e6 / count;
+    const double tree1 = tree_cpu_seconds(opt_.tree_pid);
+    if (tree_cpu0_ >= 0 && tree1 >= 0) {
+      j["tree_cpu_seconds"] = tree1 - tree_cpu0_;
+      j["tree_cpu_share"] = (tree1 - tree_cpu0_) / secs;
+      if (count > 0) j["tree_cpu_us_per_request"] = (tree1 - tree_cpu0_) * 1e6 / count;
+    }
     if (j.contains("count") && j["count"].get<std::size_t>() > 0) {
       j["server_cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / static_cast<double>(j["count"].get<std::size_t>());
     }
+  }
+
+  // Where a phase's CPU accounting starts: this process's and the tree's.
+  void mark_cpu() {
+    gen_cpu0_ = cpu_seconds(::getpid());
+    tree_cpu0_ = tree_cpu_seconds(opt_.tree_pid);
   }
 
   // ------------------------------------------------------------ the phases
@@ -642,7 +702,7 @@ class Load {
     std::size_t started = 0;
     const auto t0 = Clock::now();
     const double cpu0 = cpu_seconds(opt_.server_pid);
-    gen_cpu0_ = cpu_seconds(::getpid());
+    mark_cpu();
     auto start_more = [&] {
       while (started < opt_.peers && started - reg_answered_ - disconnects_ < opt_.connect_concurrency) {
         const std::size_t i = started++;
@@ -701,8 +761,9 @@ class Load {
       if (next < total) send_next();
     };
     const auto t0 = Clock::now();
+    const double unix0 = unix_seconds();
     const double cpu0 = cpu_seconds(opt_.server_pid);
-    gen_cpu0_ = cpu_seconds(::getpid());
+    mark_cpu();
     while (next < total && next < opt_.announce_inflight) send_next();
     const std::uint64_t lost_before = disconnects_;
     while (answered < total && !past_deadline()) {
@@ -714,6 +775,10 @@ class Load {
     out["announce"] = stat(phase_, Op::announce).report(secs);
     add_cpu(out["announce"], cpu0, secs);
     out["announce"]["inflight"] = opt_.announce_inflight;
+    // Wall clock of the phase, so that announces from several load
+    // generators at once can be summed over the span they all ran in.
+    out["announce"]["unix_start"] = unix0;
+    out["announce"]["unix_end"] = unix0 + secs;
     out["announce"]["pipelined"] = "at most inflight requests outstanding in total, over many connections";
     log("announced " + std::to_string(answered) + " in " + std::to_string(secs) + " s");
     return answered == total;
@@ -770,7 +835,7 @@ class Load {
         std::to_string(opt_.heartbeat_ms) + " ms");
     const auto t0 = Clock::now();
     const double cpu0 = cpu_seconds(opt_.server_pid);
-    gen_cpu0_ = cpu_seconds(::getpid());
+    mark_cpu();
     t_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt_.seconds));
     for (std::size_t slot : client_slots) {
       for (std::size_t d = 0; d < opt_.pipeline; ++d) client_send(slot);
@@ -841,7 +906,7 @@ class Load {
     std::size_t open_now = 0, started = 0;
     const auto t0 = Clock::now();
     const double cpu0 = cpu_seconds(opt_.server_pid);
-    gen_cpu0_ = cpu_seconds(::getpid());
+    mark_cpu();
     const bool timed = opt_.fresh_seconds > 0;
     const auto t_end =
         t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt_.fresh_seconds));
@@ -916,6 +981,7 @@ class Load {
   std::vector<std::size_t> peer_slots_;
   std::uint64_t next_request_id_ = 0;
   double gen_cpu0_ = 0;
+  double tree_cpu0_ = -1;
   std::size_t registered_ = 0;
   std::size_t reg_answered_ = 0;
   std::uint64_t disconnects_ = 0;
@@ -956,6 +1022,10 @@ int main(int argc, char** argv) {
       ("timeout", "bound on the whole run, seconds", cxxopts::value<double>()->default_value("600"))
       ("server-pid", "the server's PID: report its CPU time per phase", cxxopts::value<int>()->default_value("0"))
       ("seed", "random seed for the clients' file picks", cxxopts::value<std::uint64_t>()->default_value("1"))
+      ("tree-pid", "also report the CPU time per phase of this process and its children (a PostgreSQL postmaster)",
+       cxxopts::value<int>()->default_value("0"))
+      ("file-prefix", "seed text of the file pool: load generators with different prefixes announce different files",
+       cxxopts::value<std::string>()->default_value("p2pshare-bench-file-"))
       ("h,help", "this help");
   // clang-format on
   Options opt;
@@ -987,6 +1057,8 @@ int main(int argc, char** argv) {
     opt.timeout = args["timeout"].as<double>();
     opt.seed = args["seed"].as<std::uint64_t>();
     opt.server_pid = args["server-pid"].as<int>();
+    opt.tree_pid = args["tree-pid"].as<int>();
+    opt.file_prefix = args["file-prefix"].as<std::string>();
     if (opt.files == 0) throw std::runtime_error("--files must be at least 1");
     if (opt.files_per_peer > opt.files) throw std::runtime_error("--files-per-peer must not exceed --files");
     if (opt.seconds <= 0 || opt.seconds > 3600) throw std::runtime_error("--seconds must be in (0, 3600]");

@@ -12,7 +12,9 @@ usage: /usr/bin/python3 bench/p2pshare_bench.py [--small] [--goals 1,2,...]
            [--baselines bench/results/baselines.json] [--out PATH]
            [--bin build/release/p2pshare]
            [--load-bin build/release/bench/p2pshare_central_load]
-env:   BENCH_RUNS (default 3; 1 with --small), BENCH_TMPDIR (scratch parent)
+env:   BENCH_RUNS (default 3; 1 with --small), BENCH_TMPDIR (scratch parent),
+       BENCH_PG_INFLIGHT, BENCH_PG_SYNC (goal 10, diagnosis only: see
+       bench/benchmarks-notes.md), P2PSHARE_PG_BIN (PostgreSQL's bin dir)
 
 Exit status: 0 when every goal ran (met or not); 1 when one could not run or
 something was wrong: a crash, an unclean exit, a download whose bytes differ
@@ -53,6 +55,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +107,78 @@ def check(what, figure, baseline, ratio, goal, met, note=""):
 
 
 # ------------------------------------------------------------- processes --
+class PgCluster:
+    """A private PostgreSQL for goal 10, durable as in production (fsync and
+    synchronous_commit on: the tests' throwaway cluster turns them off, a
+    benchmark must not). initdb and the server refuse to run as root: then
+    they run as the `postgres` user. On a unix socket only; stopped (pg_ctl
+    stop -m fast, which signals the PID in its postmaster.pid) and removed
+    at the end."""
+
+    BIN = os.environ.get("P2PSHARE_PG_BIN", "/usr/lib/postgresql/15/bin")
+
+    def __init__(self, wd):
+        if not os.access(os.path.join(self.BIN, "initdb"), os.X_OK):
+            raise Failure("no %s/initdb: install postgresql-15 (scripts/setup.sh)" % self.BIN)
+        # Its own short path: a unix socket's path must fit in 107 bytes, and
+        # the postgres user must reach it (the scratch dir is root's, 0700).
+        self.dir = tempfile.mkdtemp(prefix="p2pbench-pg.", dir="/tmp")
+        os.chmod(self.dir, 0o755)
+        self.as_owner = []
+        if os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.data = os.path.join(self.dir, "data")
+        self.started = False
+        subprocess.run([*self.as_owner, os.path.join(self.BIN, "initdb"), "-D", self.data, "-U", "postgres",
+                        "-A", "trust", "-E", "UTF8", "--locale=C"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=120)
+        opts = "-c listen_addresses='' -c unix_socket_directories='%s' -c max_connections=100" % self.dir
+        # A diagnosis, never the figure of record: BENCH_PG_SYNC=off shows
+        # what the rates are when a commit does not wait for the WAL flush.
+        if os.environ.get("BENCH_PG_SYNC", "on") != "on":
+            opts += " -c synchronous_commit=%s" % os.environ["BENCH_PG_SYNC"]
+        r = subprocess.run([*self.as_owner, os.path.join(self.BIN, "pg_ctl"), "-D", self.data, "-l",
+                            os.path.join(self.dir, "server.log"), "-s", "-w", "-t", "60", "-o", opts, "start"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=90)
+        if r.returncode != 0:
+            raise Failure("PostgreSQL did not start: %s" % r.stdout.strip())
+        self.started = True
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            self.pid = int(f.readline())
+        self.info = {"fsync": self.setting("fsync"), "synchronous_commit": self.setting("synchronous_commit"),
+                     "wal_sync_method": self.setting("wal_sync_method"),
+                     "shared_buffers": self.setting("shared_buffers"), "version": self.setting("server_version")}
+        log("PostgreSQL %s in %s: fsync=%s synchronous_commit=%s" % (
+            self.info["version"], self.dir, self.info["fsync"], self.info["synchronous_commit"]))
+
+    def psql(self, sql, db="postgres"):
+        r = subprocess.run([os.path.join(self.BIN, "psql"), "-h", self.dir, "-U", "postgres", "-d", db, "-Atqc",
+                            sql], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        if r.returncode != 0:
+            raise Failure("psql %r: %s" % (sql, r.stderr.strip()))
+        return r.stdout.strip()
+
+    def setting(self, name):
+        return self.psql("SHOW %s" % name)
+
+    def createdb(self, name):
+        self.psql("CREATE DATABASE %s" % name)
+        return name
+
+    def url(self, db):
+        return "postgresql:///%s?host=%s&user=postgres" % (db, self.dir)
+
+    def stop(self):
+        if self.started:
+            subprocess.run([*self.as_owner, os.path.join(self.BIN, "pg_ctl"), "-D", self.data, "-s", "-m", "fast",
+                            "-w", "-t", "60", "stop"], timeout=90)
+            self.started = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Server:
     def __init__(self, proc, addr, name, log_path, data_dir):
         self.proc, self.addr, self.name = proc, addr, name
@@ -983,6 +1058,147 @@ class Bench:
                             "rss_kib_after_restart": rss_restart, "peak_rss_kib_after_restart_load": hwm2},
                 "checks": checks}
 
+    def goal10(self):
+        """The registry on PostgreSQL: one central server on SQLite vs one on
+        PostgreSQL, and two central servers on one PostgreSQL vs one."""
+        if self.small:
+            peers, fpp, files, extra = 40, 10, 100, ["--seconds", "0.3", "--clients", "2"]
+        else:
+            peers, fpp, files, extra = 500, 40, 1000, ["--seconds", "1", "--clients", "4"]
+        # Announces in flight per load generator (goal 6's 32 by default).
+        inflight = os.environ.get("BENCH_PG_INFLIGHT", "32")
+        pg = PgCluster(self.wd)
+        try:
+            return self._goal10(pg, peers, fpp, files, extra, inflight)
+        finally:
+            pg.stop()
+
+    def _goal10(self, pg, peers, fpp, files, extra, inflight):
+        # As goal 6: a long heartbeat interval keeps the idle connections,
+        # and every simulated peer registers from 127.0.0.1.
+        central_args = ["--heartbeat-interval", "60000", "--max-new-peers-per-minute", "0"]
+        runs = {k: [] for k in ("sqlite", "pg1", "pg2")}
+        per_run = {}
+
+        def record(key, value):
+            per_run.setdefault(key + "_runs", []).append(value)
+
+        def shape(n_peers, prefix):
+            return ["--peers", str(n_peers), "--files", str(files), "--files-per-peer", str(fpp),
+                    "--announce-inflight", inflight, "--file-prefix", prefix, "--tree-pid", str(pg.pid), *extra]
+
+        for r in range(self.runs):
+            # 1. One central server on SQLite (its data dir).
+            c = self.central(*central_args)
+            res = self.central_load(c, *shape(peers, "sqlite-%d-" % r), timeout=600)
+            self.stop(c)
+            a = res["announce"]
+            runs["sqlite"].append(a)
+            record("sqlite_announces_per_s", a["rps"])
+            record("sqlite_p99_ms", a["p99_ms"])
+            # 2. One central server on PostgreSQL (a fresh database).
+            db = pg.createdb("bench_one_%d" % r)
+            c = self.central("--store", pg.url(db), *central_args)
+            res = self.central_load(c, *shape(peers, "pg1-%d-" % r), timeout=600)
+            self.stop(c)
+            a = res["announce"]
+            runs["pg1"].append(a)
+            record("pg1_announces_per_s", a["rps"])
+            record("pg1_p99_ms", a["p99_ms"])
+            # 3. Two central servers on one PostgreSQL, half the peers each,
+            # two load generators at once (disjoint files), each with the same
+            # announces in flight as the single server's.
+            db = pg.createdb("bench_two_%d" % r)
+            cs = [self.central("--store", pg.url(db), *central_args) for _ in range(2)]
+            procs = []
+            for i, c in enumerate(cs):
+                argv = [self.load_bin, "--server", c.addr, "--server-pid", str(c.pid), "--timeout", "600",
+                        *shape(peers // 2, "pg2-%d-%d-" % (r, i))]
+                procs.append(self.wd.spawn(argv, stdout=subprocess.PIPE, text=True))
+            results = []
+            for p in procs:
+                try:
+                    out, _ = p.communicate(timeout=660)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.communicate()
+                    raise Failure("central_load did not finish")
+                res = json.loads(out) if out.strip() else {}
+                if p.returncode != 0 or not res.get("ok"):
+                    raise Failure("central_load against two central servers: %d errors, %d disconnects (exit %d)"
+                                  % (res.get("errors", -1), res.get("disconnects", -1), p.returncode))
+                results.append(res["announce"])
+            for c in cs:
+                self.stop(c)
+            count = sum(a["count"] for a in results)
+            span = max(a["unix_end"] for a in results) - min(a["unix_start"] for a in results)
+            pg2 = {"count": count, "rps": count / span, "p99_ms": max(a["p99_ms"] for a in results),
+                   "span_seconds": span, "each": results,
+                   # Both generators' windows cover PostgreSQL serving both
+                   # central servers: the larger of the two is its CPU.
+                   "tree_cpu_seconds": max(a.get("tree_cpu_seconds", 0) for a in results),
+                   "server_cpu_us_per_request": [a.get("server_cpu_us_per_request") for a in results],
+                   "load_generator_cpu_us_per_request": [a.get("load_generator_cpu_us_per_request")
+                                                         for a in results]}
+            pg2["tree_cpu_us_per_request"] = pg2["tree_cpu_seconds"] * 1e6 / count if count else None
+            runs["pg2"].append(pg2)
+            record("pg2_announces_per_s", pg2["rps"])
+            record("pg2_p99_ms", pg2["p99_ms"])
+            record("pg2_vs_pg1", pg2["rps"] / runs["pg1"][-1]["rps"])
+            log("goal 10 run %d: SQLite %.0f/s, PostgreSQL %.0f/s, two on PostgreSQL %.0f/s"
+                % (r + 1, runs["sqlite"][-1]["rps"], runs["pg1"][-1]["rps"], pg2["rps"]))
+
+        def med(kind, key):
+            vals = [a.get(key) for a in runs[kind] if isinstance(a.get(key), (int, float))]
+            return median(vals)
+
+        def spread(kind, key="rps"):
+            vals = [a[key] for a in runs[kind]]
+            return "runs %s" % " / ".join("%.0f" % v for v in vals) if key == "rps" else ""
+
+        def us(x):
+            return "n/a" if x is None else "%.0f us" % x
+
+        def each_us(kind, key):
+            vals = [v for a in runs[kind] for v in (a.get(key) or []) if v is not None]
+            return median(vals)
+
+        sq, p1, p2 = med("sqlite", "rps"), med("pg1", "rps"), med("pg2", "rps")
+        ratio2 = median(per_run["pg2_vs_pg1_runs"])
+        cpu = ("CPU per announce, median: SQLite central %s; PostgreSQL central %s + postgres %s; "
+               "two centrals %s each + postgres %s; load generator %s (one central) / %s (each of two)"
+               % (us(med("sqlite", "server_cpu_us_per_request")), us(med("pg1", "server_cpu_us_per_request")),
+                  us(med("pg1", "tree_cpu_us_per_request")), us(each_us("pg2", "server_cpu_us_per_request")),
+                  us(med("pg2", "tree_cpu_us_per_request")), us(med("pg1", "load_generator_cpu_us_per_request")),
+                  us(each_us("pg2", "load_generator_cpu_us_per_request"))))
+        checks = [
+            check("announces/s, one central server: PostgreSQL vs SQLite", "%.0f /s (%s)" % (p1, spread("pg1")),
+                  "SQLite %.0f /s (%s)" % (sq, spread("sqlite")), p1 / sq if sq else None, "informational", None,
+                  "PostgreSQL with fsync=%s, synchronous_commit=%s (on: a commit waits for the WAL flush); SQLite "
+                  "as the default store runs it; %s announces per run, %s in flight"
+                  % (pg.info["fsync"], pg.info["synchronous_commit"], peers * fpp, inflight)),
+            check("announce p99, one central server on PostgreSQL", "%.2f ms" % med("pg1", "p99_ms"),
+                  "SQLite %.2f ms" % med("sqlite", "p99_ms"), None, "reference: p99 <= 5 ms (goal 6's bar)",
+                  med("pg1", "p99_ms") <= 5.0, ""),
+            check("announces/s, two central servers on one PostgreSQL vs one",
+                  "%.0f /s (%s)" % (p2, spread("pg2")), "one %.0f /s" % p1, ratio2, ">= 1.6x",
+                  ratio2 >= 1.6 if ratio2 is not None else None,
+                  "half the peers on each, two load generators at once, each with %s in flight; rate = both "
+                  "counts over the span both ran; ratio is the median of the per-run ratios; p99 %.2f ms. "
+                  "On %d cores the two central servers, postgres and two load generators share the CPU"
+                  % (inflight, med("pg2", "p99_ms"), os.cpu_count()), ),
+            check("CPU per announce, per process", cpu.split(": ", 1)[1], "", None, "informational", None,
+                  "utime + stime from /proc over the announce phase; postgres = the postmaster and all its "
+                  "children"),
+        ]
+        print("goal10 registry on PostgreSQL: one central %.0f/s (SQLite %.0f/s, %.2fx); two centrals %.0f/s "
+              "(%.2fx one; goal >= 1.6x); %s" % (p1, sq, p1 / sq if sq else 0, p2, ratio2 or 0, cpu), flush=True)
+        return {"title": "Registry on PostgreSQL: one central server vs SQLite, two central servers on one database "
+                         "(%d peers x %d announces, %d files)" % (peers, fpp, files),
+                "figures": dict(per_run, sqlite=runs["sqlite"], pg_one=runs["pg1"], pg_two=runs["pg2"],
+                                postgres=pg.info),
+                "checks": checks}
+
     @staticmethod
     def proc_status(pid, key):
         with open("/proc/%d/status" % pid) as f:
@@ -1010,7 +1226,7 @@ def host_info():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="small sizes: a smoke test")
-    ap.add_argument("--goals", default="1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--goals", default="1,2,3,4,5,6,7,8,9,10")
     ap.add_argument("--baselines", help="baselines.sh JSON from the same run")
     ap.add_argument("--out", help="JSON output (default bench/results/p2pshare[-small].json)")
     ap.add_argument("--bin", default=os.environ.get("P2PSHARE_BIN",
@@ -1044,7 +1260,7 @@ def main():
         doc["runs"] = b.runs
         # Goal 4 first: it needs the 1 GiB file cached and the machine quiet
         # of our own transfers; goals 1 and 2 share a swarm.
-        order = [g for g in (4, 1, 2, 5, 3, 8, 9, 6, 7) if g in goals]
+        order = [g for g in (4, 1, 2, 5, 3, 8, 9, 6, 7, 10) if g in goals]
         for g in order:
             log("=== goal %d" % g)
             t0 = time.monotonic()

@@ -65,6 +65,7 @@ GOAL_COMMANDS = {
     "7": "p2pshare_bench.py --goals 7",
     "8": "p2pshare_bench.py --goals 8 (request-file --out and request-file --stdout | sha256sum, interleaved)",
     "9": "bench/folder_bench.py (= p2pshare_bench.py --goals 9; find | xargs -0 sha256sum in the same loop)",
+    "10": "p2pshare_bench.py --goals 10 (its own PostgreSQL, fsync on; SQLite, one and two central servers run by run)",
 }
 
 
