@@ -46,6 +46,7 @@ constexpr std::chrono::milliseconds kThrottleMax{15 * 60 * 1000};
 constexpr int kMaxAnnounceGroups = 8;
 constexpr int kMaxGaveUp = 64;
 constexpr const char* kWrongLogin = "wrong user or password";
+constexpr const char* kStoreUnavailable = "the central server's database is unavailable; retry later";
 
 std::string observed_host(const asio::ip::tcp::endpoint& endpoint) {
   auto address = endpoint.address();
@@ -268,6 +269,11 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     try {
       handle(session, request, response);
       observe();
+    } catch (const db::Unavailable& e) {
+      observe();
+      metrics->request_errors.add();
+      reply_store_unavailable(session, request.request_id(), e);
+      return;
     } catch (const Error& e) {
       observe();
       metrics->request_errors.add();
@@ -283,6 +289,13 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
       return;
     }
     answer(session, request.request_id(), response.SerializeAsString(), std::nullopt);
+  }
+
+  // The database is away: the client hears that, not where the database is.
+  void reply_store_unavailable(const std::shared_ptr<Session>& session, std::uint64_t request_id,
+                               const db::Unavailable& e) {
+    log::warn("central: {}", e.what());
+    reply_error(session, request_id, Errc::unavailable, kStoreUnavailable, false);
   }
 
   void reply_error(const std::shared_ptr<Session>& session, std::uint64_t request_id, Errc code,
@@ -393,15 +406,26 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     }
     std::optional<User> known;
     std::string stored;
-    if (login) {
-      if (auto found = accounts.password_hash(user)) {
-        known = found->first;
-        stored = std::move(found->second);
-      } else {
-        stored = accounts::dummy_hash(password_cost());
+    try {
+      // A read of the store: on PostgreSQL it fails while the database is
+      // away (Errc::unavailable), which the client hears; never the process.
+      if (login) {
+        if (auto found = accounts.password_hash(user)) {
+          known = found->first;
+          stored = std::move(found->second);
+        } else {
+          stored = accounts::dummy_hash(password_cost());
+        }
+      } else if (accounts.password_hash(user)) {
+        return reply_error(session, id, Errc::bad_request, fmt::format("user {} already exists", user), false);
       }
-    } else if (accounts.password_hash(user)) {
-      return reply_error(session, id, Errc::bad_request, fmt::format("user {} already exists", user), false);
+    } catch (const db::Unavailable& e) {
+      return reply_store_unavailable(session, id, e);
+    } catch (const Error& e) {
+      return reply_error(session, id, e.code(), e.what(), false);
+    } catch (const std::exception& e) {
+      log::error("central: account lookup failed: {}", e.what());
+      return reply_error(session, id, Errc::unavailable, "internal error", false);
     }
     ++hashes_queued;
     const auto cost = password_cost();
@@ -455,6 +479,8 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         accounts.create_user(user, result, now);
         response.mutable_ok();
       }
+    } catch (const db::Unavailable& e) {
+      return reply_store_unavailable(session, id, e);
     } catch (const Error& e) {
       return reply_error(session, id, e.code(), e.what(), false);
     } catch (const std::exception& e) {

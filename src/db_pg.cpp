@@ -223,7 +223,7 @@ class PgDatabase final : public Database {
 
   void check_connected(std::string_view what) const {
     if (PQstatus(conn_) != CONNECTION_OK) {
-      throw Error(Errc::unavailable, fmt::format("{}: {} failed: the PostgreSQL connection is lost", label_, what));
+      throw Unavailable(fmt::format("{}: {} failed: the PostgreSQL connection is lost", label_, what));
     }
   }
 
@@ -233,8 +233,9 @@ class PgDatabase final : public Database {
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
     const bool lost = PQstatus(conn_) != CONNECTION_OK;
     const std::string message = first_line(result != nullptr ? PQresultErrorMessage(result) : PQerrorMessage(conn_));
-    throw Error(lost ? Errc::unavailable : Errc::io,
-                fmt::format("{}: {} failed: {}", label_, what, message.empty() ? "no result" : message));
+    auto text = fmt::format("{}: {} failed: {}", label_, what, message.empty() ? "no result" : message);
+    if (lost) throw Unavailable(text);
+    throw Error(Errc::io, text);
   }
 
  private:
@@ -263,6 +264,7 @@ class PgDatabase final : public Database {
       // Freed now: a constructor that throws runs no destructor.
       PQfinish(conn_);
       conn_ = nullptr;
+      if (code == Errc::unavailable) throw Unavailable(message);
       throw Error(code, message);
     }
     // Notices (e.g. "relation already exists, skipping") are not errors.
@@ -274,8 +276,7 @@ class PgDatabase final : public Database {
     // blocking the network thread for up to connect_timeout.
     const auto now = std::chrono::steady_clock::now();
     if (now < next_attempt_) {
-      throw Error(Errc::unavailable,
-                  fmt::format("{}: PostgreSQL at {} is unreachable; retrying", label_, redacted(url_)));
+      throw Unavailable(fmt::format("{}: PostgreSQL at {} is unreachable; retrying", label_, redacted(url_)));
     }
     log::warn("{}: reconnecting to {}", label_, redacted(url_));
     try {

@@ -21,7 +21,17 @@
 #include <string>
 #include <string_view>
 
+#include "p2pshare/error.hpp"
+
 namespace p2pshare::db {
+
+// The database went away (PostgreSQL stopped or unreachable): the code is
+// Errc::unavailable and the message names the store (its URL, password
+// hidden), for the log. Servers tell their clients less (central_server.cpp).
+class Unavailable : public Error {
+ public:
+  explicit Unavailable(const std::string& message) : Error(Errc::unavailable, message) {}
+};
 
 // One statement's backend-specific state (see Statement).
 class StatementImpl {

@@ -142,10 +142,30 @@ pb::CentralRequest Swarm::announcement() const {
   return request;
 }
 
-void Swarm::announce() const {
-  if (!visibility_known_) return;
+void Swarm::announce() const { announce_with_backoff(std::chrono::seconds(1)); }
+
+void Swarm::announce_with_backoff(std::chrono::milliseconds backoff) const {
+  if (!visibility_known_ || state_ == SwarmState::stopped) return;
+  std::weak_ptr<const Swarm> weak = weak_from_this();
   services_.central->request(
-      announcement(), [](auto, const std::string&) {}, std::chrono::seconds(0));
+      announcement(),
+      [weak, backoff](std::optional<pb::CentralResponse> response, const std::string&) {
+        if (!response || !response->has_error() || response->error().code() != static_cast<int>(Errc::unavailable)) {
+          return;
+        }
+        auto self = weak.lock();
+        if (!self || self->announce_retry_pending_) return;  // a chain already waits
+        self->announce_retry_pending_ = true;
+        auto timer = std::make_shared<asio::steady_timer>(self->services_.io, backoff);
+        timer->async_wait([weak, timer, backoff](const std::error_code& ec) {
+          auto again = weak.lock();
+          if (!again) return;
+          again->announce_retry_pending_ = false;
+          if (ec) return;
+          again->announce_with_backoff(std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(60)));
+        });
+      },
+      std::chrono::seconds(0));
 }
 
 void Swarm::save_uploaded() {

@@ -95,8 +95,11 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   void shutdown(bool persist_clean);
   // What the central server should hear about this file.
   pb::CentralRequest announcement() const;
-  // Tells the central server announcement(), without waiting for an answer:
-  // a lost one is repeated at the next registration (CentralLink's on_registered).
+  // Tells the central server announcement(), without waiting for the answer:
+  // a lost one is repeated at the next registration (CentralLink's
+  // on_registered); one answered "unavailable" (its store is away, or a
+  // limit) is repeated with a backoff of 1 s doubling to 60 s while the
+  // file stays here (one retry chain per file).
   void announce() const;
   // Writes the bytes uploaded since the last call to the state (shared files).
   void save_uploaded();
@@ -183,6 +186,9 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   // A download learns from its first holder refresh whether the file is a
   // group's; until then it neither announces nor serves.
   bool visibility_known_ = true;
+  // An announce answered "unavailable" waits to be repeated (announce()).
+  mutable bool announce_retry_pending_ = false;
+  void announce_with_backoff(std::chrono::milliseconds backoff) const;
   std::optional<std::uint32_t> replicas_;
   bool cached_ = false;
 };
