@@ -142,7 +142,9 @@ pb::CentralRequest Swarm::announcement() const {
   return request;
 }
 
-void Swarm::announce() const { announce_with_backoff(std::chrono::seconds(1)); }
+void Swarm::announce() const {
+  announce_with_backoff(std::chrono::seconds(1));
+}
 
 void Swarm::announce_with_backoff(std::chrono::milliseconds backoff) const {
   if (!visibility_known_ || state_ == SwarmState::stopped) return;
