@@ -348,8 +348,7 @@ TEST_CASE("a central server SIGKILLed under load: its peers fail over and no reg
   CHECK(parse_json(list).size() == sources.size());
 }
 
-TEST_CASE("PostgreSQL restarted under load: unavailable meanwhile, then nothing registered is lost",
-          "[e2e][pg]") {
+TEST_CASE("PostgreSQL restarted under load: unavailable meanwhile, then nothing registered is lost", "[e2e][pg]") {
   PrivatePg pg;
   REQUIRE(!pg.url().empty());
   PgRegistry reg(pg.url());
