@@ -4,11 +4,15 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <csignal>
 #include <cstdint>
+#include <stdexcept>
 #include <initializer_list>
 #include <regex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "central.pb.h"
 #include "p2pshare/protocol.hpp"
@@ -72,5 +76,44 @@ struct RawCentral {
   wire::SyncClient client;
   std::uint64_t id = 0;
 };
+
+// A background command's outcome once it exits (exit -1 if it had to be
+// killed after `timeout`).
+inline RunResult finish_process(Process& p, std::chrono::milliseconds timeout) {
+  RunResult r;
+  const auto code = p.wait(timeout);
+  if (!code) {
+    p.signal(SIGKILL);
+    p.wait();
+  }
+  r.exit_code = code.value_or(-1);
+  r.out = p.out();
+  r.err = p.err();
+  return r;
+}
+
+// The HOST:PORT a server printed after "http on " (--http-addr).
+inline std::string http_of(Node& node) {
+  auto line = node.process->wait_for_line("http on ");
+  if (!line) throw std::runtime_error(node.name + " never printed 'http on'");
+  return *line;
+}
+
+// The bearer token is the cookie file's text (64 hex digits and a newline),
+// as a user reads it with cat.
+inline std::string token_of(const Node& node) {
+  std::string text = read_file(node.data_dir / "control.cookie");
+  REQUIRE(text.size() == 65);
+  REQUIRE(text.back() == '\n');
+  text.pop_back();
+  return text;
+}
+
+// The binary with these arguments, run in `dir` (30 s at most).
+inline RunResult p2p(const std::vector<std::string>& args, const TempDir& dir) {
+  std::vector<std::string> full{binary()};
+  full.insert(full.end(), args.begin(), args.end());
+  return run(full, dir.path(), std::chrono::seconds(30));
+}
 
 }  // namespace p2pshare::test

@@ -13,12 +13,6 @@ const std::vector<std::string> kCommands = {"central-server", "peer-server", "re
                                             "stop-sharing",   "status",      "list-files",     "list-peers",
                                             "file-info",      "share-link",  "export-manifest"};
 
-RunResult p2p(const std::vector<std::string>& args, const TempDir& dir) {
-  std::vector<std::string> full{binary()};
-  full.insert(full.end(), args.begin(), args.end());
-  return run(full, dir.path(), std::chrono::seconds(30));
-}
-
 }  // namespace
 
 TEST_CASE("the binary prints its version", "[e2e]") {

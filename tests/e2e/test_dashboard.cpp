@@ -61,21 +61,7 @@ void screenshot(const Cluster& c, const std::string& url, const std::string& nam
   CHECK(fs::exists(path));
 }
 
-std::string http_of(Node& node) {
-  auto line = node.process->wait_for_line("http on ");
-  if (!line) throw std::runtime_error(node.name + " never printed 'http on'");
-  return *line;
-}
 
-// The bearer token is the cookie file's text (64 hex digits and a newline),
-// as a user reads it with cat.
-std::string token_of(const Node& node) {
-  std::string text = read_file(node.data_dir / "control.cookie");
-  REQUIRE(text.size() == 65);
-  REQUIRE(text.back() == '\n');
-  text.pop_back();
-  return text;
-}
 
 // The text between <tbody id="ID"> and its </tbody>.
 std::string table(const std::string& dom, const std::string& id) {

@@ -10,12 +10,6 @@ namespace {
 
 const std::string kUnknownId(64, 'a');  // well formed, never registered
 
-RunResult p2p(const std::vector<std::string>& args, const TempDir& dir) {
-  std::vector<std::string> full{binary()};
-  full.insert(full.end(), args.begin(), args.end());
-  return run(full, dir.path(), std::chrono::seconds(30));
-}
-
 }  // namespace
 
 TEST_CASE("command-line mistakes exit 2 with one line naming the problem", "[e2e]") {

@@ -46,18 +46,6 @@ bool lists(const Cluster& c, const std::string& central, const std::string& id) 
   return ids && std::find(ids->begin(), ids->end(), id) != ids->end();
 }
 
-RunResult finish(Process& p, std::chrono::milliseconds timeout) {
-  RunResult r;
-  const auto code = p.wait(timeout);
-  if (!code) {
-    p.signal(SIGKILL);
-    p.wait();
-  }
-  r.exit_code = code.value_or(-1);
-  r.out = p.out();
-  r.err = p.err();
-  return r;
-}
 
 }  // namespace
 
@@ -94,7 +82,7 @@ TEST_CASE("failover: peers move to the next central server when theirs is killed
   CHECK(contains_ci(c.peer(0).process->err() + c.peer(0).process->out(), "using " + b));
 
   // The download started before the kill completes, verified.
-  const auto r = finish(*request, 30s);
+  const auto r = finish_process(*request, 30s);
   INFO(describe(r));
   REQUIRE(r.exit_code == 0);
   CHECK(files_equal(src, out));

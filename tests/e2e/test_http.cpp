@@ -22,21 +22,7 @@ namespace {
 
 const std::vector<std::string> kHttpFlag{"--http-addr", "127.0.0.1:0"};
 
-std::string http_of(Node& node) {
-  auto line = node.process->wait_for_line("http on ");
-  if (!line) throw std::runtime_error(node.name + " never printed 'http on'");
-  return *line;
-}
 
-// The bearer token is the cookie file's text (64 hex digits and a newline),
-// as a user reads it with cat.
-std::string token_of(const Node& node) {
-  std::string text = read_file(node.data_dir / "control.cookie");
-  REQUIRE(text.size() == 65);
-  REQUIRE(text.back() == '\n');
-  text.pop_back();
-  return text;
-}
 
 std::string bearer(const Node& node) {
   return "Authorization: Bearer " + token_of(node);

@@ -26,19 +26,6 @@ ClusterOptions transfer_options() {
   return o;
 }
 
-// The background request's outcome once it exits (exit -1 if it had to be killed).
-RunResult finish(Process& p, std::chrono::milliseconds timeout) {
-  RunResult r;
-  const auto code = p.wait(timeout);
-  if (!code) {
-    p.signal(SIGKILL);
-    p.wait();
-  }
-  r.exit_code = code.value_or(-1);
-  r.out = p.out();
-  r.err = p.err();
-  return r;
-}
 
 // Overwrites `bytes` bytes at `offset` with something else, keeping the size.
 void corrupt(const fs::path& file, std::uint64_t offset, std::size_t bytes) {
@@ -96,7 +83,7 @@ TEST_CASE("transfer: a source SIGKILLed mid-download: the download finishes from
   CHECK(before < size);
   Cluster::kill(c.peer(0));
 
-  const auto r = finish(*request, 30s);
+  const auto r = finish_process(*request, 30s);
   INFO(describe(r));
   REQUIRE(r.exit_code == 0);
   const auto j = parse_json(r);
@@ -178,7 +165,7 @@ TEST_CASE("transfer: a downloader SIGKILLed half-way resumes after a restart and
   Cluster::kill(c.peer(1));
   // The client loses its peer-server: it exits (an error) rather than hang.
   {
-    const auto r = finish(*request, 10s);
+    const auto r = finish_process(*request, 10s);
     INFO(describe(r));
     CHECK(r.exit_code != 0);
     CHECK(r.exit_code != -1);
@@ -230,7 +217,7 @@ TEST_CASE("transfer: the only source stops mid-download: the request fails, the 
   REQUIRE(wait_for([&] { return c.have_bytes(1, id) >= size / 4; }, 20s));
   CHECK(Cluster::stop(c.peer(0), SIGTERM) == 0);
 
-  const auto r = finish(*request, 15s);
+  const auto r = finish_process(*request, 15s);
   INFO("the request ended after " << elapsed_since(started) << " s");
   // Run with --json: the one line on stderr, and the failure's kind on stdout.
   check_fails("request-file when the last holder left", RunResult{r.exit_code, "", r.err}, 1, {"holder"});
@@ -273,7 +260,7 @@ TEST_CASE("transfer: request-file --wait started while no holder is live complet
   CHECK(part_files(out.parent_path()).size() == 1);
 
   c.start_peer_with(0, {});
-  const auto r = finish(*waiting, 30s);
+  const auto r = finish_process(*waiting, 30s);
   INFO(describe(r));
   REQUIRE(r.exit_code == 0);
   const auto j = parse_json(r);
@@ -282,7 +269,7 @@ TEST_CASE("transfer: request-file --wait started while no holder is live complet
   CHECK(part_files(out.parent_path()).empty());
   // The first request either failed when the source left or, still
   // attached, finished with the second one: it must not hang.
-  const auto f = finish(*first, 10s);
+  const auto f = finish_process(*first, 10s);
   INFO(describe(f));
   CHECK((f.exit_code == 0 || f.exit_code == 1));
 }
@@ -303,7 +290,7 @@ TEST_CASE("transfer: a failed download retried in the same peer-server fetches o
   REQUIRE(wait_for([&] { return c.have_bytes(1, id) >= size / 2; }, 20s));
   CHECK(Cluster::stop(c.peer(0), SIGTERM) == 0);
   // The download fails 3 s after its last source left, keeping what it has.
-  const auto f = finish(*first, 12s);
+  const auto f = finish_process(*first, 12s);
   INFO("first request: " << describe(f));
   REQUIRE(f.exit_code == 1);
   const auto had = c.have_bytes(1, id);
@@ -368,7 +355,7 @@ TEST_CASE("transfer: four downloaders at once share among themselves instead of 
   const double elapsed = elapsed_since(started);
   REQUIRE(all_done);
   for (std::size_t k = 0; k < 4; ++k) {
-    const auto r = finish(*requests[k], 1s);
+    const auto r = finish_process(*requests[k], 1s);
     INFO("downloader " << k + 1 << ": " << describe(r));
     CHECK(r.exit_code == 0);
     CHECK(files_equal(src, outs[k]));
