@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <ctime>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -82,69 +83,51 @@ std::string to_string(const std::vector<Address>& addresses) {
   return out;
 }
 
-std::uint64_t parse_rate(std::string_view text) {
-  auto bad = [&] {
-    return Error(Errc::usage, fmt::format("malformed rate '{}' (expected e.g. 16M, 500K, 0 for unlimited)", text));
-  };
-  if (text.empty()) throw bad();
-  std::uint64_t multiplier = 1;
-  switch (text.back()) {
-    case 'K':
-    case 'k':
-      multiplier = 1ull << 10;
-      break;
-    case 'M':
-    case 'm':
-      multiplier = 1ull << 20;
-      break;
-    case 'G':
-    case 'g':
-      multiplier = 1ull << 30;
-      break;
-    default:
-      break;
-  }
-  if (multiplier != 1) text.remove_suffix(1);
-  std::uint64_t value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) throw bad();
-  if (value > (~0ull) / multiplier) throw bad();
-  return value * multiplier;
-}
+namespace {
 
-std::uint64_t parse_size(std::string_view text) {
-  const std::string shown(text);
-  auto bad = [&] {
-    return Error(Errc::usage, fmt::format("malformed size '{}' (expected e.g. 10G, 512M, 64K)", shown));
-  };
-  if (text.empty()) throw bad();
-  std::uint64_t multiplier = 1;
+// A count with an optional binary suffix (K, M, G, and T when `tera`), as
+// rates and sizes are written; nullopt if malformed or past 2^64.
+std::optional<std::uint64_t> parse_scaled(std::string_view text, bool tera) {
+  if (text.empty()) return std::nullopt;
+  int shift = 0;
   switch (text.back()) {
     case 'K':
     case 'k':
-      multiplier = 1ull << 10;
+      shift = 10;
       break;
     case 'M':
     case 'm':
-      multiplier = 1ull << 20;
+      shift = 20;
       break;
     case 'G':
     case 'g':
-      multiplier = 1ull << 30;
+      shift = 30;
       break;
     case 'T':
     case 't':
-      multiplier = 1ull << 40;
+      shift = tera ? 40 : 0;
       break;
     default:
       break;
   }
-  if (multiplier != 1) text.remove_suffix(1);
+  if (shift != 0) text.remove_suffix(1);
   std::uint64_t value = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) throw bad();
-  if (value > (~0ull) / multiplier) throw bad();
-  return value * multiplier;
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
+  if (value > (~0ull) >> shift) return std::nullopt;
+  return value << shift;
+}
+
+}  // namespace
+
+std::uint64_t parse_rate(std::string_view text) {
+  if (auto value = parse_scaled(text, false)) return *value;
+  throw Error(Errc::usage, fmt::format("malformed rate '{}' (expected e.g. 16M, 500K, 0 for unlimited)", text));
+}
+
+std::uint64_t parse_size(std::string_view text) {
+  if (auto value = parse_scaled(text, true)) return *value;
+  throw Error(Errc::usage, fmt::format("malformed size '{}' (expected e.g. 10G, 512M, 64K)", text));
 }
 
 std::string format_bytes(std::uint64_t bytes) {

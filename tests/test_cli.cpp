@@ -118,6 +118,18 @@ TEST_CASE("parse_address names the bad input in its message", "[cli]") {
   }
 }
 
+TEST_CASE("parse_size takes K/M/G/T suffixes and refuses what does not fit", "[cli]") {
+  CHECK(cli::parse_size("512M") == 512ull << 20);
+  CHECK(cli::parse_size("10g") == 10ull << 30);
+  CHECK(cli::parse_size("2T") == 2ull << 40);
+  CHECK(cli::parse_size("4096") == 4096);
+  for (const char* bad : {"", "T", "1.5G", "-1M", "16E", "16777216T", "1 G"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(cli::parse_size(bad), Error);
+  }
+  CHECK_THROWS_AS(cli::parse_rate("1T"), Error);  // a rate in TiB/s is a typo
+}
+
 TEST_CASE("parse_rate takes plain bytes and K/M/G suffixes in either case", "[cli]") {
   CHECK(cli::parse_rate("0") == 0);
   CHECK(cli::parse_rate("16M") == 16ull * 1024 * 1024);

@@ -955,7 +955,16 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     pb::CentralRequest announce;
     manifest_to_wire(manifest, announce.mutable_announce()->mutable_manifest());
     announce.mutable_announce()->set_replicas(replicas);
-    services->central->request(std::move(announce), [weak = weak_from_this(), c, path, manifest, identity, replicas](
+    announce_then(c, std::move(announce), [c, path, manifest, identity, replicas](Impl& self) {
+      self.add_shared(c, path, manifest, identity, {}, replicas);
+    });
+  }
+
+  // Sends `announce` to the central server; on its yes `then` runs, and its
+  // no (or no answer) is the control answer.
+  template <typename Then>
+  void announce_then(const std::shared_ptr<ControlSink>& c, pb::CentralRequest announce, Then then) {
+    services->central->request(std::move(announce), [weak = weak_from_this(), c, then = std::move(then)](
                                                         auto response, const std::string& error) {
       auto self = weak.lock();
       if (!self) return;
@@ -963,7 +972,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       if (response->has_error()) {
         return c->send(encode(error_response(errc_of(response->error()), response->error().message())));
       }
-      self->add_shared(c, path, manifest, identity, {}, replicas);
+      then(*self);
     });
   }
 
@@ -988,15 +997,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     manifest_to_wire(manifest, announce.mutable_announce()->mutable_manifest());
     for (const auto& g : groups) announce.mutable_announce()->add_groups(g);
     announce.set_session(services->session);
-    services->central->request(std::move(announce), [weak = weak_from_this(), c, path, manifest, identity, groups](
-                                                        auto response, const std::string& error) {
-      auto self = weak.lock();
-      if (!self) return;
-      if (!response) return c->send(encode(error_response(Errc::unavailable, error)));
-      if (response->has_error()) {
-        return c->send(encode(error_response(errc_of(response->error()), response->error().message())));
-      }
-      self->add_shared(c, path, manifest, identity, groups);
+    announce_then(c, std::move(announce), [c, path, manifest, identity, groups](Impl& self) {
+      self.add_shared(c, path, manifest, identity, groups);
     });
   }
 
