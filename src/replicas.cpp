@@ -1,6 +1,8 @@
 #include "p2pshare/replicas.hpp"
 
 #include <algorithm>
+#include <string>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -35,10 +37,13 @@ std::optional<std::uint32_t> ReplicaPlanner::request(const PeerId& owner, const 
   const std::uint64_t new_cost = std::uint64_t{n} * chunks;
   std::uint64_t& spent = owner_chunks_[owner];
   if (new_cost > old_cost && spent - old_cost + new_cost > config_.max_chunks_per_owner) {
+    // The message first: erasing the entry frees what `spent` refers to.
+    std::string message = fmt::format(
+        "this peer already asks for {} replicated chunks; {} more would pass the {} "
+        "the central server takes from one peer",
+        spent, new_cost - old_cost, config_.max_chunks_per_owner);
     if (spent == 0) owner_chunks_.erase(owner);
-    throw Error(Errc::unavailable, fmt::format("this peer already asks for {} replicated chunks; {} more would pass "
-                                               "the {} the central server takes from one peer",
-                                               spent, new_cost - old_cost, config_.max_chunks_per_owner));
+    throw Error(Errc::unavailable, std::move(message));
   }
   spent = spent - old_cost + new_cost;
   if (spent == 0) owner_chunks_.erase(owner);
