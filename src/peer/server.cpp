@@ -963,8 +963,8 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   // Sends `announce` to the central server; on its yes `then` runs, and its
   // no (or no answer) is the control answer.
   template <typename Then>
-  void announce_then(const std::shared_ptr<ControlSink>& c, pb::CentralRequest announce, Then then) {
-    services->central->request(std::move(announce), [weak = weak_from_this(), c, then = std::move(then)](
+  void announce_then(const std::shared_ptr<ControlSink>& c, pb::CentralRequest&& announce, Then&& then) {
+    services->central->request(std::move(announce), [weak = weak_from_this(), c, then = std::forward<Then>(then)](
                                                         auto response, const std::string& error) {
       auto self = weak.lock();
       if (!self) return;

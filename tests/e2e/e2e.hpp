@@ -7,9 +7,9 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
-#include <stdexcept>
 #include <initializer_list>
 #include <regex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>

@@ -61,8 +61,6 @@ void screenshot(const Cluster& c, const std::string& url, const std::string& nam
   CHECK(fs::exists(path));
 }
 
-
-
 // The text between <tbody id="ID"> and its </tbody>.
 std::string table(const std::string& dom, const std::string& id) {
   const auto start = dom.find("<tbody id=\"" + id + "\">");

@@ -46,7 +46,6 @@ bool lists(const Cluster& c, const std::string& central, const std::string& id) 
   return ids && std::find(ids->begin(), ids->end(), id) != ids->end();
 }
 
-
 }  // namespace
 
 TEST_CASE("failover: peers move to the next central server when theirs is killed, and the download goes on",

@@ -22,8 +22,6 @@ namespace {
 
 const std::vector<std::string> kHttpFlag{"--http-addr", "127.0.0.1:0"};
 
-
-
 std::string bearer(const Node& node) {
   return "Authorization: Bearer " + token_of(node);
 }

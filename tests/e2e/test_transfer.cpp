@@ -26,7 +26,6 @@ ClusterOptions transfer_options() {
   return o;
 }
 
-
 // Overwrites `bytes` bytes at `offset` with something else, keeping the size.
 void corrupt(const fs::path& file, std::uint64_t offset, std::size_t bytes) {
   std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
