@@ -36,6 +36,10 @@ constexpr std::size_t kForgetBatchRows = 500;
 // another one takes to show in list_files here (a read that misses catches up
 // at once).
 constexpr std::chrono::milliseconds kSyncInterval{100};
+// A read that misses catches up at most this often: each catch-up commits the
+// open batch and asks the database, so a stream of requests for unknown ids
+// must not turn group commit into a commit per request.
+constexpr std::chrono::milliseconds kMissCatchUpInterval{10};
 // Password guesses: the first 5 failures for a user name or an address are
 // free (typos), then each waits twice as long, up to 15 minutes. 4,096
 // keys each: a few hundred KiB at most, whatever an attacker sends.
@@ -129,6 +133,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   // changes are read into memory (Registry::sync).
   asio::steady_timer sync_timer;
   bool sync_failing = false;  // logged once per outage, not every tick
+  std::chrono::steady_clock::time_point last_catch_up{};
   Registry registry;
   tls::Identity identity;
   std::shared_ptr<asio::ssl::context> context;
@@ -735,7 +740,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           if (!file) throw Error(Errc::bad_request, "file id must be 32 bytes");
         }
         auto* out = response.mutable_peer_list();
-        if (file && registry.shared() && !registry.summary(*file, now)) catch_up();
+        if (file && registry.shared() && !registry.summary(*file, now)) catch_up_on_miss();
         for (const auto& peer : registry.live_peers(file, now)) fill_peer(peer, out->add_peers());
         return;
       }
@@ -745,10 +750,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
         auto details = registry.file(*id, now);
         // Announced through another central server a moment ago: read the
         // change log now rather than answer "unknown" until the next poll.
-        if (!details && registry.shared()) {
-          catch_up();
-          details = registry.file(*id, now);
-        }
+        if (!details && registry.shared() && catch_up_on_miss()) details = registry.file(*id, now);
         // A group's file is described to its members only; to anyone else
         // it is as unknown as a file id nobody registered.
         const bool visible = details && (!accounts.hidden(*id) || [&] {
@@ -793,6 +795,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   void catch_up() {
     if (!registry.shared()) return;
     if (registry.has_uncommitted()) commit();
+    last_catch_up = std::chrono::steady_clock::now();
     try {
       registry.sync();
       if (sync_failing) log::info("central: reading the other central servers' changes works again");
@@ -801,6 +804,15 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
       if (!sync_failing) log::warn("central: reading the other central servers' changes failed: {}", e.what());
       sync_failing = true;
     }
+  }
+
+  // A read missed in memory: catch up now unless one did moments ago.
+  // True if it did.
+  bool catch_up_on_miss() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_catch_up < kMissCatchUpInterval) return false;
+    catch_up();
+    return true;
   }
 
   void schedule_sync() {
