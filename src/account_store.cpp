@@ -32,7 +32,13 @@ AccountStore::AccountStore(Registry& registry)
       db_(registry.database()),
       hidden_(db_.prepare("SELECT EXISTS (SELECT 1 FROM file_groups WHERE file_id = ?1) AND NOT EXISTS "
                           "(SELECT 1 FROM public_files WHERE file_id = ?1)",
-                          "is the file hidden")) {}
+                          "is the file hidden")),
+      // Every announce runs these: prepared once, not per call.
+      is_public_(db_.prepare("SELECT 1 FROM public_files WHERE file_id = ?1", "is public")),
+      insert_public_(
+          db_.prepare("INSERT INTO public_files (file_id) VALUES (?1) ON CONFLICT DO NOTHING", "public file")),
+      insert_file_group_(db_.prepare(
+          "INSERT INTO file_groups (file_id, group_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", "file group")) {}
 
 std::optional<User> AccountStore::user_named(const std::string& name) {
   auto row = db_.prepare("SELECT id, name FROM users WHERE name = ?1", "find user");
@@ -236,22 +242,19 @@ void AccountStore::leave(const User& user, const std::string& group) {
 
 void AccountStore::add_file_to_group(const FileId& file, std::int64_t group) {
   registry_.write([&] {
-    auto insert =
-        db_.prepare("INSERT INTO file_groups (file_id, group_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING", "file group");
-    insert.bind_blob(1, file.bytes).bind_int(2, group);
-    insert.run();
+    insert_file_group_.bind_blob(1, file.bytes).bind_int(2, group);
+    insert_file_group_.run();
   });
 }
 
 void AccountStore::mark_public(const FileId& file) {
-  auto row = db_.prepare("SELECT 1 FROM public_files WHERE file_id = ?1", "is public");
-  row.bind_blob(1, file.bytes);
-  if (row.step()) return;
-  row.reset();
+  is_public_.bind_blob(1, file.bytes);
+  const bool known = is_public_.step();
+  is_public_.reset();
+  if (known) return;
   registry_.write([&] {
-    auto insert = db_.prepare("INSERT INTO public_files (file_id) VALUES (?1) ON CONFLICT DO NOTHING", "public file");
-    insert.bind_blob(1, file.bytes);
-    insert.run();
+    insert_public_.bind_blob(1, file.bytes);
+    insert_public_.run();
   });
 }
 

@@ -71,9 +71,11 @@ std::string registration_source(const asio::ip::tcp::endpoint& endpoint) {
   return asio::ip::make_address_v6(bytes).to_string() + "/64";
 }
 
+// Assigns into the entry's strings (no temporaries): a reused entry
+// (CentralServer::Impl::spare_*) keeps its buffers, so this allocates nothing.
 void fill_peer(const PeerRecord& peer, pb::PeerEntry* entry) {
-  entry->set_peer_id(to_bytes(peer.id));
-  entry->set_host(peer.host);
+  entry->mutable_peer_id()->assign(reinterpret_cast<const char*>(peer.id.bytes.data()), peer.id.bytes.size());
+  entry->mutable_host()->assign(peer.host);
   entry->set_port(peer.port);
   entry->set_last_seen_ms(
       std::chrono::duration_cast<std::chrono::milliseconds>(peer.last_seen.time_since_epoch()).count());
@@ -148,6 +150,12 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   // Group commit: answers given while registry writes are uncommitted wait
   // here, in order, for the commit that runs after the ready requests.
   std::vector<HeldAnswer> held;
+  // Reused answer bodies for ListPeers and GetFile. A cleared protobuf
+  // message keeps its repeated elements and string buffers, so answers that
+  // list hundreds of holders allocate (and free) almost nothing; building
+  // them new each time spent half the mixed load's CPU in malloc.
+  std::unique_ptr<pb::PeerList> spare_peer_list = std::make_unique<pb::PeerList>();
+  std::unique_ptr<pb::FileRecord> spare_file = std::make_unique<pb::FileRecord>();
   bool commit_posted = false;
   bool stopping = false;
   std::shared_ptr<CentralMetrics> metrics = std::make_shared<CentralMetrics>();
@@ -241,6 +249,35 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     sessions.erase(session);
   }
 
+  pb::PeerList* lend_peer_list(pb::CentralResponse& response) {
+    pb::PeerList* list = spare_peer_list ? spare_peer_list.release() : new pb::PeerList;
+    list->Clear();
+    response.set_allocated_peer_list(list);
+    return list;
+  }
+
+  pb::FileRecord* lend_file(pb::CentralResponse& response) {
+    pb::FileRecord* file = spare_file ? spare_file.release() : new pb::FileRecord;
+    file->Clear();
+    response.set_allocated_file(file);
+    return file;
+  }
+
+  // Takes the lent body back once the answer is serialized (or abandoned).
+  // One that grew large (a manifest of many chunks, long bitfields) is
+  // dropped rather than kept for the server's life.
+  void take_back(pb::CentralResponse& response) {
+    constexpr std::size_t kKeepBytes = 64 * 1024;
+    if (response.has_peer_list()) {
+      spare_peer_list.reset(response.release_peer_list());
+    } else if (response.has_file()) {
+      std::unique_ptr<pb::FileRecord> file(response.release_file());
+      std::size_t bytes = file->manifest().chunk_hashes().capacity();
+      for (const auto& holder : file->holders()) bytes += holder.bitfield().capacity();
+      if (bytes <= kKeepBytes) spare_file = std::move(file);
+    }
+  }
+
   void on_frame(const std::shared_ptr<Session>& session, std::string_view message) {
     if (!session->hello_done) {
       try {
@@ -264,6 +301,11 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
       return;
     }
     pb::CentralResponse response;
+    struct TakeBack {
+      Impl& impl;
+      pb::CentralResponse& response;
+      ~TakeBack() { impl.take_back(response); }
+    } take_back_body{*this, response};
     response.set_request_id(request.request_id());
     metrics->requests.add();
     const auto started = std::chrono::steady_clock::now();
@@ -739,7 +781,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           file = file_id_from_bytes(request.list_peers().file_id());
           if (!file) throw Error(Errc::bad_request, "file id must be 32 bytes");
         }
-        auto* out = response.mutable_peer_list();
+        auto* out = lend_peer_list(response);
         if (file && registry.shared() && !registry.summary(*file, now)) catch_up_on_miss();
         for (const auto& peer : registry.live_peers(file, now)) fill_peer(peer, out->add_peers());
         return;
@@ -758,7 +800,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
                                return user && !accounts.member_groups_of(*user, *id).empty();
                              }());
         if (!visible) throw Error(Errc::not_found, fmt::format("unknown file id {}", to_hex(*id)));
-        auto* out = response.mutable_file();
+        auto* out = lend_file(response);
         manifest_to_wire(details->manifest, out->mutable_manifest());
         if (session.peer && !request.session().empty()) {
           if (auto user = accounts.session_user(request.session())) {
@@ -779,7 +821,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
           if (++listed > kMaxHoldersPerAnswer) break;
           auto* entry = out->add_holders();
           fill_peer(holder.peer, entry);
-          if (holder.partial) entry->set_bitfield(holder.partial->to_wire());
+          if (holder.partial) entry->mutable_bitfield()->assign(holder.partial->to_wire());
         }
         return;
       }

@@ -1066,6 +1066,7 @@ std::optional<ReplicaFacts> Registry::replica_facts(const FileId& file_id, Syste
   const std::int64_t now_ms = to_unix_ms(now);
   ReplicaFacts facts;
   facts.size = it->second.size;
+  facts.live_complete.reserve(it->second.holders.size());
   for (const auto& [peer_id, holding] : it->second.holders) {
     if (!holding.partial && impl_->live(*holding.peer, now_ms)) facts.live_complete.push_back(peer_id);
   }
@@ -1109,6 +1110,8 @@ std::vector<PeerRecord> Registry::live_peers(std::optional<FileId> file, SystemC
   if (file) {
     const auto file_it = impl_->files.find(*file);
     if (file_it == impl_->files.end()) return result;
+    // One allocation, not one per doubling: a popular file lists hundreds.
+    result.reserve(file_it->second.holders.size());
     for (const auto& [id, holding] : file_it->second.holders) {
       const Impl::Peer& peer = *holding.peer;
       if (impl_->live(peer, now_ms)) {
@@ -1138,6 +1141,7 @@ std::optional<FileDetails> Registry::file(const FileId& id, SystemClock::time_po
   details.manifest.name = file.names.empty() ? std::string() : file.names.front();
   details.names = file.names;
   details.replicas = file.replicas;
+  details.live_holders.reserve(file.holders.size());
   for (const auto& [peer_id, holding] : file.holders) {
     const Impl::Peer& peer = *holding.peer;
     if (!impl_->live(peer, now_ms)) continue;

@@ -75,6 +75,9 @@ class AccountStore {
   Registry& registry_;
   db::Database& db_;
   db::Statement hidden_;
+  db::Statement is_public_;
+  db::Statement insert_public_;
+  db::Statement insert_file_group_;
 };
 
 }  // namespace p2pshare::central
