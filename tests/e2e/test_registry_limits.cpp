@@ -7,15 +7,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include <catch2/catch.hpp>
 
 #include "central.pb.h"
 #include "e2e.hpp"
+#include "p2pshare/bitfield.hpp"
+#include "p2pshare/manifest.hpp"
 #include "p2pshare/protocol.hpp"
 #include "p2pshare/tls.hpp"
 #include "support/hostile.hpp"
@@ -274,4 +278,82 @@ TEST_CASE("central-server refuses a malformed --forget-after", "[e2e][central][c
               c.run({"central-server", "--addr", "127.0.0.1:0", "--data-dir", c.path("d").string(), "--forget-after",
                      "30s", "--heartbeat-interval", "10000"}),
               2, {"--forget-after"});
+}
+
+TEST_CASE("central: answers built one after another carry only their own holders, bitfields and names",
+          "[e2e][central]") {
+  // The server reuses the bodies of ListPeers and GetFile answers: nothing
+  // of one answer may show in the next.
+  Cluster c(0);
+  Process central({binary(), "central-server", "--addr", "127.0.0.1:0", "--data-dir", c.path("central").string()},
+                  c.logs());
+  const std::string addr = central.wait_listening();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  const auto ask = [&](SourcedClient& client, pb::CentralRequest request) {
+    client.send(std::move(request));
+    return client.receive(deadline);
+  };
+  // Three chunks, so a holder can be partial.
+  const auto announce = [](std::uint32_t n, const std::string& name, std::optional<Bitfield> partial) {
+    pb::CentralRequest request;
+    auto* manifest = request.mutable_announce()->mutable_manifest();
+    std::string hashes(3 * 32, 'h');
+    std::memcpy(hashes.data(), &n, sizeof(n));
+    manifest->set_size(40000);
+    manifest->set_chunk_size(16384);
+    manifest->set_chunk_hashes(hashes);
+    manifest->set_name(name);
+    if (partial) request.mutable_announce()->set_bitfield(partial->to_wire());
+    return request;
+  };
+  const auto file_id_of = [](const pb::CentralRequest& request) {
+    return to_bytes(manifest_from_wire(request.announce().manifest()).file_id());
+  };
+  SourcedClient full("127.0.0.1", addr, tls::make_identity());
+  SourcedClient partial("127.0.0.1", addr, tls::make_identity());
+  SourcedClient other("127.0.0.1", addr, tls::make_identity());
+  for (SourcedClient* client : {&full, &partial, &other}) REQUIRE(ask(*client, register_request()).has_registered());
+  Bitfield first_chunk(3);
+  first_chunk.set(ChunkIndex{0});
+  const auto one = announce(1, "one", std::nullopt);
+  const auto two = announce(2, "two", std::nullopt);
+  REQUIRE(ask(full, one).has_ok());
+  REQUIRE(ask(partial, announce(1, "one", first_chunk)).has_ok());
+  REQUIRE(ask(other, two).has_ok());
+
+  const auto get_file = [&](const pb::CentralRequest& which) {
+    pb::CentralRequest request;
+    request.mutable_get_file()->set_file_id(file_id_of(which));
+    const auto answer = ask(other, request);
+    REQUIRE(answer.has_file());
+    return answer.file();
+  };
+  const auto list_peers = [&](const pb::CentralRequest& which) {
+    pb::CentralRequest request;
+    request.mutable_list_peers()->set_file_id(file_id_of(which));
+    const auto answer = ask(other, request);
+    REQUIRE(answer.has_peer_list());
+    return answer.peer_list();
+  };
+
+  const auto first = get_file(one);
+  REQUIRE(first.holders_size() == 2);
+  CHECK(first.names_size() == 1);
+  CHECK(std::count_if(first.holders().begin(), first.holders().end(),
+                      [](const pb::PeerEntry& e) { return !e.bitfield().empty(); }) == 1);
+  CHECK(list_peers(one).peers_size() == 2);
+
+  const auto second = get_file(two);
+  REQUIRE(second.holders_size() == 1);
+  CHECK(second.holders(0).bitfield().empty());
+  REQUIRE(second.names_size() == 1);
+  CHECK(second.names(0) == "two");
+  CHECK(second.manifest().name() == "two");
+  const auto peers = list_peers(two);
+  REQUIRE(peers.peers_size() == 1);
+  CHECK(peers.peers(0).peer_id() == second.holders(0).peer_id());
+
+  // The same question again: the same answer, byte for byte.
+  CHECK(get_file(one).SerializeAsString() == first.SerializeAsString());
+  CHECK(central.running());
 }
