@@ -82,7 +82,7 @@ std::optional<FrameDecoder::Frame> FrameDecoder::next() {
 // ---------------------------------------------------------------------------
 
 bool is_eof(const std::error_code& ec) {
-  return ec == asio::error::eof || ec == asio::ssl::error::stream_truncated;
+  return ec == asio::error::eof || ec == tls::stream_truncated();
 }
 
 namespace {
@@ -107,7 +107,7 @@ Connection::Connection(asio::ip::tcp::socket socket, asio::ssl::context& context
       read_deadline_(stream_.get_executor()),
       write_deadline_(stream_.get_executor()) {
   std::error_code ec;
-  remote_ = stream_.lowest_layer().remote_endpoint(ec);
+  remote_ = stream_.socket().remote_endpoint(ec);
 }
 
 Connection::~Connection() = default;
@@ -121,35 +121,34 @@ void Connection::handshake() {
   // The handshake runs on the first-frame deadline: a peer that never
   // finishes it is cut like one that never sends a frame.
   arm_read_deadline(options_.timeouts.first_frame);
-  stream_.async_handshake(side_ == tls::Side::server ? asio::ssl::stream_base::server : asio::ssl::stream_base::client,
-                          [self = shared_from_this()](const std::error_code& ec) {
-                            if (self->closed_) return;
-                            if (ec) {
-                              ERR_clear_error();
-                              // Garbage instead of a ClientHello is the other
-                              // side's problem: one debug line, that one
-                              // connection closed.
-                              const std::string why = "TLS handshake failed: " + io_error(ec, "closed by peer");
-                              log::debug("{}: {}", self->remote_.address().to_string(), why);
-                              self->close(why);
-                              return;
-                            }
-                            self->peer_key_ = tls::peer_key_hash(self->stream_.native_handle());
-                            if (self->verify_) {
-                              // Used once: dropped here, so what it captured
-                              // is not kept for the connection's life.
-                              const Verify verify = std::move(self->verify_);
-                              self->verify_ = nullptr;
-                              std::string refused = verify(*self);
-                              if (!refused.empty()) {
-                                self->close(refused);
-                                return;
-                              }
-                            }
-                            self->secured_ = true;
-                            self->read_header();
-                            if (!self->writing_ && !self->queue_.empty()) self->write_next();
-                          });
+  stream_.async_handshake(side_, [self = shared_from_this()](const std::error_code& ec) {
+    if (self->closed_) return;
+    if (ec) {
+      ERR_clear_error();
+      // Garbage instead of a ClientHello is the other
+      // side's problem: one debug line, that one
+      // connection closed.
+      const std::string why = "TLS handshake failed: " + io_error(ec, "closed by peer");
+      log::debug("{}: {}", self->remote_.address().to_string(), why);
+      self->close(why);
+      return;
+    }
+    self->peer_key_ = tls::peer_key_hash(self->stream_.native_handle());
+    if (self->verify_) {
+      // Used once: dropped here, so what it captured
+      // is not kept for the connection's life.
+      const Verify verify = std::move(self->verify_);
+      self->verify_ = nullptr;
+      std::string refused = verify(*self);
+      if (!refused.empty()) {
+        self->close(refused);
+        return;
+      }
+    }
+    self->secured_ = true;
+    self->read_header();
+    if (!self->writing_ && !self->queue_.empty()) self->write_next();
+  });
 }
 
 void Connection::start(FrameHandler on_frame, CloseHandler on_close) {
@@ -185,7 +184,7 @@ void Connection::read_header() {
   // The first bytes are read on their own: the frame deadline runs from the
   // frame's first byte, so a peer trickling the header is cut off in time.
   stream_.async_read_some(
-      asio::buffer(header_bytes_), [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
+      std::span(header_bytes_), [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
         if (self->closed_ || self->closing_) return;
         if (ec) {
           self->close(io_error(ec, "closed by peer"));
@@ -196,8 +195,8 @@ void Connection::read_header() {
           self->on_header({});
           return;
         }
-        asio::async_read(self->stream_, asio::buffer(self->header_bytes_.data() + n, kHeaderSize - n),
-                         [self](const std::error_code& e, std::size_t) { self->on_header(e); });
+        self->stream_.async_read(std::span(self->header_bytes_.data() + n, kHeaderSize - n),
+                                 [self](const std::error_code& e, std::size_t) { self->on_header(e); });
       });
 }
 
@@ -225,14 +224,14 @@ void Connection::read_message_part() {
   const std::size_t have = message_.size();
   const std::size_t step = std::min<std::size_t>(kStep, header_.message_length - have);
   message_.resize(have + step);
-  asio::async_read(stream_, asio::buffer(message_.data() + have, step),
-                   [self = shared_from_this()](const std::error_code& e, std::size_t) {
-                     if (!e && !self->closed_ && self->message_.size() < self->header_.message_length) {
-                       self->read_message_part();
-                       return;
-                     }
-                     self->on_message(e);
-                   });
+  stream_.async_read(std::span(message_.data() + have, step),
+                     [self = shared_from_this()](const std::error_code& e, std::size_t) {
+                       if (!e && !self->closed_ && self->message_.size() < self->header_.message_length) {
+                         self->read_message_part();
+                         return;
+                       }
+                       self->on_message(e);
+                     });
 }
 
 void Connection::on_message(const std::error_code& ec) {
@@ -274,17 +273,16 @@ void Connection::read_payload(std::span<std::uint8_t> destination, std::function
     // The frame's deadline still runs, unless a rate limit paused it: then
     // the payload gets a fresh one of its own.
     if (throttled) self->arm_read_deadline(self->options_.timeouts.frame);
-    asio::async_read(self->stream_, asio::buffer(destination.data(), destination.size()),
-                     [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {
-                       if (self->closed_ || self->closing_) return;
-                       if (ec) {
-                         self->close(io_error(ec, "closed by peer mid-payload"));
-                         return;
-                       }
-                       self->payload_received_ += n;
-                       done();
-                       self->read_header();
-                     });
+    self->stream_.async_read(destination, [self, done = std::move(done)](const std::error_code& ec, std::size_t n) {
+      if (self->closed_ || self->closing_) return;
+      if (ec) {
+        self->close(io_error(ec, "closed by peer mid-payload"));
+        return;
+      }
+      self->payload_received_ += n;
+      done();
+      self->read_header();
+    });
   };
   if (read_throttle_) {
     // Waiting for the rate limit is not the peer's fault: no deadline meanwhile.
@@ -339,8 +337,8 @@ void Connection::write_next() {
   auto do_write = [self] {
     if (self->closed_) return;
     Outgoing& out = self->queue_.front();
-    std::array<asio::const_buffer, 3> buffers{asio::buffer(out.header), asio::buffer(out.message),
-                                              asio::buffer(out.payload.bytes.data(), out.payload.bytes.size())};
+    std::vector<asio::const_buffer> buffers{asio::buffer(out.header), asio::buffer(out.message),
+                                            asio::buffer(out.payload.bytes.data(), out.payload.bytes.size())};
     self->write_deadline_.expires_after(self->options_.timeouts.write);
     self->write_deadline_.async_wait([self](const std::error_code& ec) {
       if (ec || self->closed_) return;
@@ -348,7 +346,7 @@ void Connection::write_next() {
         self->close("write deadline passed");
       }
     });
-    asio::async_write(self->stream_, buffers, [self](const std::error_code& ec, std::size_t n) {
+    self->stream_.async_write(std::move(buffers), [self](const std::error_code& ec, std::size_t n) {
       self->write_deadline_.cancel();
       if (self->closed_) {
         self->queue_.clear();  // the frame close() kept for this write
@@ -386,8 +384,8 @@ void Connection::close(const std::string& reason) {
   read_deadline_.cancel();
   write_deadline_.cancel();
   // No close_notify: the frames said what ends the conversation.
-  stream_.lowest_layer().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-  stream_.lowest_layer().close(ignored);
+  stream_.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  stream_.socket().close(ignored);
   // A write in flight still reads the front frame: asio's composed write may
   // hand more of it to SSL_write before it sees the closed socket. Keep that
   // frame (and its payload buffer, which the pool would give to a disk read)
@@ -413,14 +411,16 @@ void Connection::close(const std::string& reason) {
 // ---------------------------------------------------------------------------
 
 SyncClient::SyncClient(Limits limits, const tls::Identity* identity)
-    : context_(tls::make_context(tls::Side::client, identity)), stream_(io_, *context_), decoder_(limits) {}
+    : context_(tls::make_context(tls::Side::client, identity)),
+      stream_(asio::ip::tcp::socket(io_), *context_),
+      decoder_(limits) {}
 
 void SyncClient::run(std::chrono::milliseconds timeout, const char* what) {
   io_.restart();
   io_.run_for(timeout);
   if (!io_.stopped()) {
     std::error_code ignored;
-    stream_.lowest_layer().close(ignored);
+    stream_.socket().close(ignored);
     io_.run();  // let the cancelled operation finish
     throw Error(Errc::unavailable, fmt::format("{} timed out talking to {}", what, peer_));
   }
@@ -437,15 +437,15 @@ void SyncClient::connect(const std::string& host, std::uint16_t port, std::chron
       result = ec;
       return;
     }
-    asio::async_connect(stream_.lowest_layer(), endpoints, [&](const std::error_code& e, const auto&) {
+    asio::async_connect(stream_.socket(), endpoints, [&](const std::error_code& e, const auto&) {
       if (e) {
         result = e;
         return;
       }
       std::error_code ignored;
-      stream_.lowest_layer().set_option(asio::ip::tcp::no_delay(true), ignored);
+      stream_.socket().set_option(asio::ip::tcp::no_delay(true), ignored);
       connected = true;
-      stream_.async_handshake(asio::ssl::stream_base::client, [&](const std::error_code& h) { result = h; });
+      stream_.async_handshake(tls::Side::client, [&](const std::error_code& h) { result = h; });
     });
   });
   run(timeout, "connecting");
@@ -467,9 +467,9 @@ void SyncClient::connect(const std::string& host, std::uint16_t port, std::chron
 
 void SyncClient::send(const std::string& message, std::chrono::milliseconds timeout) {
   const auto header = encode_header({static_cast<std::uint32_t>(message.size()), 0});
-  std::array<asio::const_buffer, 2> buffers{asio::buffer(header), asio::buffer(message)};
   std::error_code result = asio::error::would_block;
-  asio::async_write(stream_, buffers, [&](const std::error_code& ec, std::size_t) { result = ec; });
+  stream_.async_write({asio::buffer(header), asio::buffer(message)},
+                      [&](const std::error_code& ec, std::size_t) { result = ec; });
   run(timeout, "sending");
   if (result) throw Error(Errc::unavailable, fmt::format("lost connection to {}: {}", peer_, result.message()));
 }
@@ -487,7 +487,7 @@ std::string SyncClient::receive(std::chrono::milliseconds timeout) {
     if (left.count() <= 0) throw Error(Errc::unavailable, fmt::format("no answer from {} in time", peer_));
     std::error_code result = asio::error::would_block;
     std::size_t got = 0;
-    stream_.async_read_some(asio::buffer(chunk), [&](const std::error_code& ec, std::size_t n) {
+    stream_.async_read_some(std::span(chunk), [&](const std::error_code& ec, std::size_t n) {
       result = ec;
       got = n;
     });
@@ -504,7 +504,7 @@ std::string SyncClient::receive(std::chrono::milliseconds timeout) {
 
 void SyncClient::close() {
   std::error_code ignored;
-  stream_.lowest_layer().close(ignored);
+  stream_.socket().close(ignored);
 }
 
 void tune_socket(asio::ip::tcp::socket& socket) {

@@ -931,6 +931,86 @@ TEST_CASE("Connection cuts a TLS handshake that never finishes by the first-fram
   if (kTimingAsserted) CHECK(ms_since(start) < 1500);
 }
 
+TEST_CASE("Connection carries bulk payloads both ways at once, larger than one send", "[wire][tls]") {
+  // Both ends send 4 MiB payloads while they receive the other's: reads and
+  // writes overlap on one TLS stream, and each payload spans many sends of
+  // the stream's 256 KiB window.
+  Loopback net;
+  auto [client_socket, server_socket] = net.socket_pair();
+  auto options = options_with(5s, 5s, 5s);
+  options.limits.max_payload = 4u << 20;
+  auto server = make_server(std::move(server_socket), options);
+  auto client = make_client(std::move(client_socket), options);
+  Recorder server_rec;
+  server_rec.start(server);
+  Recorder client_rec;
+  client_rec.start(client);
+  constexpr std::size_t kFrames = 6;
+  std::vector<std::shared_ptr<std::string>> sent_by_client;
+  std::vector<std::shared_ptr<std::string>> sent_by_server;
+  auto make_payload = [](std::size_t seed) {
+    auto payload = std::make_shared<std::string>((4u << 20) - seed, '\0');
+    std::uint32_t x = 2463534242u + static_cast<std::uint32_t>(seed);
+    for (auto& c : *payload) {
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
+      c = static_cast<char>(x);
+    }
+    return payload;
+  };
+  auto as_payload = [](const std::shared_ptr<std::string>& p) {
+    return wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(p->data()), p->size()), p};
+  };
+  for (std::size_t i = 0; i < kFrames; ++i) {
+    sent_by_client.push_back(make_payload(2 * i));
+    sent_by_server.push_back(make_payload(2 * i + 1));
+    client->send("c" + std::to_string(i), as_payload(sent_by_client.back()));
+    server->send("s" + std::to_string(i), as_payload(sent_by_server.back()));
+  }
+  const auto complete = [](const Recorder& rec) {
+    return rec.frames.size() == kFrames && !rec.frames.back().payload.empty();
+  };
+  REQUIRE(pump(
+      net.io, [&] { return complete(server_rec) && complete(client_rec); }, 20s));
+  for (std::size_t i = 0; i < kFrames; ++i) {
+    INFO("frame " << i);
+    CHECK(server_rec.frames[i].message == "c" + std::to_string(i));
+    CHECK(server_rec.frames[i].payload == *sent_by_client[i]);
+    CHECK(client_rec.frames[i].message == "s" + std::to_string(i));
+    CHECK(client_rec.frames[i].payload == *sent_by_server[i]);
+  }
+  CHECK_FALSE(server_rec.closed);
+  CHECK_FALSE(client_rec.closed);
+  client->close("done");
+  server->close("done");
+}
+
+TEST_CASE("Connection follows a peer's TLS KeyUpdate both ways and keeps the conversation going", "[wire][tls]") {
+  Loopback net;
+  auto [client, server_socket] = net.pair();
+  auto server = make_server(std::move(server_socket), options_with(5s, 5s, 5s));
+  Recorder rec;
+  rec.start(server);
+  write_raw(client, frame_bytes("before"));
+  REQUIRE(pump(
+      net.io, [&] { return rec.frames.size() == 1; }, 3s));
+  // The client rotates its keys and asks the server to rotate its own
+  // (OpenSSL answers with the server's next write).
+  REQUIRE(client.tls->request_key_update());
+  write_raw(client, frame_bytes("after"));
+  REQUIRE(pump(
+      net.io, [&] { return rec.frames.size() == 2; }, 3s));
+  CHECK(rec.frames[1].message == "after");
+  server->send("reply");
+  std::string plain;
+  CHECK(pump(
+      net.io, [&] { return drain_raw(client, &plain) || plain.size() >= frame_bytes("reply").size(); }, 3s));
+  CHECK(plain == frame_bytes("reply"));
+  CHECK_FALSE(rec.closed);
+  server->close("done");
+}
+
 // --- SyncClient -------------------------------------------------------------------
 
 TEST_CASE("SyncClient fails fast with an Error naming the address when the port is closed", "[wire]") {

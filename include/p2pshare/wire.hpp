@@ -33,6 +33,7 @@
 #include <asio/ssl.hpp>
 
 #include "p2pshare/tls.hpp"
+#include "p2pshare/tls_stream.hpp"
 
 namespace p2pshare::wire {
 
@@ -176,7 +177,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string close_reason;
   };
 
-  asio::ssl::stream<asio::ip::tcp::socket> stream_;
+  tls::Stream stream_;
   tls::Side side_;
   asio::ip::tcp::endpoint remote_;
   ConnectionOptions options_;
@@ -230,7 +231,7 @@ class SyncClient {
   void run(std::chrono::milliseconds timeout, const char* what);
   asio::io_context io_;
   std::shared_ptr<asio::ssl::context> context_;
-  asio::ssl::stream<asio::ip::tcp::socket> stream_;
+  tls::Stream stream_;
   tls::KeyHash server_key_{};
   FrameDecoder decoder_;
   std::string peer_;

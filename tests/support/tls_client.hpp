@@ -111,6 +111,13 @@ class TlsStream {
     ERR_clear_error();
     return plain;
   }
+  // Rotates our sending keys and asks the other side to rotate its own:
+  // sends the KeyUpdate now.
+  bool request_key_update() {
+    if (SSL_key_update(ssl_.get(), SSL_KEY_UPDATE_REQUESTED) != 1 || SSL_do_handshake(ssl_.get()) != 1) return false;
+    send_all(drain());
+    return true;
+  }
   // Seals and sends all of `plain` (blocking).
   void send(std::string_view plain) { send_all(seal(plain)); }
   // Plaintext received until `want` bytes are there, the deadline passes or
