@@ -267,7 +267,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   // One that grew large (a manifest of many chunks, long bitfields) is
   // dropped rather than kept for the server's life.
   void take_back(pb::CentralResponse& response) {
-    constexpr std::size_t kKeepBytes = 64 * 1024;
+    constexpr std::size_t kKeepBytes = std::size_t{64} * 1024;
     if (response.has_peer_list()) {
       spare_peer_list.reset(response.release_peer_list());
     } else if (response.has_file()) {
