@@ -165,6 +165,18 @@ struct Stream::State : std::enable_shared_from_this<State> {
     }
   }
 
+  void start_read(Reading kind, std::span<std::uint8_t> destination, IoHandler handler) {
+    reading = kind;
+    read_into = destination;
+    read_got = 0;
+    read_done = std::move(handler);
+    if (destination.empty()) {
+      finish_read({});
+      return;
+    }
+    drive_read();
+  }
+
   // Runs the read side as far as the bytes at hand allow; asks the socket
   // for more when OpenSSL needs them.
   void drive_read() {
@@ -388,29 +400,11 @@ void Stream::async_handshake(Side side, Handler handler) {
 }
 
 void Stream::async_read_some(std::span<std::uint8_t> destination, IoHandler handler) {
-  auto& s = *state_;
-  s.reading = State::Reading::some;
-  s.read_into = destination;
-  s.read_got = 0;
-  s.read_done = std::move(handler);
-  if (destination.empty()) {
-    s.finish_read({});
-    return;
-  }
-  s.drive_read();
+  state_->start_read(State::Reading::some, destination, std::move(handler));
 }
 
 void Stream::async_read(std::span<std::uint8_t> destination, IoHandler handler) {
-  auto& s = *state_;
-  s.reading = State::Reading::all;
-  s.read_into = destination;
-  s.read_got = 0;
-  s.read_done = std::move(handler);
-  if (destination.empty()) {
-    s.finish_read({});
-    return;
-  }
-  s.drive_read();
+  state_->start_read(State::Reading::all, destination, std::move(handler));
 }
 
 void Stream::async_write(std::vector<asio::const_buffer> buffers, IoHandler handler) {
