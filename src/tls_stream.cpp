@@ -85,6 +85,49 @@ struct Stream::State : std::enable_shared_from_this<State> {
 
   void post(std::function<void()> fn) { asio::post(socket.get_executor(), std::move(fn)); }
 
+  // The caller's handlers wait here, not in the socket operations, and they
+  // usually hold the object that owns this stream: a cycle the completion
+  // breaks. When a socket operation is destroyed without running (its
+  // io_context is destroyed first), its Pending drops the handlers of that
+  // side, as asio does for the handlers it holds itself, so the cycle goes
+  // too.
+  enum class Direction { read, write };
+  class Pending {
+   public:
+    Pending(std::shared_ptr<State> state, Direction side) : state_(std::move(state)), side_(side) {}
+    Pending(Pending&& other) noexcept : state_(std::move(other.state_)), side_(other.side_) {}
+    Pending(const Pending&) = delete;
+    Pending& operator=(const Pending&) = delete;
+    Pending& operator=(Pending&&) = delete;
+    ~Pending() {
+      if (state_) state_->abandon(side_);
+    }
+    // The operation ran: the state goes on with it.
+    std::shared_ptr<State> take() { return std::move(state_); }
+
+   private:
+    std::shared_ptr<State> state_;
+    Direction side_;
+  };
+
+  void abandon(Direction side) {
+    // Moved out first: destroying a handler may destroy the Stream, whose
+    // destructor clears these same members.
+    Handler handshake;
+    IoHandler read;
+    IoHandler write;
+    if (side == Direction::read) {
+      handshake = std::move(handshake_done);
+      read = std::move(read_done);
+      handshake_done = nullptr;
+      read_done = nullptr;
+      reading = Reading::none;
+    } else {
+      write = std::move(write_done);
+      write_done = nullptr;
+    }
+  }
+
   // ---- the BIO OpenSSL reads from and writes to -------------------------
 
   static int bio_write(BIO* bio, const char* data, int length) {
@@ -246,18 +289,20 @@ struct Stream::State : std::enable_shared_from_this<State> {
       in = std::move(bigger);
       in_capacity = want;
     }
-    socket.async_read_some(asio::buffer(in.get() + in_tail, in_capacity - in_tail),
-                           [self = shared_from_this()](const std::error_code& ec, std::size_t n) {
-                             if (self->reading == Reading::none) return;
-                             if (ec == asio::error::eof) {
-                               self->peer_eof = true;
-                             } else if (ec) {
-                               self->finish_reading(ec);
-                               return;
-                             }
-                             self->in_tail += n;
-                             self->drive_read();
-                           });
+    socket.async_read_some(
+        asio::buffer(in.get() + in_tail, in_capacity - in_tail),
+        [pending = Pending(shared_from_this(), Direction::read)](const std::error_code& ec, std::size_t n) mutable {
+          const auto self = pending.take();
+          if (self->reading == Reading::none) return;
+          if (ec == asio::error::eof) {
+            self->peer_eof = true;
+          } else if (ec) {
+            self->finish_reading(ec);
+            return;
+          }
+          self->in_tail += n;
+          self->drive_read();
+        });
   }
 
   // ---- writing ----------------------------------------------------------
@@ -302,6 +347,13 @@ struct Stream::State : std::enable_shared_from_this<State> {
       write_offset += n;
       write_total += n;
       budget -= n;
+      // A buffer sealed to its end is done now, not on the next call: a
+      // write whose last byte fills the budget exactly has nothing left to
+      // seal, and pump_write must see it complete.
+      if (write_offset == buffer.size()) {
+        ++write_index;
+        write_offset = 0;
+      }
     }
     if (!gather.empty()) {
       const bool ok = seal(gather.data(), gather.size());
@@ -335,21 +387,28 @@ struct Stream::State : std::enable_shared_from_this<State> {
         finish_write(write_error);
         return;
       }
+      // Only empty buffers were left: nothing to send, the write is done.
+      if (staging.empty() && write_index == write_buffers.size()) {
+        finish_write({});
+        return;
+      }
     }
     if (staging.empty() || write_error) return;
     std::swap(staging, sending);
     socket_writing = true;
-    asio::async_write(socket, asio::buffer(sending),
-                      [self = shared_from_this()](const std::error_code& ec, std::size_t) {
-                        self->socket_writing = false;
-                        self->sending.clear();
-                        if (ec) {
-                          self->write_error = ec;
-                          if (self->write_done) self->finish_write(ec);
-                          return;
-                        }
-                        self->pump_write();
-                      });
+    asio::async_write(
+        socket, asio::buffer(sending),
+        [pending = Pending(shared_from_this(), Direction::write)](const std::error_code& ec, std::size_t) mutable {
+          const auto self = pending.take();
+          self->socket_writing = false;
+          self->sending.clear();
+          if (ec) {
+            self->write_error = ec;
+            if (self->write_done) self->finish_write(ec);
+            return;
+          }
+          self->pump_write();
+        });
   }
 };
 

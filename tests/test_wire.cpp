@@ -986,6 +986,45 @@ TEST_CASE("Connection carries bulk payloads both ways at once, larger than one s
   server->close("done");
 }
 
+TEST_CASE("Connection completes a write whose last byte fills the TLS stream's send window exactly", "[wire][tls]") {
+  // Header, message and payload add up to exactly one (then two) of the
+  // stream's sealed sends: the write is complete when that send is, with
+  // nothing left to seal. A stream that waited for more would never send
+  // the frames queued behind it.
+  Loopback net;
+  auto [client_socket, server_socket] = net.socket_pair();
+  auto options = options_with(5s, 5s, 5s);
+  options.limits.max_payload = 1u << 20;
+  auto server = make_server(std::move(server_socket), options);
+  auto client = make_client(std::move(client_socket), options);
+  Recorder server_rec;
+  server_rec.start(server);
+  Recorder client_rec;
+  client_rec.start(client);
+  std::size_t sent = 0;
+  client->set_on_sent([&sent] { ++sent; });
+  const std::string message = "w";
+  std::vector<std::shared_ptr<std::string>> payloads;
+  for (const std::size_t windows : {1, 2, 1}) {
+    const std::size_t length = windows * p2pshare::tls::Stream::kBulkBytes - wire::kHeaderSize - message.size();
+    payloads.push_back(std::make_shared<std::string>(length, static_cast<char>('a' + payloads.size())));
+    const auto& p = payloads.back();
+    client->send(message, wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(p->data()), p->size()), p});
+  }
+  client->send("after");
+  REQUIRE(pump(
+      net.io, [&] { return server_rec.frames.size() == 4 && sent == 4; }, 10s));
+  for (std::size_t i = 0; i < payloads.size(); ++i) {
+    INFO("frame " << i);
+    CHECK(server_rec.frames[i].payload == *payloads[i]);
+  }
+  CHECK(server_rec.frames[3].message == "after");
+  CHECK(client->queued_bytes() == 0);
+  CHECK_FALSE(server_rec.closed);
+  client->close("done");
+  server->close("done");
+}
+
 TEST_CASE("Connection follows a peer's TLS KeyUpdate both ways and keeps the conversation going", "[wire][tls]") {
   Loopback net;
   auto [client, server_socket] = net.pair();
