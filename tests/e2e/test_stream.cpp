@@ -273,3 +273,30 @@ TEST_CASE("a peer-server answers a stream without stream_payloads in the inline 
   }
   CHECK(got == file);
 }
+
+TEST_CASE("request-file --stdout refuses a peer-server as every control command does", "[e2e]") {
+  TempDir dir;
+  SECTION("a key other than the data dir's certificate: nothing is sent") {
+    ScriptedControlServer server(dir.path(), {downloaded(0)});
+    TempDir other;
+    (void)tls::load_or_create_identity(other.path(), false);
+    std::ofstream(peer::cookie_path(other.path())) << std::string(64, 'a') << "\n";
+    const auto r = run({binary(), "request-file", "--peer-addr", server.addr(), "--data-dir", other.path().string(),
+                        "--file-id", std::string(64, 'b'), "--stdout"},
+                       dir.path(), std::chrono::seconds(30));
+    check_fails("another key", r, 1, {"not authorized", "fingerprint", "--data-dir"});
+    CHECK_FALSE(server.request().stream());  // no request reached it
+  }
+  SECTION("a cookie the peer-server refuses") {
+    ScriptedControlServer server(dir.path(), {downloaded(0)});
+    std::ofstream(peer::cookie_path(dir.path())) << std::string(64, 'c') << "\n";
+    check_fails("wrong cookie", stream_from(server, dir), 1, {"bad cookie"});
+    CHECK_FALSE(server.request().stream());
+  }
+  SECTION("no data dir: the cookie cannot be read") {
+    const auto r = run({binary(), "request-file", "--peer-addr", "127.0.0.1:1", "--data-dir",
+                        (dir.path() / "none").string(), "--file-id", std::string(64, 'b'), "--stdout"},
+                       dir.path(), std::chrono::seconds(30));
+    check_fails("no cookie", r, 1, {"control cookie", "--data-dir"});
+  }
+}
