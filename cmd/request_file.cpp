@@ -195,7 +195,9 @@ class StdoutStream {
  public:
   StdoutStream(asio::io_context& io, cli::Address peer, ControlCredentials credentials, pb::ControlRequest request)
       : io_(io), peer_(std::move(peer)), credentials_(std::move(credentials)), request_(std::move(request)) {
+    // A link's size, or a manifest file's: the stream must agree with it.
     if (request_.request_file().has_size()) size_ = request_.request_file().size();
+    if (request_.request_file().has_manifest()) size_ = request_.request_file().manifest().size();
   }
 
   int run() {
@@ -349,7 +351,7 @@ class StdoutStream {
   pb::ControlRequest request_;
   std::shared_ptr<wire::Connection> connection_;
   std::vector<std::uint8_t> piece_ = std::vector<std::uint8_t>(protocol::kStreamPieceMax);
-  std::optional<std::uint64_t> size_;  // the file's, once known (link, or the peer-server)
+  std::optional<std::uint64_t> size_;  // the file's, once known (link, manifest, or the peer-server)
   std::uint64_t written_ = 0;
   bool accepted_ = false;  // the Hello was answered
   bool ended_ = false;
