@@ -133,8 +133,7 @@ FileId parse_file_id(const std::string& text) {
   throw Error(code, error.message().empty() ? "the server reported an error" : error.message());
 }
 
-ControlClient::ControlClient(const cli::Address& peer, const std::filesystem::path& data_dir)
-    : client_(protocol::kControlLimits) {
+ControlCredentials read_control_credentials(const std::filesystem::path& data_dir) {
   std::optional<std::string> hex;
   if (store::FileHandle file(::open(peer::cookie_path(data_dir).c_str(), O_RDONLY | O_CLOEXEC)); file) {
     std::string raw(peer::kCookieFileMax + 1, '\0');
@@ -147,28 +146,38 @@ ControlClient::ControlClient(const cli::Address& peer, const std::filesystem::pa
         Errc::unauthorized,
         fmt::format("cannot read the control cookie in {}: pass the peer-server's --data-dir", data_dir.string()));
   }
-  const std::string& cookie = *hex;
+  ControlCredentials credentials;
+  credentials.cookie = std::move(*hex);
   // The peer-server must prove the key of the certificate beside the cookie:
   // the cookie goes to no one else.
-  const auto cert_path = data_dir / tls::kCertFile;
-  tls::KeyHash expected{};
+  credentials.cert_path = data_dir / tls::kCertFile;
   try {
-    expected = tls::key_hash_of_cert_file(cert_path);
+    credentials.key = tls::key_hash_of_cert_file(credentials.cert_path);
   } catch (const Error& e) {
     throw Error(Errc::unauthorized,
                 fmt::format("not authorized: no peer-server certificate to check against ({}): pass the "
                             "peer-server's --data-dir",
                             e.what()));
   }
-  client_.connect(
-      peer.host, peer.port, std::chrono::seconds(5), [&](const tls::KeyHash& presented) -> std::optional<std::string> {
-        if (presented == expected) return std::nullopt;
-        return fmt::format(
-            "not authorized: the peer-server at {} presented key fingerprint {}, not the "
-            "key of {} ({}): is --data-dir the peer-server's?",
-            peer.to_string(), tls::fingerprint_of(presented), cert_path.string(), tls::fingerprint_of(expected));
-      });
-  client_.send(protocol::hello(pb::PLANE_CONTROL, {}, cookie), std::chrono::seconds(5));
+  return credentials;
+}
+
+std::optional<std::string> refuse_control_key(const cli::Address& peer, const ControlCredentials& credentials,
+                                              const tls::KeyHash& presented) {
+  if (presented == credentials.key) return std::nullopt;
+  return fmt::format(
+      "not authorized: the peer-server at {} presented key fingerprint {}, not the "
+      "key of {} ({}): is --data-dir the peer-server's?",
+      peer.to_string(), tls::fingerprint_of(presented), credentials.cert_path.string(),
+      tls::fingerprint_of(credentials.key));
+}
+
+ControlClient::ControlClient(const cli::Address& peer, const std::filesystem::path& data_dir)
+    : client_(protocol::kControlLimits) {
+  const auto credentials = read_control_credentials(data_dir);
+  client_.connect(peer.host, peer.port, std::chrono::seconds(5),
+                  [&](const tls::KeyHash& presented) { return refuse_control_key(peer, credentials, presented); });
+  client_.send(protocol::hello(pb::PLANE_CONTROL, {}, credentials.cookie), std::chrono::seconds(5));
   auto ack = receive(std::chrono::seconds(10));
   if (ack.has_error()) throw_remote(ack.error());
 }

@@ -52,6 +52,20 @@ std::chrono::milliseconds parse_duration(std::string_view flag, const std::strin
 
 FileId parse_file_id(const std::string& text);
 
+// What proves a client is the peer-server's owner, and what the peer-server
+// must prove in turn: the cookie and the certificate in its data dir.
+struct ControlCredentials {
+  std::string cookie;               // 64 hex digits, for the control Hello
+  tls::KeyHash key{};               // the key the peer-server must present
+  std::filesystem::path cert_path;  // where that key was read (for the refusal line)
+};
+// Throws Error(unauthorized) naming --data-dir when the cookie or the
+// certificate cannot be read.
+ControlCredentials read_control_credentials(const std::filesystem::path& data_dir);
+// The refusal line when `presented` is not the data dir's key; nullopt when it is.
+std::optional<std::string> refuse_control_key(const cli::Address& peer, const ControlCredentials& credentials,
+                                              const tls::KeyHash& presented);
+
 // The owner's connection to its peer-server's control side.
 class ControlClient {
  public:

@@ -25,6 +25,12 @@ inline constexpr wire::Limits kCentralRequestLimits{16 * 1024, 0};
 inline constexpr wire::Limits kCentralPeerRequestLimits{3 * 1024 * 1024, 0};
 // Control plane, answers: a status lists every file.
 inline constexpr wire::Limits kControlLimits{4 * 1024 * 1024, 0};
+// request-file --stdout: the most file bytes one StreamData answer carries,
+// inline or as its frame's payload.
+inline constexpr std::uint32_t kStreamPieceMax = std::uint32_t{1} << 20;
+// Control plane, answers to a stream that asked for payloads: the same
+// messages, and payloads of up to one stream piece.
+inline constexpr wire::Limits kControlStreamLimits{kControlLimits.max_message, kStreamPieceMax};
 // Control plane, requests the peer-server accepts: a path or an id.
 inline constexpr wire::Limits kControlRequestLimits{64 * 1024, 0};
 // What a server accepts before it knows the plane: a Hello.

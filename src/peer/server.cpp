@@ -1080,7 +1080,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       return;
     }
     if (swarm && seeding(*swarm) && request.stream()) {
-      start_stream(c->connection(), swarm);
+      start_stream(c->connection(), swarm, request.stream_payloads());
       return;
     }
     if (swarm && seeding(*swarm)) {
@@ -1221,7 +1221,7 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     };
     swarm->add_observer(std::move(stamp));
     if (request.stream()) {
-      start_stream(c->connection(), swarm);
+      start_stream(c->connection(), swarm, request.stream_payloads());
       return;
     }
     Observer observer;

@@ -13,7 +13,7 @@ namespace {
 
 // One StreamData answer carries at most this much: well under the control
 // plane's 4 MiB message limit whatever the chunk size.
-constexpr std::size_t kPieceBytes = std::size_t{1} << 20;
+constexpr std::size_t kPieceBytes = protocol::kStreamPieceMax;
 // The next chunk is read only below this many unsent bytes.
 constexpr std::size_t kQueuedBytes = std::size_t{4} << 20;
 // Chunks held for sending (taken from the download as it verifies them, or
@@ -34,8 +34,8 @@ std::uint64_t next_token() {
 
 class Stream : public std::enable_shared_from_this<Stream> {
  public:
-  Stream(const std::shared_ptr<wire::Connection>& connection, std::shared_ptr<Swarm> swarm)
-      : connection_(connection), swarm_(std::move(swarm)), token_(next_token()) {}
+  Stream(const std::shared_ptr<wire::Connection>& connection, std::shared_ptr<Swarm> swarm, bool payloads)
+      : connection_(connection), swarm_(std::move(swarm)), token_(next_token()), payloads_(payloads) {}
 
   void start() {
     auto c = connection_.lock();
@@ -158,14 +158,25 @@ class Stream : public std::enable_shared_from_this<Stream> {
     pump();
   }
 
+  // Payload form: the bytes go from the chunk buffer to the socket as the
+  // frame's payload (the buffer stays alive until written). Inline form
+  // (clients that did not ask): copied into the message's `data`.
   void send_chunk(wire::Connection& c, const BufferPool::Buffer& buffer) {
     const std::uint64_t offset = swarm_->manifest().chunk_offset(ChunkIndex{next_});
     for (std::size_t at = 0; at < buffer->size(); at += kPieceBytes) {
+      const std::size_t n = std::min(kPieceBytes, buffer->size() - at);
       pb::ControlResponse response;
       auto* data = response.mutable_stream_data();
       data->set_offset(offset + at);
-      data->set_data(buffer->data() + at, std::min(kPieceBytes, buffer->size() - at));
-      c.send(response.SerializeAsString());
+      data->set_size(swarm_->manifest().size);
+      if (payloads_) {
+        data->set_length(n);
+        c.send(response.SerializeAsString(),
+               wire::Payload{std::span<const std::uint8_t>(buffer->data() + at, n), buffer});
+      } else {
+        data->set_data(buffer->data() + at, n);
+        c.send(response.SerializeAsString());
+      }
     }
   }
 
@@ -200,6 +211,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   std::weak_ptr<wire::Connection> connection_;
   std::shared_ptr<Swarm> swarm_;
   std::uint64_t token_;
+  bool payloads_;                                      // RequestFile.stream_payloads
   std::uint32_t next_ = 0;                             // the next chunk to send
   std::uint32_t next_read_ = 0;                        // the next chunk to read
   std::map<std::uint32_t, BufferPool::Buffer> ready_;  // read, waiting for the chunks before them
@@ -211,8 +223,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
 
 }  // namespace
 
-void start_stream(const std::shared_ptr<wire::Connection>& connection, const std::shared_ptr<Swarm>& swarm) {
-  std::make_shared<Stream>(connection, swarm)->start();
+void start_stream(const std::shared_ptr<wire::Connection>& connection, const std::shared_ptr<Swarm>& swarm,
+                  bool payloads) {
+  std::make_shared<Stream>(connection, swarm, payloads)->start();
 }
 
 }  // namespace p2pshare::peer

@@ -28,7 +28,10 @@ namespace p2pshare::peer {
 
 // Streams `swarm`'s file to `connection`, then answers Downloaded (or Error
 // if the download fails). The swarm is seeding or its download is started by
-// the caller.
-void start_stream(const std::shared_ptr<wire::Connection>& connection, const std::shared_ptr<Swarm>& swarm);
+// the caller. `payloads` (RequestFile.stream_payloads): each piece's bytes
+// travel as its frame's payload, straight from the chunk buffer; otherwise
+// inside StreamData.data (docs/protocol.md, "Streams").
+void start_stream(const std::shared_ptr<wire::Connection>& connection, const std::shared_ptr<Swarm>& swarm,
+                  bool payloads);
 
 }  // namespace p2pshare::peer
