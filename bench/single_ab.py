@@ -4,19 +4,7 @@
 of a 1 GiB file with a fresh downloader each; wall time and CPU (user+sys)
 of seed and downloader per run. Interleaves binaries run by run."""
 import json, os, subprocess, sys, time, tempfile, shutil, signal
-TICK = os.sysconf("SC_CLK_TCK")
-def cpu(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-def spawn(argv, log):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), stdin=subprocess.DEVNULL)
-    line = p.stdout.readline().decode()
-    assert line.startswith("listening on"), (argv, line)
-    return p, line.split()[-1]
-def cli(b, *a):
-    r = subprocess.run([b, *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
-    if r.returncode: raise SystemExit("%s failed: %s" % (a[0], r.stderr))
-    return r.stdout
+from ab_lib import cli, cpu, spawn
 class Setup:
     def __init__(self, b, wd, src):
         self.b, self.wd = b, wd

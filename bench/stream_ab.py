@@ -7,27 +7,9 @@ from wait4), the downloader's CPU and the reader's. Interleaves binaries run
 by run. Everything on 127.0.0.1; every process started is stopped by PID."""
 import hashlib, json, os, shlex, shutil, subprocess, sys, tempfile, time
 
-TICK = os.sysconf("SC_CLK_TCK")
+from ab_lib import cli, cpu, spawn
+
 DEADLINE = 600  # seconds per stream
-
-
-def cpu(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-
-
-def spawn(argv, log):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), stdin=subprocess.DEVNULL)
-    line = p.stdout.readline().decode()
-    assert line.startswith("listening on"), (argv, line)
-    return p, line.split()[-1]
-
-
-def cli(b, *a):
-    r = subprocess.run([b, *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
-    if r.returncode:
-        raise SystemExit("%s failed: %s" % (a[0], r.stderr))
-    return r.stdout
 
 
 def wait_holders(b, caddr, wd, fid, n):
