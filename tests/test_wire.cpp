@@ -245,6 +245,28 @@ wire::ConnectionOptions options_with(std::chrono::milliseconds first_frame, std:
   return options;
 }
 
+// Two Connections over loopback, both started, each recording what it gets.
+struct ConnectedPair {
+  ConnectedPair(Loopback& net, const wire::ConnectionOptions& options) {
+    auto [client_socket, server_socket] = net.socket_pair();
+    server = make_server(std::move(server_socket), options);
+    client = make_client(std::move(client_socket), options);
+    server_rec.start(server);
+    client_rec.start(client);
+  }
+  ConnectedPair(const ConnectedPair&) = delete;  // the recorders' handlers hold their addresses
+  ConnectedPair& operator=(const ConnectedPair&) = delete;
+  ~ConnectedPair() {
+    client->close("done");
+    server->close("done");
+  }
+
+  std::shared_ptr<wire::Connection> server;
+  std::shared_ptr<wire::Connection> client;
+  Recorder server_rec;
+  Recorder client_rec;
+};
+
 }  // namespace
 
 // --- header codec --------------------------------------------------------------
@@ -936,15 +958,10 @@ TEST_CASE("Connection carries bulk payloads both ways at once, larger than one s
   // writes overlap on one TLS stream, and each payload spans many sends of
   // the stream's 256 KiB window.
   Loopback net;
-  auto [client_socket, server_socket] = net.socket_pair();
   auto options = options_with(5s, 5s, 5s);
   options.limits.max_payload = 4u << 20;
-  auto server = make_server(std::move(server_socket), options);
-  auto client = make_client(std::move(client_socket), options);
-  Recorder server_rec;
-  server_rec.start(server);
-  Recorder client_rec;
-  client_rec.start(client);
+  ConnectedPair pair(net, options);
+  auto& [server, client, server_rec, client_rec] = pair;
   constexpr std::size_t kFrames = 6;
   std::vector<std::shared_ptr<std::string>> sent_by_client;
   std::vector<std::shared_ptr<std::string>> sent_by_server;
@@ -982,8 +999,6 @@ TEST_CASE("Connection carries bulk payloads both ways at once, larger than one s
   }
   CHECK_FALSE(server_rec.closed);
   CHECK_FALSE(client_rec.closed);
-  client->close("done");
-  server->close("done");
 }
 
 TEST_CASE("Connection completes a write whose last byte fills the TLS stream's send window exactly", "[wire][tls]") {
@@ -992,15 +1007,10 @@ TEST_CASE("Connection completes a write whose last byte fills the TLS stream's s
   // nothing left to seal. A stream that waited for more would never send
   // the frames queued behind it.
   Loopback net;
-  auto [client_socket, server_socket] = net.socket_pair();
   auto options = options_with(5s, 5s, 5s);
   options.limits.max_payload = 1u << 20;
-  auto server = make_server(std::move(server_socket), options);
-  auto client = make_client(std::move(client_socket), options);
-  Recorder server_rec;
-  server_rec.start(server);
-  Recorder client_rec;
-  client_rec.start(client);
+  ConnectedPair pair(net, options);
+  auto& [server, client, server_rec, client_rec] = pair;
   std::size_t sent = 0;
   client->set_on_sent([&sent] { ++sent; });
   const std::string message = "w";
@@ -1021,8 +1031,6 @@ TEST_CASE("Connection completes a write whose last byte fills the TLS stream's s
   CHECK(server_rec.frames[3].message == "after");
   CHECK(client->queued_bytes() == 0);
   CHECK_FALSE(server_rec.closed);
-  client->close("done");
-  server->close("done");
 }
 
 TEST_CASE("Connection follows a peer's TLS KeyUpdate both ways and keeps the conversation going", "[wire][tls]") {
