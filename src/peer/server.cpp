@@ -1378,14 +1378,16 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     if (!swarm || !seeding(*swarm)) return false;
     swarm->save_uploaded();
     try {
-      state->put_shared(SharedRecord{swarm->manifest(), path, swarm->uploaded()});
+      state->put_shared(SharedRecord{swarm->manifest(), path, swarm->uploaded(), swarm->groups()});
     } catch (const Error& e) {
       log::error("cannot record {} at {}: {}", to_hex(id), path.string(), e.what());
       return false;
     }
     // A fresh seed: its reader is held to the new path and identity.
     swarm->shutdown(false);
-    swarms[id] = Swarm::seed(*services, swarm->manifest(), path, swarm->uploaded());
+    auto fresh = Swarm::seed(*services, swarm->manifest(), path, swarm->uploaded());
+    fresh->set_groups(swarm->groups());  // a group's file stays the group's under its new name
+    swarms[id] = std::move(fresh);
     remember_identity(id, identity);
     return true;
   }
