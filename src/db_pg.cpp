@@ -3,6 +3,7 @@
 // blobs go as binary parameters, everything else as text, so the server
 // types each parameter from where it is used. A lost connection makes the
 // failing call throw Error(Errc::unavailable); the next begin() reconnects.
+#include <dlfcn.h>
 #include <libpq-fe.h>
 
 #include <algorithm>
@@ -26,6 +27,82 @@
 namespace p2pshare::db {
 namespace {
 
+// libpq is loaded when a PostgreSQL store is first opened, not linked: every
+// other p2pshare process (peer-servers, the commands, a central server on
+// SQLite) would otherwise map libpq and the twenty libraries it pulls in
+// (Kerberos, LDAP, GnuTLS, ...), about 3.3 MiB of resident memory each.
+struct LibPq {
+  decltype(&::PQclear) PQclear = nullptr;
+  decltype(&::PQcmdStatus) PQcmdStatus = nullptr;
+  decltype(&::PQconnectdbParams) PQconnectdbParams = nullptr;
+  decltype(&::PQconninfoFree) PQconninfoFree = nullptr;
+  decltype(&::PQconninfoParse) PQconninfoParse = nullptr;
+  decltype(&::PQerrorMessage) PQerrorMessage = nullptr;
+  decltype(&::PQexec) PQexec = nullptr;
+  decltype(&::PQexecParams) PQexecParams = nullptr;
+  decltype(&::PQexecPrepared) PQexecPrepared = nullptr;
+  decltype(&::PQfinish) PQfinish = nullptr;
+  decltype(&::PQfreemem) PQfreemem = nullptr;
+  decltype(&::PQgetisnull) PQgetisnull = nullptr;
+  decltype(&::PQgetlength) PQgetlength = nullptr;
+  decltype(&::PQgetvalue) PQgetvalue = nullptr;
+  decltype(&::PQntuples) PQntuples = nullptr;
+  decltype(&::PQprepare) PQprepare = nullptr;
+  decltype(&::PQresultErrorMessage) PQresultErrorMessage = nullptr;
+  decltype(&::PQresultStatus) PQresultStatus = nullptr;
+  decltype(&::PQsetNoticeProcessor) PQsetNoticeProcessor = nullptr;
+  decltype(&::PQstatus) PQstatus = nullptr;
+  decltype(&::PQtransactionStatus) PQtransactionStatus = nullptr;
+};
+
+template <typename F>
+void bind_symbol(void* handle, const char* name, F& function) {
+  void* symbol = ::dlsym(handle, name);
+  if (symbol == nullptr) {
+    throw Error(Errc::unavailable, fmt::format("libpq.so.5 has no {}: is the libpq5 package too old?", name));
+  }
+  function = reinterpret_cast<F>(symbol);  // NOLINT: dlsym's documented use
+}
+
+LibPq load_libpq() {
+  void* handle = ::dlopen("libpq.so.5", RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): runs inside pq()'s one-time initialisation only
+    const char* why = ::dlerror();
+    throw Error(Errc::unavailable,
+                fmt::format("cannot load PostgreSQL's client library (package libpq5): {}", why ? why : "unknown"));
+  }
+  LibPq lib;
+  bind_symbol(handle, "PQclear", lib.PQclear);
+  bind_symbol(handle, "PQcmdStatus", lib.PQcmdStatus);
+  bind_symbol(handle, "PQconnectdbParams", lib.PQconnectdbParams);
+  bind_symbol(handle, "PQconninfoFree", lib.PQconninfoFree);
+  bind_symbol(handle, "PQconninfoParse", lib.PQconninfoParse);
+  bind_symbol(handle, "PQerrorMessage", lib.PQerrorMessage);
+  bind_symbol(handle, "PQexec", lib.PQexec);
+  bind_symbol(handle, "PQexecParams", lib.PQexecParams);
+  bind_symbol(handle, "PQexecPrepared", lib.PQexecPrepared);
+  bind_symbol(handle, "PQfinish", lib.PQfinish);
+  bind_symbol(handle, "PQfreemem", lib.PQfreemem);
+  bind_symbol(handle, "PQgetisnull", lib.PQgetisnull);
+  bind_symbol(handle, "PQgetlength", lib.PQgetlength);
+  bind_symbol(handle, "PQgetvalue", lib.PQgetvalue);
+  bind_symbol(handle, "PQntuples", lib.PQntuples);
+  bind_symbol(handle, "PQprepare", lib.PQprepare);
+  bind_symbol(handle, "PQresultErrorMessage", lib.PQresultErrorMessage);
+  bind_symbol(handle, "PQresultStatus", lib.PQresultStatus);
+  bind_symbol(handle, "PQsetNoticeProcessor", lib.PQsetNoticeProcessor);
+  bind_symbol(handle, "PQstatus", lib.PQstatus);
+  bind_symbol(handle, "PQtransactionStatus", lib.PQtransactionStatus);
+  return lib;  // the handle stays open for the process's life
+}
+
+// Loaded once, on first use; a failed load throws and is tried again next time.
+const LibPq& pq() {
+  static const LibPq lib = load_libpq();
+  return lib;
+}
+
 // The same key for every p2pshare registry: serializes schema migrations
 // between central servers starting at once on one database.
 constexpr std::int64_t kMigrationLock = 0x70327073686172;  // "p2pshar"
@@ -45,7 +122,7 @@ std::string to_dollar_placeholders(std::string_view sql) {
 }
 
 struct ResultDeleter {
-  void operator()(PGresult* result) const noexcept { PQclear(result); }
+  void operator()(PGresult* result) const noexcept { pq().PQclear(result); }
 };
 using Result = std::unique_ptr<PGresult, ResultDeleter>;
 
@@ -75,15 +152,15 @@ class PgStatement final : public StatementImpl {
     result_.reset();
     row_ = -1;
   }
-  bool column_is_null(int column) const override { return PQgetisnull(result_.get(), row_, column) != 0; }
+  bool column_is_null(int column) const override { return pq().PQgetisnull(result_.get(), row_, column) != 0; }
   std::int64_t column_int(int column) const override;
   std::string_view column_text(int column) const override {
-    return {PQgetvalue(result_.get(), row_, column),
-            static_cast<std::size_t>(PQgetlength(result_.get(), row_, column))};
+    return {pq().PQgetvalue(result_.get(), row_, column),
+            static_cast<std::size_t>(pq().PQgetlength(result_.get(), row_, column))};
   }
   std::span<const std::uint8_t> column_blob(int column) const override {
-    return {reinterpret_cast<const std::uint8_t*>(PQgetvalue(result_.get(), row_, column)),
-            static_cast<std::size_t>(PQgetlength(result_.get(), row_, column))};
+    return {reinterpret_cast<const std::uint8_t*>(pq().PQgetvalue(result_.get(), row_, column)),
+            static_cast<std::size_t>(pq().PQgetlength(result_.get(), row_, column))};
   }
 
  private:
@@ -120,7 +197,7 @@ class PgDatabase final : public Database {
     connect_or_throw(Errc::io);
   }
   ~PgDatabase() override {
-    if (conn_ != nullptr) PQfinish(conn_);
+    if (conn_ != nullptr) pq().PQfinish(conn_);
   }
   PgDatabase(const PgDatabase&) = delete;
   PgDatabase& operator=(const PgDatabase&) = delete;
@@ -131,7 +208,7 @@ class PgDatabase final : public Database {
 
   void exec(std::string_view sql, std::string_view what) override {
     ensure_connected(what);
-    Result result(PQexec(conn_, std::string(sql).c_str()));
+    Result result(pq().PQexec(conn_, std::string(sql).c_str()));
     check(result.get(), what);
   }
 
@@ -146,7 +223,7 @@ class PgDatabase final : public Database {
       // A connection the server closed while idle (a restart) is found
       // dead only now; nothing is written yet, so one retry on a new
       // connection is safe.
-      if (error.code() != Errc::unavailable || PQstatus(conn_) == CONNECTION_OK) throw;
+      if (error.code() != Errc::unavailable || pq().PQstatus(conn_) == CONNECTION_OK) throw;
       exec("BEGIN", "begin transaction");
     }
     in_transaction_ = true;
@@ -154,17 +231,17 @@ class PgDatabase final : public Database {
   void commit() override {
     in_transaction_ = false;
     check_connected("commit");
-    Result result(PQexec(conn_, "COMMIT"));
+    Result result(pq().PQexec(conn_, "COMMIT"));
     check(result.get(), "commit");
     // COMMIT of a transaction that had failed answers ROLLBACK.
-    if (std::strcmp(PQcmdStatus(result.get()), "COMMIT") != 0) {
+    if (std::strcmp(pq().PQcmdStatus(result.get()), "COMMIT") != 0) {
       throw Error(Errc::io, fmt::format("{}: commit failed: the transaction was rolled back", label_));
     }
   }
   void rollback() noexcept override {
     in_transaction_ = false;
-    if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) return;
-    Result result(PQexec(conn_, "ROLLBACK"));
+    if (conn_ == nullptr || pq().PQstatus(conn_) != CONNECTION_OK) return;
+    Result result(pq().PQexec(conn_, "ROLLBACK"));
   }
   std::string describe() const override { return fmt::format("{} at {}", label_, redacted(url_)); }
 
@@ -179,10 +256,10 @@ class PgDatabase final : public Database {
         exec("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)", "creating schema_version");
         std::int64_t version = 0;
         {
-          Result result(PQexec(conn_, "SELECT version FROM schema_version"));
+          Result result(pq().PQexec(conn_, "SELECT version FROM schema_version"));
           check(result.get(), "reading the schema version");
-          if (PQntuples(result.get()) > 0) {
-            const char* text = PQgetvalue(result.get(), 0, 0);
+          if (pq().PQntuples(result.get()) > 0) {
+            const char* text = pq().PQgetvalue(result.get(), 0, 0);
             std::from_chars(text, text + std::strlen(text), version);
           } else {
             exec("INSERT INTO schema_version (version) VALUES (0)", "setting the schema version");
@@ -216,23 +293,24 @@ class PgDatabase final : public Database {
   // Outside a transaction a lost connection is replaced (with backoff);
   // inside one, the transaction is lost with it: unavailable.
   void ensure_connected(std::string_view what) {
-    if (PQstatus(conn_) == CONNECTION_OK) return;
+    if (pq().PQstatus(conn_) == CONNECTION_OK) return;
     if (in_transaction_) check_connected(what);
     reconnect();
   }
 
   void check_connected(std::string_view what) const {
-    if (PQstatus(conn_) != CONNECTION_OK) {
+    if (pq().PQstatus(conn_) != CONNECTION_OK) {
       throw Unavailable(fmt::format("{}: {} failed: the PostgreSQL connection is lost", label_, what));
     }
   }
 
   // Throws for a failed result: unavailable if the connection went with it.
   void check(const PGresult* result, std::string_view what) const {
-    const auto status = PQresultStatus(result);
+    const auto status = pq().PQresultStatus(result);
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
-    const bool lost = PQstatus(conn_) != CONNECTION_OK;
-    const std::string message = first_line(result != nullptr ? PQresultErrorMessage(result) : PQerrorMessage(conn_));
+    const bool lost = pq().PQstatus(conn_) != CONNECTION_OK;
+    const std::string message =
+        first_line(result != nullptr ? pq().PQresultErrorMessage(result) : pq().PQerrorMessage(conn_));
     auto text = fmt::format("{}: {} failed: {}", label_, what, message.empty() ? "no result" : message);
     if (lost) throw Unavailable(text);
     throw Error(Errc::io, text);
@@ -240,7 +318,7 @@ class PgDatabase final : public Database {
 
  private:
   void connect_or_throw(Errc code) {
-    if (conn_ != nullptr) PQfinish(conn_);
+    if (conn_ != nullptr) pq().PQfinish(conn_);
     // Deadlines, each unless the URL sets its own (the URL is expanded from
     // dbname, after these, and later keywords win): connecting; a TCP peer
     // that stopped answering (keepalives, tcp_user_timeout; not for unix
@@ -256,19 +334,19 @@ class PgDatabase final : public Database {
                                                  nullptr};
     const std::array<const char*, 8> values = {"5",          "5",    "2", "3", "10000", "-c statement_timeout=30000",
                                                url_.c_str(), nullptr};
-    conn_ = PQconnectdbParams(keywords.data(), values.data(), 1);
+    conn_ = pq().PQconnectdbParams(keywords.data(), values.data(), 1);
     ++generation_;
-    if (PQstatus(conn_) != CONNECTION_OK) {
+    if (pq().PQstatus(conn_) != CONNECTION_OK) {
       std::string message =
-          fmt::format("{}: cannot connect to {}: {}", label_, redacted(url_), first_line(PQerrorMessage(conn_)));
+          fmt::format("{}: cannot connect to {}: {}", label_, redacted(url_), first_line(pq().PQerrorMessage(conn_)));
       // Freed now: a constructor that throws runs no destructor.
-      PQfinish(conn_);
+      pq().PQfinish(conn_);
       conn_ = nullptr;
       if (code == Errc::unavailable) throw Unavailable(message);
       throw Error(code, message);
     }
     // Notices (e.g. "relation already exists, skipping") are not errors.
-    PQsetNoticeProcessor(
+    pq().PQsetNoticeProcessor(
         conn_, [](void*, const char*) {}, nullptr);
   }
   void reconnect() {
@@ -308,9 +386,9 @@ PgStatement::PgStatement(PgDatabase& db, std::string sql, std::string what)
 
 PgStatement::~PgStatement() {
   // Server-side statements live as long as the session: free this one.
-  if (prepared_on_ == db_.generation() && PQstatus(db_.conn()) == CONNECTION_OK &&
-      PQtransactionStatus(db_.conn()) == PQTRANS_IDLE) {
-    Result result(PQexec(db_.conn(), fmt::format("DEALLOCATE {}", name_).c_str()));
+  if (prepared_on_ == db_.generation() && pq().PQstatus(db_.conn()) == CONNECTION_OK &&
+      pq().PQtransactionStatus(db_.conn()) == PQTRANS_IDLE) {
+    Result result(pq().PQexec(db_.conn(), fmt::format("DEALLOCATE {}", name_).c_str()));
   }
 }
 
@@ -329,14 +407,15 @@ void PgStatement::execute() {
   // server-side name; one kept and run again is prepared once per connection.
   if (++runs_ == 1) {
     result_.reset(
-        PQexecParams(db_.conn(), sql_.c_str(), count, nullptr, values.data(), lengths.data(), formats_.data(), 1));
+        pq().PQexecParams(db_.conn(), sql_.c_str(), count, nullptr, values.data(), lengths.data(), formats_.data(), 1));
   } else {
     if (prepared_on_ != db_.generation()) {
-      Result prepared(PQprepare(db_.conn(), name_.c_str(), sql_.c_str(), 0, nullptr));
+      Result prepared(pq().PQprepare(db_.conn(), name_.c_str(), sql_.c_str(), 0, nullptr));
       db_.check(prepared.get(), what_);
       prepared_on_ = db_.generation();
     }
-    result_.reset(PQexecPrepared(db_.conn(), name_.c_str(), count, values.data(), lengths.data(), formats_.data(), 1));
+    result_.reset(
+        pq().PQexecPrepared(db_.conn(), name_.c_str(), count, values.data(), lengths.data(), formats_.data(), 1));
   }
   try {
     db_.check(result_.get(), what_);
@@ -349,7 +428,7 @@ void PgStatement::execute() {
 bool PgStatement::step() {
   if (!result_) execute();
   ++row_;
-  if (row_ < PQntuples(result_.get())) return true;
+  if (row_ < pq().PQntuples(result_.get())) return true;
   reset();
   return false;
 }
@@ -361,8 +440,8 @@ void PgStatement::run() {
 
 std::int64_t PgStatement::column_int(int column) const {
   // Binary results: integers in network order, 1 (bool), 2, 4 or 8 bytes.
-  const auto* bytes = reinterpret_cast<const std::uint8_t*>(PQgetvalue(result_.get(), row_, column));
-  const int length = PQgetlength(result_.get(), row_, column);
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(pq().PQgetvalue(result_.get(), row_, column));
+  const int length = pq().PQgetlength(result_.get(), row_, column);
   if (length != 1 && length != 2 && length != 4 && length != 8) {
     throw Error(Errc::io, fmt::format("{}: {}: column {} is not an integer", db_.label(), what_, column));
   }
@@ -393,13 +472,13 @@ Location parse_location(std::string_view spec, const std::filesystem::path& data
     throw Error(Errc::usage, fmt::format("--store must be sqlite or a postgresql:// URL, not {}", redacted(spec)));
   }
   char* error = nullptr;
-  PQconninfoOption* options = PQconninfoParse(std::string(spec).c_str(), &error);
+  PQconninfoOption* options = pq().PQconninfoParse(std::string(spec).c_str(), &error);
   if (options == nullptr) {
     std::string message = error != nullptr ? first_line(error) : "out of memory";
-    PQfreemem(error);
+    pq().PQfreemem(error);
     throw Error(Errc::usage, fmt::format("--store {} is not a valid PostgreSQL URL: {}", redacted(spec), message));
   }
-  PQconninfoFree(options);
+  pq().PQconninfoFree(options);
   location.dialect = Dialect::postgresql;
   location.url = spec;
   return location;

@@ -16,6 +16,12 @@ RunResult central_with_store(const std::string& store, const TempDir& dir) {
       dir.path(), std::chrono::seconds(30));
 }
 
+// Whether process `pid` has libpq mapped (it is loaded only for a
+// PostgreSQL store).
+bool maps_libpq(pid_t pid) {
+  return read_file(fs::path("/proc") / std::to_string(pid) / "maps").find("/libpq.so.5") != std::string::npos;
+}
+
 }  // namespace
 
 TEST_CASE("a central server on PostgreSQL lists a registered file and keeps it across a SIGKILL", "[e2e][pg]") {
@@ -31,6 +37,9 @@ TEST_CASE("a central server on PostgreSQL lists a registered file and keeps it a
   CHECK(entry["name"] == "in-postgres.bin");
   // Nothing of the registry is in the data dir: only the key pair.
   CHECK_FALSE(fs::exists(c.central().data_dir / "registry.db"));
+  // libpq is loaded by the central server that needs it, and by nobody else.
+  CHECK(maps_libpq(c.central().process->pid()));
+  CHECK_FALSE(maps_libpq(c.peer(0).process->pid()));
 
   const std::string addr = c.central_addr();
   Cluster::kill(c.central());
