@@ -205,8 +205,11 @@ void Swarm::begin_transfer() {
 std::size_t Swarm::chunk_budget() const {
   // Every chunk asked for ends up in a buffer until it is written: this many
   // at once, whatever the number of peers, bounds the download's memory and
-  // slows the requests down to what the disk takes.
-  constexpr std::uint64_t kBudgetBytes = std::uint64_t{8} * 1024 * 1024;
+  // slows the requests down to what the disk takes. 6 MiB (24 chunks of
+  // 256 KiB): 1 GiB from one seed on loopback took 1.47 s against 1.39 s
+  // with 8 MiB, and the peer-server's peak RSS 22-23 MiB against 24-25 MiB
+  // (bench/single_ab.py, docs/benchmarks.md): the memory bound holds.
+  constexpr std::uint64_t kBudgetBytes = std::uint64_t{6} * 1024 * 1024;
   return static_cast<std::size_t>(std::clamp<std::uint64_t>(kBudgetBytes / manifest_->chunk_size, 4, 64));
 }
 
