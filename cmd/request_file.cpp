@@ -207,8 +207,15 @@ class StdoutStream {
     // Nothing arrives while no holder sends (or the file is verified first).
     options.timeouts.idle = std::chrono::minutes(10);
     const auto context = tls::make_context(tls::Side::client, nullptr);
-    connection_ = wire::Connection::create(connect_socket(io_, peer_, std::chrono::seconds(5)), *context,
-                                           tls::Side::client, options);
+    auto socket = connect_socket(io_, peer_, std::chrono::seconds(5));
+    // A fixed receive buffer (the kernel doubles it for its bookkeeping),
+    // not one autotuned up to net.ipv4.tcp_rmem's maximum (32 MiB here):
+    // while the reader stalls, what waits in the kernel for this command
+    // stays about one piece, so the peer-server's read-ahead window, not a
+    // sysctl, bounds how far the download runs ahead of the reader.
+    std::error_code ignored;
+    socket.set_option(asio::socket_base::receive_buffer_size(static_cast<int>(protocol::kStreamPieceMax)), ignored);
+    connection_ = wire::Connection::create(std::move(socket), *context, tls::Side::client, options);
     connection_->set_verify([this](const wire::Connection& c) -> std::string {
       if (!c.peer_key()) {
         refusal_ = Error(Errc::protocol, fmt::format("{} presented no certificate", peer_.to_string()));
