@@ -245,6 +245,11 @@ wire::ConnectionOptions options_with(std::chrono::milliseconds first_frame, std:
   return options;
 }
 
+// A payload whose bytes a shared string owns until the write completes.
+wire::Payload as_payload(const std::shared_ptr<std::string>& p) {
+  return wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(p->data()), p->size()), p};
+}
+
 // Two Connections over loopback, both started, each recording what it gets.
 struct ConnectedPair {
   ConnectedPair(Loopback& net, const wire::ConnectionOptions& options) {
@@ -976,9 +981,6 @@ TEST_CASE("Connection carries bulk payloads both ways at once, larger than one s
     }
     return payload;
   };
-  auto as_payload = [](const std::shared_ptr<std::string>& p) {
-    return wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(p->data()), p->size()), p};
-  };
   for (std::size_t i = 0; i < kFrames; ++i) {
     sent_by_client.push_back(make_payload(2 * i));
     sent_by_server.push_back(make_payload(2 * i + 1));
@@ -1019,7 +1021,7 @@ TEST_CASE("Connection completes a write whose last byte fills the TLS stream's s
     const std::size_t length = windows * p2pshare::tls::Stream::kBulkBytes - wire::kHeaderSize - message.size();
     payloads.push_back(std::make_shared<std::string>(length, static_cast<char>('a' + payloads.size())));
     const auto& p = payloads.back();
-    client->send(message, wire::Payload{std::span(reinterpret_cast<const std::uint8_t*>(p->data()), p->size()), p});
+    client->send(message, as_payload(p));
   }
   client->send("after");
   REQUIRE(pump(
