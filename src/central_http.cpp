@@ -108,6 +108,17 @@ struct Router {
     text.counter("p2pshare_central_registrations_total", "Peer registrations accepted.", m.registrations.value());
     text.counter("p2pshare_central_announces_total", "Announcements of a held file accepted.", m.announces.value());
     text.counter("p2pshare_central_withdrawals_total", "Withdrawals of a held file handled.", m.withdrawals.value());
+    text.counter("p2pshare_central_change_log_reads_total",
+                 "Reads of the changes other central servers on the same database made (every 100 ms, and on a "
+                 "lookup that missed in memory).",
+                 m.change_log_reads.value());
+    text.counter("p2pshare_central_change_log_miss_reads_total",
+                 "Change log reads forced by a lookup that missed in memory (at most one per 10 ms).",
+                 m.change_log_miss_reads.value());
+    text.counter("p2pshare_central_change_log_read_failures_total",
+                 "Change log reads that failed (the database was away).", m.change_log_read_failures.value());
+    text.counter("p2pshare_central_changes_applied_total", "Other central servers' changes applied to memory.",
+                 m.changes_applied.value());
     text.gauge("p2pshare_registry_files", "Files in the registry.", static_cast<double>(registry.file_count()));
     text.gauge("p2pshare_registry_peers", "Peers in the registry.", static_cast<double>(registry.peer_count()));
     text.gauge("p2pshare_central_connections", "Central-plane connections open.",

@@ -22,7 +22,12 @@ struct CentralMetrics {
   metrics::Counter registrations;
   metrics::Counter announces;
   metrics::Counter withdrawals;
-  metrics::Histogram request_seconds;  // handling one central-plane request (before the group commit)
+  // Several central servers on one database (shared stores only).
+  metrics::Counter change_log_reads;          // reads of the others' changes, any cause
+  metrics::Counter change_log_miss_reads;     // of those, forced by a lookup that missed in memory
+  metrics::Counter change_log_read_failures;  // reads that failed (the store was away)
+  metrics::Counter changes_applied;           // the others' changes applied to memory
+  metrics::Histogram request_seconds;         // handling one central-plane request (before the group commit)
   metrics::Histogram http_seconds;
 };
 

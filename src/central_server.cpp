@@ -838,11 +838,13 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     if (!registry.shared()) return;
     if (registry.has_uncommitted()) commit();
     last_catch_up = std::chrono::steady_clock::now();
+    metrics->change_log_reads.add();
     try {
-      registry.sync();
+      metrics->changes_applied.add(registry.sync());
       if (sync_failing) log::info("central: reading the other central servers' changes works again");
       sync_failing = false;
     } catch (const std::exception& e) {
+      metrics->change_log_read_failures.add();
       if (!sync_failing) log::warn("central: reading the other central servers' changes failed: {}", e.what());
       sync_failing = true;
     }
@@ -853,6 +855,7 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
   bool catch_up_on_miss() {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_catch_up < kMissCatchUpInterval) return false;
+    metrics->change_log_miss_reads.add();
     catch_up();
     return true;
   }

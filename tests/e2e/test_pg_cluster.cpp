@@ -18,9 +18,15 @@
 #include <set>
 #include <thread>
 
+#include "central.pb.h"
 #include "e2e.hpp"
+#include "p2pshare/protocol.hpp"
+#include "support/hostile.hpp"
+#include "support/http_client.hpp"
 #include "support/pg.hpp"
+#include "support/tls_client.hpp"
 
+using namespace p2pshare;
 using namespace p2pshare::test;
 
 namespace {
@@ -283,6 +289,81 @@ TEST_CASE("two central servers on one PostgreSQL: announced through one, found a
   CHECK(files_equal(src, out));
   // And A now lists the getter as a second holder (it announced through B).
   CHECK(wait_for([&] { return reg.holders(a, id) == 2; }, 10s));
+}
+
+// The value of counter `name` in a Prometheus exposition; -1 if absent.
+double metric(const std::string& text, const std::string& name) {
+  for (const auto& line : lines_of(text)) {
+    if (line.starts_with(name + " ")) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
+TEST_CASE("a flood of unknown file ids reads the change log at most once per 10 ms", "[e2e][pg]") {
+  FreshPgDatabase db;
+  PgRegistry reg(db.url());
+  const auto a = reg.add_central({"--http-addr", "127.0.0.1:0"});
+  const std::string http = http_of(reg.central(a));
+  auto counter = [&](const std::string& name) {
+    const auto answer = http_request(http, "GET", "/metrics");
+    REQUIRE(answer.status == 200);
+    return metric(answer.body, name);
+  };
+
+  // One connection, every GetFile sent at once: the server reads them
+  // back to back, each a miss (nobody registered these ids).
+  constexpr int kLookups = 400;
+  const int fd = raw_connect(reg.central(a).addr);
+  REQUIRE(fd >= 0);
+  TlsClient tls(fd);
+  std::string burst = frame(protocol::hello(pb::PLANE_CENTRAL));
+  for (int i = 0; i < kLookups; ++i) {
+    pb::CentralRequest request;
+    request.set_request_id(static_cast<std::uint64_t>(i) + 1);
+    std::string id(32, '\x5a');
+    id[0] = static_cast<char>(i & 0xff);
+    id[1] = static_cast<char>(i >> 8);
+    request.mutable_get_file()->set_file_id(id);
+    burst += frame(request.SerializeAsString());
+  }
+  const double reads_before = counter("p2pshare_central_change_log_reads_total");
+  const double misses_before = counter("p2pshare_central_change_log_miss_reads_total");
+  REQUIRE(misses_before >= 0);
+  const auto start = std::chrono::steady_clock::now();
+  tls.send(burst);
+  // Every answer is an error naming the unknown file; count whole frames.
+  std::string plain;
+  int answers = 0;
+  const auto deadline = start + 60s;
+  while (answers < kLookups && std::chrono::steady_clock::now() < deadline && !tls.closed()) {
+    plain += tls.receive(8, 1s);
+    while (plain.size() >= 8) {
+      std::uint32_t length = 0;
+      for (int i = 0; i < 4; ++i) length = length << 8 | static_cast<std::uint8_t>(plain[i]);
+      REQUIRE(length <= protocol::kCentralLimits.max_message);
+      if (plain.size() < 8 + length) break;
+      pb::CentralResponse response;
+      REQUIRE(response.ParseFromArray(plain.data() + 8, static_cast<int>(length)));
+      CHECK(response.has_error());
+      plain.erase(0, 8 + length);
+      ++answers;
+    }
+  }
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  ::close(fd);
+  REQUIRE(answers == kLookups);
+
+  // The misses forced reads (the file could have come through another
+  // central server), but at most one per 10 ms of the burst, not one each.
+  const double misses = counter("p2pshare_central_change_log_miss_reads_total") - misses_before;
+  const auto bound =
+      static_cast<double>(std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() / 10 + 1);
+  INFO("burst took " << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() << " ms; " << misses
+                     << " miss reads");
+  CHECK(misses >= 1);
+  CHECK(misses <= bound);
+  CHECK(counter("p2pshare_central_change_log_reads_total") - reads_before >= misses);
+  CHECK(counter("p2pshare_central_change_log_read_failures_total") == 0);
 }
 
 TEST_CASE("a central server SIGKILLed under load: its peers fail over and no registered file is lost", "[e2e][pg]") {
