@@ -386,10 +386,11 @@ void Connection::close(const std::string& reason) {
   // No close_notify: the frames said what ends the conversation.
   stream_.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   stream_.socket().close(ignored);
-  // A write in flight still reads the front frame: asio's composed write may
-  // hand more of it to SSL_write before it sees the closed socket. Keep that
-  // frame (and its payload buffer, which the pool would give to a disk read)
-  // until the write's handler runs; drop the rest now.
+  // A write in flight still points into the front frame: the TLS stream
+  // seals it a window at a time (tls::Stream::kBulkBytes) and holds the
+  // caller's buffers until the write's handler runs. Keep that frame (and
+  // its payload buffer, which the pool would give to a disk read) until
+  // then; drop the rest now.
   if (writing_ && !queue_.empty()) {
     queue_.erase(std::next(queue_.begin()), queue_.end());
   } else {
