@@ -99,7 +99,8 @@ function draw() {
 function render(s) {
   const now = performance.now();
   document.getElementById("status").textContent = "peer " + s.peer_id.slice(0, 16) + "\u2026 on " + s.listen_addr +
-      (s.central_connected ? ", registered with the central server" : ", not registered with the central server");
+      (s.central_connected ? ", registered with the central server " : ", not registered with the central server ") +
+      s.central_addr + (s.cache_limit > 0 ? ", cache " + bytes(s.cache_used) + " of " + bytes(s.cache_limit) : "");
   if (previous) {
     const seconds = Math.max(0.001, (now - previous.at) / 1000);
     history.push({down: Math.max(0, s.bytes_down - previous.down) / seconds, up: Math.max(0, s.bytes_up - previous.up) / seconds});

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -49,6 +50,8 @@ struct PeerHttpHost {
   std::function<std::shared_ptr<Swarm>(const FileId&)> lookup;
   std::function<std::vector<std::shared_ptr<Swarm>>()> swarms;
   std::function<std::string()> listen_address;
+  std::function<std::uint64_t()> cache_used;  // bytes of volunteered copies (--cache-dir)
+  std::uint64_t cache_limit = 0;              // --cache-limit (0: not a volunteer)
   std::function<std::size_t()> http_connections;
 };
 

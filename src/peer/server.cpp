@@ -235,6 +235,11 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
       auto self = weak.lock();
       return self && self->http_server ? self->http_server->connections() : 0;
     };
+    host->cache_used = [weak] {
+      auto self = weak.lock();
+      return self ? self->cache_used() : std::uint64_t{0};
+    };
+    host->cache_limit = config.cache_limit;
     http_server = std::make_unique<http::Server>(io, http::Limits{}, make_peer_http_handler(host));
     http_server->on_answered = [metrics = services->metrics](double seconds) {
       metrics->http_seconds.observe(seconds);

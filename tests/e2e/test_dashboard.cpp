@@ -103,6 +103,8 @@ TEST_CASE("dashboard: the peer's shows a download progressing, then complete, na
       },
       60s));
   INFO("progress seen: " << *seen << "%");
+  // The status line names the central server in use.
+  CHECK(dom.find("registered with the central server " + c.central().addr) != std::string::npos);
   screenshot(c, url, "dashboard-peer.png");
   // The name is text: escaped in the DOM, never an element.
   CHECK(dom.find(kHostileShown) != std::string::npos);

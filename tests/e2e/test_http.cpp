@@ -64,6 +64,9 @@ TEST_CASE("http: the peer's API needs the cookie, and does what the control comm
   const auto s = json::parse(status.body);
   CHECK(s["listen_addr"] == c.peer(1).addr);
   CHECK(s["peer_id"].get<std::string>().size() == 32);
+  CHECK(s["central_addr"] == c.central().addr);
+  CHECK(s["cache_limit"] == 0);  // not a volunteer
+  CHECK(s["cache_used"] == 0);
   CHECK(http_request(http, "GET", "/api/status?token=" + token_of(c.peer(1))).status == 200);
 
   // Register on the seed through its API: the same id register-file gives.

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "e2e.hpp"
+#include "support/http_client.hpp"
 
 using namespace p2pshare::test;
 
@@ -58,7 +59,9 @@ std::vector<std::string> volunteer(Cluster& c, const std::string& name, const st
 
 TEST_CASE("replicas: two volunteers fetch a file with --replicas 2 and it outlives its owner", "[e2e][replicas]") {
   Cluster c(1);
-  c.add_peer(true, volunteer(c, "cache1", "64M"));
+  auto first = volunteer(c, "cache1", "64M");
+  first.insert(first.end(), {"--http-addr", "127.0.0.1:0"});
+  c.add_peer(true, first);
   c.add_peer(true, volunteer(c, "cache2", "64M"));
   c.add_peer(true);  // downloads it once the owner is gone
   const auto src = c.make_file("kept.bin", 3 * kMiB + 123, 41);
@@ -79,6 +82,16 @@ TEST_CASE("replicas: two volunteers fetch a file with --replicas 2 and it outliv
   const auto status = c.on_peer(1, "status");
   CHECK(contains_ci(status.out, "seeding (cache)"));
   CHECK(contains_ci(status.out, "cache: "));
+  // The HTTP API says the same as status --json: the central server in
+  // use and the cache's limit and use.
+  const auto api = http_request(http_of(c.peer(1)), "GET", "/api/status?token=" + token_of(c.peer(1)));
+  REQUIRE(api.status == 200);
+  const auto s = nlohmann::json::parse(api.body);
+  const auto json_status = c.status_json(1);
+  CHECK(s["central_addr"] == c.central().addr);
+  CHECK(s["cache_limit"] == 64 * kMiB);
+  CHECK(s["cache_used"].get<std::uint64_t>() >= fs::file_size(src));
+  CHECK(s["cache_used"] == json_status["cache_used"]);
 
   Cluster::kill(c.peer(0));
   REQUIRE(wait_for([&] { return !c.is_live(0); }, 10s));
