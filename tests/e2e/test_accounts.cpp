@@ -1,7 +1,8 @@
 // Accounts, groups and group-only files, end to end with the real binary:
 // three users and the life of a group, what outsiders see and get, the
-// session across a restart, a download outliving the central server, and
-// holders refusing every misused capability (spoken directly).
+// session across a restart, a download outliving the central server,
+// holders refusing every misused capability (spoken directly), and a
+// group's file renamed in a shared folder staying the group's.
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -312,4 +313,99 @@ TEST_CASE("accounts: a holder refuses every misused capability, spoken to direct
     check_refused(RawPeer(holder, mallory).interested(id, {real}), "another peer");
     CHECK(RawPeer(holder, bob).interested(id, {real}).has_bitfield());
   }
+}
+
+TEST_CASE("accounts: a group's file renamed in a shared folder stays the group's and so after a restart") {
+  // f90dff4: the folder's rename path (move_shared) recorded and re-seeded
+  // the file without its groups, so the group's file went public.
+  ClusterOptions options;
+  options.central_args = {"--http-addr", "127.0.0.1:0"};
+  Cluster c(3, options);  // peer0: alice shares the folder; peer1: bob, a member; peer2: carol, not one
+  create_and_login(c, 0, "alice");
+  create_and_login(c, 1, "bob");
+  create_and_login(c, 2, "carol");
+  ok(c.on_peer(0, "create-group", {"--group", kGroup}));
+  ok(c.on_peer(1, "join-group", {"--group", kGroup}));
+  ok(c.on_peer(0, "accept-request", {"--group", kGroup, "--user", "bob"}));
+
+  // A folder shares what it finds publicly; a group's file gets into one by
+  // register-file --group of a file in it, which the watcher takes over
+  // (with its groups) when the peer-server starts with --share-dir.
+  const fs::path dir = fs::canonical(c.path("."));
+  fs::create_directories(dir / "shared" / "sub");
+  const fs::path first = dir / "shared" / "plans.bin";
+  const fs::path renamed = dir / "shared" / "sub" / "renamed.bin";
+  write_random_file(first, 3 * kChunkSize + 11, 21);
+  const std::string id = ok(c.on_peer(0, "register-file", {"--path", first.string(), "--group", kGroup})).substr(0, 64);
+  REQUIRE(is_file_id(id));
+  const auto shared_at = [&](const fs::path& path) {
+    const auto j = c.status_json(0);
+    if (!j.is_object() || j["folders"].empty()) return false;
+    const auto& folder = j["folders"][0];
+    if (folder.value("files", 0) != 1 || folder.value("pending", 1) != 0) return false;
+    for (const auto& s : j.value("shared", nlohmann::json::array())) {
+      if (s.value("file_id", "") == id) return s.value("path", "") == path.string();
+    }
+    return false;
+  };
+  const auto restart = [&] {
+    REQUIRE(Cluster::stop(c.peer(0)) == 0);
+    c.start_peer_with(0, {"--share-dir", (dir / "shared").string()});
+  };
+  restart();
+  REQUIRE(wait_for([&] { return shared_at(first); }));
+  const auto announced_to_group = [&] {
+    const auto r = c.on_peer(1, "list-files", {"--group", kGroup, "--json"});
+    if (r.exit_code != 0) return -1;
+    for (const auto& f : nlohmann::json::parse(r.out, nullptr, false)) {
+      if (f.value("file_id", "") == id) return f.value("holders", -1);
+    }
+    return -1;
+  };
+  REQUIRE(wait_for([&] { return announced_to_group() == 1; }));
+
+  // What only a member sees and gets: the central server's word, and the holder's own.
+  const auto group_only = [&](const std::string& when) {
+    INFO("when: " << when);
+    CHECK_FALSE(listed_publicly(c, id));
+    check_fails("anonymous file-info", c.on_central("file-info", {"--file-id", id}), 1, {"unknown file"});
+    check_fails("a non-member lists the group", c.on_peer(2, "list-files", {"--group", kGroup}), 1, {"not a member"});
+    CHECK(ok(c.on_peer(1, "list-files", {"--group", kGroup})).find(id) != std::string::npos);
+    const auto out = c.path("carol-" + when + ".bin");
+    check_fails("a non-member requests it", c.on_peer(2, "request-file", {"--file-id", id, "--out", out.string()}), 1,
+                {"no file"});
+    CHECK_FALSE(fs::exists(out));
+    // A peer with no capability, straight to the holder (no central server to ask).
+    const auto reply = RawPeer(c.peer(0).addr, tls::make_identity()).interested(raw_id(id), {});
+    INFO("the holder answered a peer without a capability: " << reply.DebugString());
+    CHECK(reply.has_error());
+    CHECK(reply.error().code() == pb::ERROR_UNAUTHORIZED);
+  };
+  group_only("before");
+
+  fs::rename(first, renamed);
+  REQUIRE(wait_for([&] { return shared_at(renamed); }));
+  group_only("renamed");
+  const auto bob_out = c.path("bob-plans.bin");
+  ok(c.on_peer(1, "request-file", {"--file-id", id, "--out", bob_out.string()}));
+  CHECK(read_file(bob_out) == read_file(renamed));
+  REQUIRE(wait_for([&] { return announced_to_group() == 2; }));  // bob's copy is counted: its announce is done
+
+  // peer.db's record: the restarted peer-server seeds and announces it from
+  // there. Checked once the central server has its announcement.
+  const auto http = c.central().process->wait_for_line("http on ");
+  REQUIRE(http);
+  const auto announces = [&] {
+    const std::string name = "p2pshare_central_announces_total ";
+    for (const auto& line : lines_of(http_request(*http, "GET", "/metrics").body)) {
+      if (line.starts_with(name)) return std::stod(line.substr(name.size()));
+    }
+    return -1.0;
+  };
+  const double before_restart = announces();
+  REQUIRE(before_restart > 0);
+  restart();
+  REQUIRE(wait_for([&] { return shared_at(renamed); }));
+  REQUIRE(wait_for([&] { return announces() > before_restart; }));
+  group_only("restarted");
 }
