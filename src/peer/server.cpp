@@ -1402,8 +1402,20 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
     FolderHost host;
     std::weak_ptr<Impl> weak = weak_from_this();
     host.share = [weak](const std::filesystem::path& path, Manifest manifest, const store::FileIdentity& identity) {
-      if (auto self = weak.lock(); self && !self->stopping)
-        self->add_shared(nullptr, path, std::move(manifest), identity, {});
+      auto self = weak.lock();
+      if (!self || self->stopping) return;
+      // A folder shares what it finds publicly, except bytes this peer
+      // already shares with groups (register-file --group of a file in the
+      // folder, or the same bytes elsewhere): those stay the groups' only.
+      // Making them public takes stop-sharing, then register-file without
+      // --group: never a file that lands in a folder.
+      std::vector<std::string> groups;
+      if (auto existing = self->lookup(manifest.file_id()); existing && !existing->groups().empty()) {
+        groups = existing->groups();
+        log::info("{} has the bytes of a file shared with group(s) {} only: it stays theirs", path.string(),
+                  fmt::join(groups, ", "));
+      }
+      self->add_shared(nullptr, path, std::move(manifest), identity, groups);
     };
     host.unshare = [weak](const FileId& id, const std::filesystem::path& path) {
       if (auto self = weak.lock(); self && !self->stopping) self->unshare(id, path);

@@ -409,3 +409,68 @@ TEST_CASE("accounts: a group's file renamed in a shared folder stays the group's
   REQUIRE(wait_for([&] { return announces() > before_restart; }));
   group_only("restarted");
 }
+
+TEST_CASE("accounts: a group's file registered inside a watched folder is not made public by the folder") {
+  // The folder's watcher shares what it hashes publicly; a file of that
+  // folder already shared with a group must keep its groups.
+  ClusterOptions options;
+  options.central_args = {"--http-addr", "127.0.0.1:0"};
+  Cluster c(3, options);  // peer0: alice, whose peer-server watches the folder; peer1: bob, a member; peer2: carol
+  create_and_login(c, 0, "alice");
+  create_and_login(c, 1, "bob");
+  create_and_login(c, 2, "carol");
+  ok(c.on_peer(0, "create-group", {"--group", kGroup}));
+  ok(c.on_peer(1, "join-group", {"--group", kGroup}));
+  ok(c.on_peer(0, "accept-request", {"--group", kGroup, "--user", "bob"}));
+  const fs::path dir = fs::canonical(c.path(".")) / "shared";
+  fs::create_directories(dir);
+  REQUIRE(Cluster::stop(c.peer(0)) == 0);
+  c.start_peer_with(0, {"--share-dir", dir.string()});
+  const auto folder_done = [&](int files) {
+    const auto j = c.status_json(0);
+    if (!j.is_object() || j["folders"].empty()) return false;
+    return j["folders"][0].value("files", 0) == files && j["folders"][0].value("pending", 1) == 0;
+  };
+  REQUIRE(wait_for([&] { return folder_done(0); }));
+  const auto http = c.central().process->wait_for_line("http on ");
+  REQUIRE(http);
+  const auto announces = [&] {
+    const std::string name = "p2pshare_central_announces_total ";
+    for (const auto& line : lines_of(http_request(*http, "GET", "/metrics").body)) {
+      if (line.starts_with(name)) return std::stod(line.substr(name.size()));
+    }
+    return -1.0;
+  };
+
+  // The file is written into the folder and kept open while alice registers
+  // it for the group: the watcher looks at a file open for writing only
+  // once it is closed, so the registration is first, as when a user
+  // registers a file that was already there.
+  const fs::path file = dir / "minutes.bin";
+  std::string id;
+  {
+    std::ofstream out(file, std::ios::binary);
+    std::string bytes(2 * kChunkSize + 5, '\0');
+    for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 7919) >> 3);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    id = ok(c.on_peer(0, "register-file", {"--path", file.string(), "--group", kGroup})).substr(0, 64);
+    REQUIRE(is_file_id(id));
+  }
+  const double registered = announces();
+  // The watcher hashes it (the same bytes) and shares it: once that is done
+  // and the central server has heard again, the file is still the group's.
+  REQUIRE(wait_for([&] { return folder_done(1); }));
+  REQUIRE(wait_for([&] { return announces() > registered; }));
+  CHECK_FALSE(listed_publicly(c, id));
+  check_fails("anonymous file-info", c.on_central("file-info", {"--file-id", id}), 1, {"unknown file"});
+  const auto carol_out = c.path("carol.bin");
+  check_fails("a non-member requests it", c.on_peer(2, "request-file", {"--file-id", id, "--out", carol_out.string()}),
+              1, {"no file"});
+  CHECK_FALSE(fs::exists(carol_out));
+  const auto reply = RawPeer(c.peer(0).addr, tls::make_identity()).interested(raw_id(id), {});
+  CHECK(reply.has_error());
+  const auto bob_out = c.path("bob.bin");
+  ok(c.on_peer(1, "request-file", {"--file-id", id, "--out", bob_out.string()}));
+  CHECK(read_file(bob_out) == read_file(file));
+}
