@@ -129,7 +129,7 @@ FileId parse_file_id(const std::string& text) {
 
 [[noreturn]] void throw_remote(const pb::Error& error) {
   Errc code = Errc::unavailable;
-  if (error.code() >= 1 && error.code() <= 8) code = static_cast<Errc>(error.code());
+  if (error.code() >= 1 && error.code() <= static_cast<int>(Errc::limit)) code = static_cast<Errc>(error.code());
   throw Error(code, error.message().empty() ? "the server reported an error" : error.message());
 }
 

@@ -1020,14 +1020,14 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
   if (current == nullptr) {
     const Limits& limits = impl_->limits;
     if (peer.files.size() >= limits.max_files_per_peer) {
-      throw Error(Errc::unavailable,
+      throw Error(Errc::limit,
                   fmt::format("this peer already holds {} files, the most the central server keeps for one peer",
                               peer.files.size()));
     }
     if (peer.chunks + chunks > limits.max_chunks_per_peer) {
-      throw Error(Errc::unavailable, fmt::format("this peer's files would have {} chunks, more than the {} the central "
-                                                 "server keeps for one peer",
-                                                 peer.chunks + chunks, limits.max_chunks_per_peer));
+      throw Error(Errc::limit, fmt::format("this peer's files would have {} chunks, more than the {} the central "
+                                           "server keeps for one peer",
+                                           peer.chunks + chunks, limits.max_chunks_per_peer));
     }
   }
 

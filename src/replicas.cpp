@@ -42,7 +42,7 @@ std::optional<std::uint32_t> ReplicaPlanner::request(const PeerId& owner, const 
         "the central server takes from one peer",
         spent, new_cost - old_cost, config_.max_chunks_per_owner);
     if (spent == 0) owner_chunks_.erase(owner);
-    throw Error(Errc::unavailable, message);
+    throw Error(Errc::limit, message);
   }
   spent = spent - old_cost + new_cost;
   if (spent == 0) owner_chunks_.erase(owner);

@@ -663,8 +663,7 @@ TEST_CASE("registry refuses files past max_files_per_peer and keeps what the pee
     for (std::uint32_t i = 0; i < 3; ++i) registry.announce(greedy, make_manifest(i), std::nullopt);
 
     std::string message;
-    CHECK(error_code_of([&] { registry.announce(greedy, make_manifest(3), std::nullopt); }, &message) ==
-          Errc::unavailable);
+    CHECK(error_code_of([&] { registry.announce(greedy, make_manifest(3), std::nullopt); }, &message) == Errc::limit);
     CHECK_THAT(message, Catch::Contains("already holds 3 files"));
     CHECK(registry.file_count() == 3);
     // What it holds it may still re-announce and update: not a new file for it.
@@ -683,7 +682,7 @@ TEST_CASE("registry refuses files past max_files_per_peer and keeps what the pee
 
   // The count survives a reopen: it is rebuilt from the holders.
   Registry reopened(store.location(), kExpiry, small_limits());
-  CHECK(error_code_of([&] { reopened.announce(greedy, make_manifest(5), std::nullopt); }) == Errc::unavailable);
+  CHECK(error_code_of([&] { reopened.announce(greedy, make_manifest(5), std::nullopt); }) == Errc::limit);
 }
 
 TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits]") {
@@ -693,8 +692,7 @@ TEST_CASE("registry refuses chunks past max_chunks_per_peer", "[registry][limits
   registry.upsert_peer(a, "10.0.0.1", 4000, kStart);
   registry.announce(a, make_manifest(1, 600), std::nullopt);
   std::string message;
-  CHECK(error_code_of([&] { registry.announce(a, make_manifest(2, 401), std::nullopt); }, &message) ==
-        Errc::unavailable);
+  CHECK(error_code_of([&] { registry.announce(a, make_manifest(2, 401), std::nullopt); }, &message) == Errc::limit);
   CHECK_THAT(message, Catch::Contains("1001 chunks"));
   CHECK(registry.file_count() == 1);
   CHECK_NOTHROW(registry.announce(a, make_manifest(3, 400), std::nullopt));  // exactly at the limit

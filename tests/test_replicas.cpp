@@ -180,7 +180,7 @@ TEST_CASE("replicas: targets are capped, and count toward the owner's budget", "
                        Catch::Predicate<p2pshare::Error>([](const auto& e) { return e.code() == Errc::bad_request; }));
   CHECK(planner.request(owner, file(6), 10, 5) == 5u);  // 50 chunks
   CHECK_THROWS_MATCHES(planner.request(owner, file(7), 10, 6), p2pshare::Error,
-                       Catch::Predicate<p2pshare::Error>([](const auto& e) { return e.code() == Errc::unavailable; }));
+                       Catch::Predicate<p2pshare::Error>([](const auto& e) { return e.code() == Errc::limit; }));
   CHECK(planner.target(file(7)) == 0);
   // Lowering a target frees budget; withdrawing frees all of it.
   CHECK(planner.request(owner, file(6), 10, 1) == 1u);

@@ -21,6 +21,7 @@ enum class Errc {
   unavailable = 6,
   protocol = 7,
   verification = 8,
+  limit = 9,    // a per-peer quota is full: a retry gets the same answer until the peer holds less
   usage = 100,  // the command line is wrong: exit status 2
 };
 
@@ -71,6 +72,8 @@ inline const char* errc_name(Errc code) {
       return "protocol";
     case Errc::verification:
       return "verification";
+    case Errc::limit:
+      return "limit";
     case Errc::usage:
       return "usage";
   }

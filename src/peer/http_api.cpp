@@ -46,6 +46,8 @@ int http_status_of(Errc code) {
       return 403;
     case Errc::unavailable:
       return 503;
+    case Errc::limit:
+      return 429;
     case Errc::verification:
     case Errc::protocol:
       return 502;

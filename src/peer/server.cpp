@@ -109,7 +109,7 @@ class ConnectionSink : public ControlSink {
 
 Errc errc_of(const pb::Error& error) {
   const int code = error.code();
-  if (code >= static_cast<int>(Errc::bad_request) && code <= static_cast<int>(Errc::verification)) {
+  if (code >= static_cast<int>(Errc::bad_request) && code <= static_cast<int>(Errc::limit)) {
     return static_cast<Errc>(code);
   }
   return Errc::unavailable;
@@ -368,9 +368,24 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
         std::move(request),
         [weak = weak_from_this(), id](auto response, const std::string&) {
           auto self = weak.lock();
-          if (self && response && response->has_ok()) self->pending_withdrawals.erase(id);
+          if (!self || !response || !response->has_ok()) return;
+          self->pending_withdrawals.erase(id);
+          self->announce_refused();
         },
         std::chrono::seconds(0));
+  }
+
+  // A withdrawal made room under the central server's per-peer limits:
+  // files it refused for them are offered again, a few per withdrawal (one
+  // file's room takes one; the rest are refused again, quietly).
+  void announce_refused() {
+    constexpr std::size_t kPerWithdrawal = 8;
+    std::size_t offered = 0;
+    for (const auto& [file, swarm] : swarms) {
+      if (!swarm->refused_for_limit()) continue;
+      swarm->announce();
+      if (++offered == kPerWithdrawal) break;
+    }
   }
 
   // --- replicas and the volunteer cache (docs/architecture.md) -------------

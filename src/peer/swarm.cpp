@@ -152,11 +152,20 @@ void Swarm::announce_with_backoff(std::chrono::milliseconds backoff) const {
   services_.central->request(
       announcement(),
       [weak, backoff](std::optional<pb::CentralResponse> response, const std::string&) {
-        if (!response || !response->has_error() || response->error().code() != static_cast<int>(Errc::unavailable)) {
+        auto self = weak.lock();
+        if (!self || !response) return;
+        if (response->has_ok()) self->refused_for_limit_ = false;
+        if (response->has_error() && response->error().code() == static_cast<int>(Errc::limit)) {
+          // Asking again gets the same answer until this peer holds less.
+          if (!self->refused_for_limit_) {
+            log::warn("the central server does not list {} ({}): {}", self->manifest_->name, to_hex(self->id_),
+                      response->error().message());
+          }
+          self->refused_for_limit_ = true;
           return;
         }
-        auto self = weak.lock();
-        if (!self || self->announce_retry_pending_) return;  // a chain already waits
+        if (!response->has_error() || response->error().code() != static_cast<int>(Errc::unavailable)) return;
+        if (self->announce_retry_pending_) return;  // a chain already waits
         self->announce_retry_pending_ = true;
         auto timer = std::make_shared<asio::steady_timer>(self->services_.io, backoff);
         timer->async_wait([weak, timer, backoff](const std::error_code& ec) {

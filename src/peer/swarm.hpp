@@ -97,10 +97,13 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   pb::CentralRequest announcement() const;
   // Tells the central server announcement(), without waiting for the answer:
   // a lost one is repeated at the next registration (CentralLink's
-  // on_registered); one answered "unavailable" (its store is away, or a
-  // limit) is repeated with a backoff of 1 s doubling to 60 s while the
-  // file stays here (one retry chain per file).
+  // on_registered); one answered "unavailable" (its store is away) is
+  // repeated with a backoff of 1 s doubling to 60 s while the file stays
+  // here (one retry chain per file). One refused for a per-peer limit is
+  // logged once and not repeated: refused_for_limit() until an announce
+  // is taken (the peer-server tries again when it withdraws a file).
   void announce() const;
+  bool refused_for_limit() const { return refused_for_limit_; }
   // Writes the bytes uploaded since the last call to the state (shared files).
   void save_uploaded();
   // Deletes the partial file of a download given up for good.
@@ -188,6 +191,7 @@ class Swarm : public LinkOwner, public std::enable_shared_from_this<Swarm> {
   bool visibility_known_ = true;
   // An announce answered "unavailable" waits to be repeated (announce()).
   mutable bool announce_retry_pending_ = false;
+  mutable bool refused_for_limit_ = false;
   void announce_with_backoff(std::chrono::milliseconds backoff) const;
   std::optional<std::uint32_t> replicas_;
   bool cached_ = false;

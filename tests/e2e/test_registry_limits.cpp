@@ -23,6 +23,7 @@
 #include "p2pshare/protocol.hpp"
 #include "p2pshare/tls.hpp"
 #include "support/hostile.hpp"
+#include "support/http_client.hpp"
 #include "support/tls_client.hpp"
 
 using namespace p2pshare;
@@ -117,7 +118,7 @@ pb::CentralRequest announce_request(std::uint32_t n) {
 
 struct Tally {
   std::atomic<std::size_t> accepted{0};
-  std::atomic<std::size_t> refused{0};  // ERROR_UNAVAILABLE naming the limit
+  std::atomic<std::size_t> refused{0};  // the limit's error code, naming the limit
   std::atomic<std::size_t> other{0};
   std::string first_refusal;
 };
@@ -125,7 +126,7 @@ struct Tally {
 // Sends `count` requests in windows (a flood, but one that reads its
 // answers, so neither side's buffers fill up), tallying the answers.
 void flood(SourcedClient& client, std::size_t count, const std::function<pb::CentralRequest(std::uint32_t)>& make,
-           bool (*accepted)(const pb::CentralResponse&), Tally& tally) {
+           bool (*accepted)(const pb::CentralResponse&), pb::ErrorCode refusal, Tally& tally) {
   constexpr std::size_t kWindow = 256;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   for (std::size_t sent = 0; sent < count;) {
@@ -135,7 +136,7 @@ void flood(SourcedClient& client, std::size_t count, const std::function<pb::Cen
       const auto response = client.receive(deadline);
       if (accepted(response)) {
         ++tally.accepted;
-      } else if (response.has_error() && response.error().code() == pb::ERROR_UNAVAILABLE) {
+      } else if (response.has_error() && response.error().code() == refusal) {
         if (tally.refused++ == 0) tally.first_refusal = response.error().message();
       } else {
         ++tally.other;
@@ -187,7 +188,8 @@ TEST_CASE("central: floods of identities and announces are refused while honest 
         throw std::runtime_error("the announcing flooder could not register");
       }
       flood(
-          client, 20000, announce_request, [](const pb::CentralResponse& r) { return r.has_ok(); }, announces);
+          client, 20000, announce_request, [](const pb::CentralResponse& r) { return r.has_ok(); }, pb::ERROR_LIMIT,
+          announces);
     } catch (const std::exception& e) {
       announce_failure = e.what();
     }
@@ -356,4 +358,49 @@ TEST_CASE("central: answers built one after another carry only their own holders
   // The same question again: the same answer, byte for byte.
   CHECK(get_file(one).SerializeAsString() == first.SerializeAsString());
   CHECK(central.running());
+}
+
+TEST_CASE("central: a file refused for a per-peer limit is not asked again until a withdrawal makes room",
+          "[e2e][central][limits]") {
+  ClusterOptions options;
+  options.central_args = {"--max-files-per-peer", "2", "--http-addr", "127.0.0.1:0"};
+  Cluster c(0, options);
+  c.add_peer();
+  const std::string http = http_of(c.central());
+  const auto counter = [&](const std::string& name) {
+    for (const auto& line : lines_of(http_request(http, "GET", "/metrics").body)) {
+      if (line.starts_with(name + " ")) return std::stod(line.substr(name.size() + 1));
+    }
+    return -1.0;
+  };
+  const std::string a = c.register_file(0, c.make_file("a.bin", 1000, 1));
+  const std::string b = c.register_file(0, c.make_file("b.bin", 1000, 2));
+  REQUIRE(c.wait_holders(a, 1));
+  REQUIRE(c.wait_holders(b, 1));
+  const double errors_before = counter("p2pshare_central_request_errors_total");
+  // register-file shares it here; the central server refuses to list a third.
+  const std::string third = c.register_file(0, c.make_file("third.bin", 1000, 3));
+  REQUIRE(wait_for([&] { return counter("p2pshare_central_request_errors_total") == errors_before + 1; }));
+  REQUIRE(wait_for([&] { return c.peer(0).process->err().find("does not list third.bin") != std::string::npos; }));
+
+  // Heartbeats go on (several seconds of them): the refused announce is
+  // not repeated (it used to be, after 1 s, 3 s, 7 s, ... up to once a
+  // minute, forever).
+  const double requests = counter("p2pshare_central_requests_total");
+  constexpr double kHeartbeats = 20;  // 4 s of the cluster's 200 ms heartbeats
+  REQUIRE(wait_for([&] { return counter("p2pshare_central_requests_total") >= requests + kHeartbeats; }, 30s));
+  CHECK(counter("p2pshare_central_request_errors_total") == errors_before + 1);
+  CHECK(c.holders(third) == -1);
+  const std::string log = c.peer(0).process->err();
+  std::size_t warnings = 0;
+  for (std::size_t at = log.find("does not list third.bin"); at != std::string::npos;
+       at = log.find("does not list third.bin", at + 1)) {
+    ++warnings;
+  }
+  CHECK(warnings == 1);  // one line, not one per attempt
+
+  // A withdrawal makes room: the refused file is offered again and listed.
+  REQUIRE(c.on_peer(0, "stop-sharing", {"--file-id", a}).exit_code == 0);
+  CHECK(c.wait_holders(third, 1));
+  CHECK(c.holders(a) <= 0);  // no live holder (the file is forgotten later)
 }
