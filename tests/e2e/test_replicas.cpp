@@ -55,6 +55,19 @@ std::vector<std::string> volunteer(Cluster& c, const std::string& name, const st
   return {"--cache-dir", c.path(name).string(), "--cache-limit", limit};
 }
 
+// The LRU time of the peer's cache copy of the file (status --json); 0: none.
+std::int64_t last_used_ms(Cluster& c, std::size_t i, const std::string& id) {
+  const auto entry = cached_entry(c, i, id);
+  return entry.is_object() ? entry.value("last_used_ms", std::int64_t{0}) : 0;
+}
+
+void download(Cluster& c, std::size_t i, const std::string& id, const std::string& name) {
+  const auto out = c.path("out" + std::to_string(i)) / name;
+  const auto r = c.on_peer(i, "request-file", {"--file-id", id, "--out", out.string()});
+  INFO(describe(r));
+  REQUIRE(r.exit_code == 0);
+}
+
 }  // namespace
 
 TEST_CASE("replicas: two volunteers fetch a file with --replicas 2 and it outlives its owner", "[e2e][replicas]") {
@@ -202,4 +215,55 @@ TEST_CASE("replicas: a bad --cache-limit or --replicas is one line and exit 2", 
   const auto src = c.make_file("f.bin", 1000, 45);
   check_fails("--replicas 17", c.on_peer(0, "register-file", {"--path", src.string(), "--replicas", "17"}), 2,
               {"replicas"});
+}
+
+// "Used" is fetched (when the fetch ends) or served to a downloader (seen with
+// the upload counters, every 5 s): src/peer/server.cpp, make_room.
+TEST_CASE("replicas: a full volunteer evicts the least recently used of its spare copies first", "[e2e][replicas]") {
+  Cluster c(1);                                    // 0: the owner
+  const auto cache = volunteer(c, "cache", "5M");  // room for two of the three files
+  c.add_peer(true, cache);                         // 1: the volunteer
+  c.add_peer(true);                                // 2: a second holder, so the volunteer's copies are spare
+  c.add_peer(true);                                // 3: a downloader served by the volunteer alone
+  const auto fa = c.make_file("a.bin", 2 * kMiB, 51);
+  const auto fb = c.make_file("b.bin", 2 * kMiB, 52);
+  const auto fc = c.make_file("c.bin", 2 * kMiB, 53);
+  const std::string a = register_with_replicas(c, 0, fa, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, a).is_object(); }, 30s));
+  const std::string b = register_with_replicas(c, 0, fb, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, b).is_object(); }, 30s));
+  // Fetched in that order: `a` is the older.
+  const auto fetched_a = last_used_ms(c, 1, a);
+  REQUIRE(fetched_a > 0);
+  REQUIRE(last_used_ms(c, 1, b) > fetched_a);
+
+  // Peer 2 copies both from the owner while the volunteer is down (so the
+  // volunteer serves neither): both copies are spare once it is back.
+  REQUIRE(Cluster::stop(c.peer(1)) == 0);
+  download(c, 2, a, "a.bin");
+  download(c, 2, b, "b.bin");
+  c.start_peer_with(1, cache);
+  REQUIRE(wait_for([&] { return c.is_live(1, a) && c.is_live(1, b); }, 10s));
+  REQUIRE(last_used_ms(c, 1, a) == fetched_a);  // the LRU times outlive a restart
+
+  std::string evicted = a;
+  std::string kept = b;
+  SECTION("neither served: the one fetched first goes") {}
+  SECTION("the older one served since: the other goes") {
+    // The volunteer is the only live holder of `a` while peer 3 downloads it.
+    REQUIRE(Cluster::stop(c.peer(0)) == 0);
+    REQUIRE(Cluster::stop(c.peer(2)) == 0);
+    download(c, 3, a, "a.bin");
+    REQUIRE(wait_for([&] { return last_used_ms(c, 1, a) > last_used_ms(c, 1, b); }, 15s));
+    c.start_peer_with(0, {});
+    c.start_peer_with(2, {});
+    REQUIRE(wait_for([&] { return c.is_live(2, a) && c.is_live(2, b) && c.is_live(0, a); }, 10s));
+    evicted = b;
+    kept = a;
+  }
+  const std::string cid = register_with_replicas(c, 0, fc, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, cid).is_object(); }, 30s));
+  CHECK_FALSE(touches(c, 1, evicted));
+  CHECK(cached_entry(c, 1, kept).is_object());
+  CHECK(live_copies(c, evicted) >= 1);
 }
