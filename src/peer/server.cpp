@@ -1477,6 +1477,9 @@ cli::Address PeerServer::start() {
     if (const auto* replica = replica_of(id)) {
       if (replica->cached) {
         swarm->set_cached(true);
+        // Bytes served in earlier runs are no use now: only new ones move
+        // the copy in the LRU order (touch_served_cache).
+        impl.cache_uploaded_seen[id] = swarm->uploaded();
       } else {
         swarm->set_replicas(replica->replicas);
       }

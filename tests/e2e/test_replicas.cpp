@@ -267,3 +267,45 @@ TEST_CASE("replicas: a full volunteer evicts the least recently used of its spar
   CHECK(cached_entry(c, 1, kept).is_object());
   CHECK(live_copies(c, evicted) >= 1);
 }
+
+// The upload counters outlive a restart; the LRU time must not take the bytes
+// served in an earlier run for a use now, or every copy ever served would
+// become the newest at the first tick (5 s) after a restart.
+TEST_CASE("replicas: a volunteer's restart does not make a copy served long ago its most recently used",
+          "[e2e][replicas]") {
+  Cluster c(1);                                    // 0: the owner
+  const auto cache = volunteer(c, "cache", "5M");  // room for two of the three files
+  c.add_peer(true, cache);                         // 1: the volunteer
+  c.add_peer(true);                                // 2: a second holder, so the volunteer's copies are spare
+  c.add_peer(true);                                // 3: a downloader served by the volunteer alone
+  const auto fx = c.make_file("x.bin", 2 * kMiB, 54);
+  const auto fy = c.make_file("y.bin", 2 * kMiB, 55);
+  const auto fz = c.make_file("z.bin", 2 * kMiB, 56);
+  const std::string x = register_with_replicas(c, 0, fx, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, x).is_object(); }, 30s));
+  const auto fetched_x = last_used_ms(c, 1, x);
+  // `x` served (the volunteer its only live holder), then `y` fetched: `x` is the older.
+  REQUIRE(Cluster::stop(c.peer(0)) == 0);
+  download(c, 3, x, "x.bin");
+  REQUIRE(wait_for([&] { return last_used_ms(c, 1, x) > fetched_x; }, 15s));
+  const auto served_x = last_used_ms(c, 1, x);
+  c.start_peer_with(0, {});
+  REQUIRE(wait_for([&] { return c.is_live(0, x); }, 10s));
+  const std::string y = register_with_replicas(c, 0, fy, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, y).is_object(); }, 30s));
+  REQUIRE(last_used_ms(c, 1, y) > served_x);
+
+  // Peer 2 copies both from the owner while the volunteer is down.
+  REQUIRE(Cluster::stop(c.peer(1)) == 0);
+  download(c, 2, x, "x.bin");
+  download(c, 2, y, "y.bin");
+  c.start_peer_with(1, cache);
+  REQUIRE(wait_for([&] { return c.is_live(1, x) && c.is_live(1, y); }, 10s));
+  // Past the first upload-counter tick (5 s), nothing served since: unchanged.
+  CHECK_FALSE(wait_for([&] { return last_used_ms(c, 1, x) != served_x; }, 7s));
+
+  const std::string z = register_with_replicas(c, 0, fz, 1);
+  REQUIRE(wait_for([&] { return cached_entry(c, 1, z).is_object(); }, 30s));
+  CHECK_FALSE(touches(c, 1, x));
+  CHECK(cached_entry(c, 1, y).is_object());
+}
