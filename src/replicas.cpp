@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -236,3 +237,18 @@ std::optional<ReplicaPlanner::Orders> ReplicaPlanner::heartbeat(const PeerId& pe
 }
 
 }  // namespace p2pshare::central
+
+namespace p2pshare::cache {
+
+std::vector<FileId> eviction_order(std::vector<CacheCopy> copies, bool even_kept) {
+  if (!even_kept) std::erase_if(copies, [](const CacheCopy& copy) { return copy.keep; });
+  std::sort(copies.begin(), copies.end(), [](const CacheCopy& a, const CacheCopy& b) {
+    return std::tie(a.keep, a.last_used_ms, a.file) < std::tie(b.keep, b.last_used_ms, b.file);
+  });
+  std::vector<FileId> order;
+  order.reserve(copies.size());
+  for (const auto& copy : copies) order.push_back(copy.file);
+  return order;
+}
+
+}  // namespace p2pshare::cache

@@ -223,3 +223,36 @@ TEST_CASE("replicas: the registry keeps a file's target across a reopen", "[repl
   CHECK(registry.peer_live(a, now));
   CHECK_FALSE(registry.peer_live(a, now + 61s));
 }
+
+namespace {
+
+// eviction_order's files as their first bytes (file(n)), readable in a failure.
+std::vector<int> order_of(const std::vector<p2pshare::cache::CacheCopy>& copies, bool even_kept) {
+  std::vector<int> order;
+  for (const auto& id : p2pshare::cache::eviction_order(copies, even_kept)) order.push_back(id.bytes[0]);
+  return order;
+}
+
+}  // namespace
+
+TEST_CASE("replicas: a volunteer evicts its spare copies least recently used first", "[replicas]") {
+  using p2pshare::cache::CacheCopy;
+  // Given in no particular order; file ids counter to their times.
+  const std::vector<CacheCopy> copies{{file(1), 3000, false}, {file(2), 1000, false}, {file(3), 2000, false}};
+  CHECK(order_of(copies, false) == std::vector<int>{2, 3, 1});
+  CHECK(order_of(copies, true) == std::vector<int>{2, 3, 1});
+  // A copy without a saved time (0) is the oldest; equal times go by file id.
+  CHECK(order_of({{file(9), 5, false}, {file(8), 5, false}, {file(7), 0, false}}, false) == std::vector<int>{7, 8, 9});
+  CHECK(order_of({}, true).empty());
+}
+
+TEST_CASE("replicas: a volunteer evicts a copy its target needs only when over its limit, and last", "[replicas]") {
+  using p2pshare::cache::CacheCopy;
+  const std::vector<CacheCopy> copies{
+      {file(1), 100, true}, {file(2), 4000, false}, {file(3), 50, true}, {file(4), 2000, false}};
+  // Kept copies never go for a fetch, however old.
+  CHECK(order_of(copies, false) == std::vector<int>{4, 2});
+  // Over the limit: every spare copy first, then the kept ones, each least recently used first.
+  CHECK(order_of(copies, true) == std::vector<int>{4, 2, 3, 1});
+  CHECK(order_of({{file(5), 1, true}}, false).empty());
+}

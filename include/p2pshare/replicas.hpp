@@ -121,3 +121,20 @@ class ReplicaPlanner {
 };
 
 }  // namespace p2pshare::central
+
+// The volunteer's side: which of its complete cache copies go first when it
+// needs room (PeerServer's make_room), pure so its unit tests need no server.
+namespace p2pshare::cache {
+
+struct CacheCopy {
+  FileId file{};
+  std::int64_t last_used_ms = 0;  // fetched, or last seen served (0: unknown, the oldest)
+  bool keep = false;              // in the central server's latest keep list
+};
+
+// The order to evict in: the copies not kept, least recently used first
+// (equal times: by file id), then, only when `even_kept` (the limit itself is
+// over-run), the kept ones in the same order.
+std::vector<FileId> eviction_order(std::vector<CacheCopy> copies, bool even_kept);
+
+}  // namespace p2pshare::cache

@@ -24,6 +24,7 @@
 #include "p2pshare/listen.hpp"
 #include "p2pshare/log.hpp"
 #include "p2pshare/protocol.hpp"
+#include "p2pshare/replicas.hpp"
 #include "peer/central_link.hpp"
 #include "peer/folder.hpp"
 #include "peer/http_api.hpp"
@@ -473,19 +474,15 @@ struct PeerServer::Impl : std::enable_shared_from_this<PeerServer::Impl> {
   // keep go only when `even_kept` (the limit itself is over-run). False if
   // it could not make the room.
   bool make_room(std::uint64_t wanted, bool even_kept) {
-    std::vector<std::pair<std::int64_t, FileId>> candidates;
-    std::vector<std::pair<std::int64_t, FileId>> kept;
+    std::vector<cache::CacheCopy> copies;
     for (const auto& [id, swarm] : swarms) {
       if (!swarm->cached() || !seeding(*swarm)) continue;
       auto record = replica_records.find(id);
       const std::int64_t used = record == replica_records.end() ? 0 : record->second.last_used_ms;
-      (cache_keep.contains(id) ? kept : candidates).emplace_back(used, id);
+      copies.push_back(cache::CacheCopy{id, used, cache_keep.contains(id)});
     }
-    std::sort(candidates.begin(), candidates.end());
-    std::sort(kept.begin(), kept.end());
-    if (even_kept) candidates.insert(candidates.end(), kept.begin(), kept.end());
     auto fits = [&] { return cache_reserved() + wanted <= config.cache_limit; };
-    for (const auto& [used, id] : candidates) {
+    for (const auto& id : cache::eviction_order(std::move(copies), even_kept)) {
       if (fits()) break;
       drop_cached(id, "least recently used, the cache is full");
     }
