@@ -15,6 +15,10 @@ namespace {
 // plaintext, up to 256 bytes of expansion, a 5-byte header): the receive
 // buffer of a connection that only exchanges messages.
 constexpr std::size_t kRecordBytes = 16384 + 256 + 5;
+// A read of up to kSmallReceive with nothing buffered waits with a buffer of
+// kIdleReceive (read_socket): enough for a small request's record whole.
+constexpr std::size_t kSmallReceive = kRecordBytes + 4096;
+constexpr std::size_t kIdleReceive = 1024;
 // Plaintext buffers shorter than this (a frame's header and message) are
 // gathered and sealed as one record rather than one record each.
 constexpr std::size_t kGatherBytes = 4096;
@@ -59,7 +63,8 @@ struct Stream::State : std::enable_shared_from_this<State> {
   std::size_t in_capacity = 0;
   std::size_t in_head = 0;
   std::size_t in_tail = 0;
-  bool peer_eof = false;  // the socket reported the other side's FIN
+  bool last_read_filled = false;  // the last recv filled its buffer: more may be waiting
+  bool peer_eof = false;          // the socket reported the other side's FIN
 
   // Ciphertext OpenSSL produced: `staging` fills while `sending` is with the kernel.
   std::vector<std::uint8_t> staging;
@@ -270,39 +275,60 @@ struct Stream::State : std::enable_shared_from_this<State> {
     read_socket();
   }
 
+  // What the next recv should have room for: a record, and for a read of
+  // more than that (chunk payloads) as much of it as kBulkBytes allows,
+  // so one recv takes many records.
+  std::size_t receive_want() const {
+    std::size_t want = kRecordBytes;
+    if (reading != Reading::handshake) want += std::min(kBulkBytes, read_into.size() - read_got);
+    return want;
+  }
+
+  void grow_in(std::size_t want) {
+    if (in_capacity >= want) return;
+    auto bigger = std::make_unique_for_overwrite<std::uint8_t[]>(want);
+    if (in_tail > 0) std::memcpy(bigger.get(), in.get(), in_tail);
+    in = std::move(bigger);
+    in_capacity = want;
+  }
+
   void read_socket() {
     if (in_head > 0) {
       std::memmove(in.get(), in.get() + in_head, in_tail - in_head);
       in_tail -= in_head;
       in_head = 0;
     }
-    // A connection that reads more than a record at a time (chunk payloads)
-    // gets a buffer as large as that read, up to kBulkBytes: one recv then
-    // takes many records. Others keep one record's worth.
-    std::size_t want = kRecordBytes;
-    if (reading != Reading::handshake) {
-      want += std::min(kBulkBytes, read_into.size() - read_got);
+    const std::size_t want = receive_want();
+    // Nothing buffered, a small read (a frame header, a request) and the
+    // last recv did not fill its buffer: wait for the next bytes with a
+    // small buffer, so an idle connection (most of a central server's, each
+    // waiting for its next heartbeat) does not hold a record's worth. A
+    // bulk connection's larger buffer is kept: its next payload would need
+    // it again.
+    if (in_tail == 0 && want <= kSmallReceive && in_capacity <= kSmallReceive && !last_read_filled) {
+      if (in_capacity != kIdleReceive) {
+        in = std::make_unique_for_overwrite<std::uint8_t[]>(kIdleReceive);
+        in_capacity = kIdleReceive;
+      }
+    } else {
+      grow_in(want);
     }
-    if (in_capacity < want) {
-      auto bigger = std::make_unique_for_overwrite<std::uint8_t[]>(want);
-      if (in_tail > 0) std::memcpy(bigger.get(), in.get(), in_tail);
-      in = std::move(bigger);
-      in_capacity = want;
-    }
-    socket.async_read_some(
-        asio::buffer(in.get() + in_tail, in_capacity - in_tail),
-        [pending = Pending(shared_from_this(), Direction::read)](const std::error_code& ec, std::size_t n) mutable {
-          const auto self = pending.take();
-          if (self->reading == Reading::none) return;
-          if (ec == asio::error::eof) {
-            self->peer_eof = true;
-          } else if (ec) {
-            self->finish_reading(ec);
-            return;
-          }
-          self->in_tail += n;
-          self->drive_read();
-        });
+    const std::size_t space = in_capacity - in_tail;
+    socket.async_read_some(asio::buffer(in.get() + in_tail, space),
+                           [pending = Pending(shared_from_this(), Direction::read), space](const std::error_code& ec,
+                                                                                           std::size_t n) mutable {
+                             const auto self = pending.take();
+                             self->last_read_filled = n == space;
+                             if (self->reading == Reading::none) return;
+                             if (ec == asio::error::eof) {
+                               self->peer_eof = true;
+                             } else if (ec) {
+                               self->finish_reading(ec);
+                               return;
+                             }
+                             self->in_tail += n;
+                             self->drive_read();
+                           });
   }
 
   // ---- writing ----------------------------------------------------------
