@@ -19,6 +19,7 @@
 #include "p2pshare/tls.hpp"
 #include "p2pshare/wire.hpp"
 #include "support/cluster.hpp"
+#include "support/http_client.hpp"
 
 namespace p2pshare::test {
 
@@ -97,6 +98,15 @@ inline std::string http_of(Node& node) {
   auto line = node.process->wait_for_line("http on ");
   if (!line) throw std::runtime_error(node.name + " never printed 'http on'");
   return *line;
+}
+
+// Counter or gauge `name` (no labels) from the /metrics of a central server's
+// --http-addr `http` (HOST:PORT); -1 if it is not there.
+inline double central_metric(const std::string& http, const std::string& name) {
+  for (const auto& line : lines_of(http_request(http, "GET", "/metrics").body)) {
+    if (line.starts_with(name + " ")) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
 }
 
 // The bearer token is the cookie file's text (64 hex digits and a newline),

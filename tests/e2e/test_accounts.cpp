@@ -393,15 +393,8 @@ TEST_CASE("accounts: a group's file renamed in a shared folder stays the group's
 
   // peer.db's record: the restarted peer-server seeds and announces it from
   // there. Checked once the central server has its announcement.
-  const auto http = c.central().process->wait_for_line("http on ");
-  REQUIRE(http);
-  const auto announces = [&] {
-    const std::string name = "p2pshare_central_announces_total ";
-    for (const auto& line : lines_of(http_request(*http, "GET", "/metrics").body)) {
-      if (line.starts_with(name)) return std::stod(line.substr(name.size()));
-    }
-    return -1.0;
-  };
+  const std::string http = http_of(c.central());
+  const auto announces = [&] { return central_metric(http, "p2pshare_central_announces_total"); };
   const double before_restart = announces();
   REQUIRE(before_restart > 0);
   restart();
@@ -432,15 +425,8 @@ TEST_CASE("accounts: a group's file registered inside a watched folder is not ma
     return j["folders"][0].value("files", 0) == files && j["folders"][0].value("pending", 1) == 0;
   };
   REQUIRE(wait_for([&] { return folder_done(0); }));
-  const auto http = c.central().process->wait_for_line("http on ");
-  REQUIRE(http);
-  const auto announces = [&] {
-    const std::string name = "p2pshare_central_announces_total ";
-    for (const auto& line : lines_of(http_request(*http, "GET", "/metrics").body)) {
-      if (line.starts_with(name)) return std::stod(line.substr(name.size()));
-    }
-    return -1.0;
-  };
+  const std::string http = http_of(c.central());
+  const auto announces = [&] { return central_metric(http, "p2pshare_central_announces_total"); };
 
   // The file is written into the folder and kept open while alice registers
   // it for the group: the watcher looks at a file open for writing only

@@ -291,24 +291,12 @@ TEST_CASE("two central servers on one PostgreSQL: announced through one, found a
   CHECK(wait_for([&] { return reg.holders(a, id) == 2; }, 10s));
 }
 
-// The value of counter `name` in a Prometheus exposition; -1 if absent.
-double metric(const std::string& text, const std::string& name) {
-  for (const auto& line : lines_of(text)) {
-    if (line.starts_with(name + " ")) return std::stod(line.substr(name.size() + 1));
-  }
-  return -1;
-}
-
 TEST_CASE("a flood of unknown file ids reads the change log at most once per 10 ms", "[e2e][pg]") {
   FreshPgDatabase db;
   PgRegistry reg(db.url());
   const auto a = reg.add_central({"--http-addr", "127.0.0.1:0"});
   const std::string http = http_of(reg.central(a));
-  auto counter = [&](const std::string& name) {
-    const auto answer = http_request(http, "GET", "/metrics");
-    REQUIRE(answer.status == 200);
-    return metric(answer.body, name);
-  };
+  auto counter = [&](const std::string& name) { return central_metric(http, name); };
 
   // One connection, every GetFile sent at once: the server reads them
   // back to back, each a miss (nobody registered these ids).

@@ -367,12 +367,7 @@ TEST_CASE("central: a file refused for a per-peer limit is not asked again until
   Cluster c(0, options);
   c.add_peer();
   const std::string http = http_of(c.central());
-  const auto counter = [&](const std::string& name) {
-    for (const auto& line : lines_of(http_request(http, "GET", "/metrics").body)) {
-      if (line.starts_with(name + " ")) return std::stod(line.substr(name.size() + 1));
-    }
-    return -1.0;
-  };
+  const auto counter = [&](const std::string& name) { return central_metric(http, name); };
   const std::string a = c.register_file(0, c.make_file("a.bin", 1000, 1));
   const std::string b = c.register_file(0, c.make_file("b.bin", 1000, 2));
   REQUIRE(c.wait_holders(a, 1));
