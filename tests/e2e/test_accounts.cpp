@@ -49,6 +49,23 @@ std::string ok(const RunResult& r) {
   return r.out;
 }
 
+// Peers 0, 1 and 2 log in as alice, bob and carol; alice's group kGroup has
+// bob as a member, carol is not one.
+void form_team(Cluster& c) {
+  create_and_login(c, 0, "alice");
+  create_and_login(c, 1, "bob");
+  create_and_login(c, 2, "carol");
+  ok(c.on_peer(0, "create-group", {"--group", kGroup}));
+  ok(c.on_peer(1, "join-group", {"--group", kGroup}));
+  ok(c.on_peer(0, "accept-request", {"--group", kGroup, "--user", "bob"}));
+}
+
+ClusterOptions with_central_http() {
+  ClusterOptions options;
+  options.central_args = {"--http-addr", "127.0.0.1:0"};
+  return options;
+}
+
 bool listed_publicly(Cluster& c, const std::string& id) {
   for (const auto& f : c.list_files()) {
     if (f["file_id"] == id) return true;
@@ -318,15 +335,8 @@ TEST_CASE("accounts: a holder refuses every misused capability, spoken to direct
 TEST_CASE("accounts: a group's file renamed in a shared folder stays the group's and so after a restart") {
   // f90dff4: the folder's rename path (move_shared) recorded and re-seeded
   // the file without its groups, so the group's file went public.
-  ClusterOptions options;
-  options.central_args = {"--http-addr", "127.0.0.1:0"};
-  Cluster c(3, options);  // peer0: alice shares the folder; peer1: bob, a member; peer2: carol, not one
-  create_and_login(c, 0, "alice");
-  create_and_login(c, 1, "bob");
-  create_and_login(c, 2, "carol");
-  ok(c.on_peer(0, "create-group", {"--group", kGroup}));
-  ok(c.on_peer(1, "join-group", {"--group", kGroup}));
-  ok(c.on_peer(0, "accept-request", {"--group", kGroup, "--user", "bob"}));
+  Cluster c(3, with_central_http());  // peer0: alice shares the folder; peer1: bob, a member; peer2: carol, not one
+  form_team(c);
 
   // A folder shares what it finds publicly; a group's file gets into one by
   // register-file --group of a file in it, which the watcher takes over
@@ -406,15 +416,8 @@ TEST_CASE("accounts: a group's file renamed in a shared folder stays the group's
 TEST_CASE("accounts: a group's file registered inside a watched folder is not made public by the folder") {
   // The folder's watcher shares what it hashes publicly; a file of that
   // folder already shared with a group must keep its groups.
-  ClusterOptions options;
-  options.central_args = {"--http-addr", "127.0.0.1:0"};
-  Cluster c(3, options);  // peer0: alice, whose peer-server watches the folder; peer1: bob, a member; peer2: carol
-  create_and_login(c, 0, "alice");
-  create_and_login(c, 1, "bob");
-  create_and_login(c, 2, "carol");
-  ok(c.on_peer(0, "create-group", {"--group", kGroup}));
-  ok(c.on_peer(1, "join-group", {"--group", kGroup}));
-  ok(c.on_peer(0, "accept-request", {"--group", kGroup, "--user", "bob"}));
+  Cluster c(3, with_central_http());  // peer0: alice, whose peer-server watches the folder; peer1: bob; peer2: carol
+  form_team(c);
   const fs::path dir = fs::canonical(c.path(".")) / "shared";
   fs::create_directories(dir);
   REQUIRE(Cluster::stop(c.peer(0)) == 0);
