@@ -55,6 +55,17 @@ std::vector<std::string> volunteer(Cluster& c, const std::string& name, const st
   return {"--cache-dir", c.path(name).string(), "--cache-limit", limit};
 }
 
+// Behind the owner (peer 0): peer 1 a volunteer with room for two of three
+// 2 MiB files, peer 2 a second holder (so the volunteer's copies are spare),
+// peer 3 a downloader. The volunteer's arguments, for its restarts.
+std::vector<std::string> add_lru_peers(Cluster& c) {
+  auto cache = volunteer(c, "cache", "5M");
+  c.add_peer(true, cache);
+  c.add_peer(true);
+  c.add_peer(true);
+  return cache;
+}
+
 // The LRU time of the peer's cache copy of the file (status --json); 0: none.
 std::int64_t last_used_ms(Cluster& c, std::size_t i, const std::string& id) {
   const auto entry = cached_entry(c, i, id);
@@ -66,6 +77,18 @@ void download(Cluster& c, std::size_t i, const std::string& id, const std::strin
   const auto r = c.on_peer(i, "request-file", {"--file-id", id, "--out", out.string()});
   INFO(describe(r));
   REQUIRE(r.exit_code == 0);
+}
+
+// Peer 2 copies two files from the owner while the volunteer (peer 1, whose
+// arguments are `cache`) is down, so the volunteer serves neither; then the
+// volunteer is back and holds both.
+void copy_past_the_volunteer(Cluster& c, const std::vector<std::string>& cache, const std::string& first,
+                             const std::string& second) {
+  REQUIRE(Cluster::stop(c.peer(1)) == 0);
+  download(c, 2, first, "first.bin");
+  download(c, 2, second, "second.bin");
+  c.start_peer_with(1, cache);
+  REQUIRE(wait_for([&] { return c.is_live(1, first) && c.is_live(1, second); }, 10s));
 }
 
 }  // namespace
@@ -220,11 +243,8 @@ TEST_CASE("replicas: a bad --cache-limit or --replicas is one line and exit 2", 
 // "Used" is fetched (when the fetch ends) or served to a downloader (seen with
 // the upload counters, every 5 s): src/peer/server.cpp, make_room.
 TEST_CASE("replicas: a full volunteer evicts the least recently used of its spare copies first", "[e2e][replicas]") {
-  Cluster c(1);                                    // 0: the owner
-  const auto cache = volunteer(c, "cache", "5M");  // room for two of the three files
-  c.add_peer(true, cache);                         // 1: the volunteer
-  c.add_peer(true);                                // 2: a second holder, so the volunteer's copies are spare
-  c.add_peer(true);                                // 3: a downloader served by the volunteer alone
+  Cluster c(1);  // 0: the owner
+  const auto cache = add_lru_peers(c);
   const auto fa = c.make_file("a.bin", 2 * kMiB, 51);
   const auto fb = c.make_file("b.bin", 2 * kMiB, 52);
   const auto fc = c.make_file("c.bin", 2 * kMiB, 53);
@@ -239,11 +259,7 @@ TEST_CASE("replicas: a full volunteer evicts the least recently used of its spar
 
   // Peer 2 copies both from the owner while the volunteer is down (so the
   // volunteer serves neither): both copies are spare once it is back.
-  REQUIRE(Cluster::stop(c.peer(1)) == 0);
-  download(c, 2, a, "a.bin");
-  download(c, 2, b, "b.bin");
-  c.start_peer_with(1, cache);
-  REQUIRE(wait_for([&] { return c.is_live(1, a) && c.is_live(1, b); }, 10s));
+  copy_past_the_volunteer(c, cache, a, b);
   REQUIRE(last_used_ms(c, 1, a) == fetched_a);  // the LRU times outlive a restart
 
   std::string evicted = a;
@@ -273,11 +289,8 @@ TEST_CASE("replicas: a full volunteer evicts the least recently used of its spar
 // become the newest at the first tick (5 s) after a restart.
 TEST_CASE("replicas: a volunteer's restart does not make a copy served long ago its most recently used",
           "[e2e][replicas]") {
-  Cluster c(1);                                    // 0: the owner
-  const auto cache = volunteer(c, "cache", "5M");  // room for two of the three files
-  c.add_peer(true, cache);                         // 1: the volunteer
-  c.add_peer(true);                                // 2: a second holder, so the volunteer's copies are spare
-  c.add_peer(true);                                // 3: a downloader served by the volunteer alone
+  Cluster c(1);  // 0: the owner
+  const auto cache = add_lru_peers(c);
   const auto fx = c.make_file("x.bin", 2 * kMiB, 54);
   const auto fy = c.make_file("y.bin", 2 * kMiB, 55);
   const auto fz = c.make_file("z.bin", 2 * kMiB, 56);
@@ -296,11 +309,7 @@ TEST_CASE("replicas: a volunteer's restart does not make a copy served long ago 
   REQUIRE(last_used_ms(c, 1, y) > served_x);
 
   // Peer 2 copies both from the owner while the volunteer is down.
-  REQUIRE(Cluster::stop(c.peer(1)) == 0);
-  download(c, 2, x, "x.bin");
-  download(c, 2, y, "y.bin");
-  c.start_peer_with(1, cache);
-  REQUIRE(wait_for([&] { return c.is_live(1, x) && c.is_live(1, y); }, 10s));
+  copy_past_the_volunteer(c, cache, x, y);
   // Past the first upload-counter tick (5 s), nothing served since: unchanged.
   CHECK_FALSE(wait_for([&] { return last_used_ms(c, 1, x) != served_x; }, 7s));
 
