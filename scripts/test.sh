@@ -20,7 +20,11 @@ fuzz_seconds=${P2PSHARE_FUZZ_SECONDS:-30}
 
 section() { printf '\n===== %s =====\n' "$*"; }
 
+# How long each stage took, printed at the end: the whole command must stay
+# well inside CI's limit, and this says which stage to make faster.
+timings=()
 for stage in $stages; do
+  stage_start=$SECONDS
   case "$stage" in
     format)
       section "clang-format check"
@@ -71,5 +75,8 @@ for stage in $stages; do
       exit 2
       ;;
   esac
+  timings+=("$(printf '%-8s %5d s' "$stage" $((SECONDS - stage_start)))")
 done
 section "all stages passed: $stages"
+printf '%s\n' "${timings[@]}"
+echo "total    $(printf '%5d' "$SECONDS") s"
