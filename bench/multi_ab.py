@@ -6,16 +6,14 @@ many seeds of the same 1 GiB file, and RUNS downloads with a fresh downloader
 each. Prints wall time, the CPU (user+sys) of the seeds together and of the
 downloader, and their context switches, interleaving every setup run by run
 so that the machine's drift hits them all alike."""
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from ab_lib import cli, cpu, spawn
+from ab_lib import Network, cli, cpu, perf_start, perf_stop
 
 
 def switches(pid):
@@ -29,59 +27,28 @@ def switches(pid):
     return v, n
 
 
-class Setup:
+class Setup(Network):
     def __init__(self, b, wd, src, seeds):
-        self.b, self.wd = b, wd
-        os.makedirs(wd)
-        self.c, self.caddr = spawn([b, "central-server", "--addr", "127.0.0.1:0", "--data-dir", wd + "/c",
-                                    "--log-level", "warn"], wd + "/c.log")
+        super().__init__(b, wd)
         self.seeds = [self.peer("seed%d" % i) for i in range(seeds)]
         time.sleep(0.5)
         for i, (_, addr) in enumerate(self.seeds):
-            out = json.loads(cli(b, "register-file", "--path", src, "--peer-addr", addr, "--data-dir",
-                                 "%s/seed%d" % (wd, i), "--json"))
-            self.fid = out["file_id"]
-        deadline = time.monotonic() + 30
-        while True:
-            r = subprocess.run([b, "file-info", "--file-id", self.fid, "--central-server-addr", self.caddr,
-                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30)
-            if r.returncode == 0 and len(json.loads(r.stdout)["holders"]) >= seeds:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("the central server never listed %d holders" % seeds)
-            time.sleep(0.2)
-        self.n = 0
-
-    def peer(self, name):
-        return spawn([self.b, "peer-server", "--central-server-addr", self.caddr, "--addr", "127.0.0.1:0",
-                      "--data-dir", self.wd + "/" + name, "--log-level", "warn"], self.wd + "/" + name + ".log")
+            self.fid = self.share("seed%d" % i, addr, src)
+        self.wait_holders(self.fid, seeds)
 
     def run(self, perf=None):
-        self.n += 1
-        name = "dl%d" % self.n
-        d, daddr = self.peer(name)
-        time.sleep(0.5)
-        out = self.wd + "/out.bin"
-        os.sync()
+        d, daddr, ddir, out = self.downloader(settle=0.5)
         pids = [p.pid for p, _ in self.seeds]
         s0, d0 = sum(cpu(p) for p in pids), cpu(d.pid)
         w0 = [switches(p) for p in pids + [d.pid]]
-        perfs = []
-        if perf:
-            for who, tag in ((",".join(map(str, pids)), "seeds"), (str(d.pid), "dl")):
-                perfs.append(subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p",
-                                               who, "-o", "%s-%s.data" % (perf, tag)], stderr=subprocess.DEVNULL))
-            time.sleep(0.3)
+        perfs = perf_start(perf, ((pids, "seeds"), ([d.pid], "dl")))
         t0 = time.monotonic()
-        cli(self.b, "request-file", "--file-id", self.fid, "--peer-addr", daddr, "--data-dir",
-            self.wd + "/" + name, "--out", out, "--json")
+        cli(self.b, "request-file", "--file-id", self.fid, "--peer-addr", daddr, "--data-dir", ddir, "--out", out,
+            "--json")
         t = time.monotonic() - t0
         s1, d1 = sum(cpu(p) for p in pids), cpu(d.pid)
         w1 = [switches(p) for p in pids + [d.pid]]
-        for p in perfs:
-            p.send_signal(signal.SIGINT)
-        for p in perfs:
-            p.wait()
+        perf_stop(perfs)
         sw = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(w0, w1)]
         d.terminate()
         d.wait()
@@ -91,11 +58,7 @@ class Setup:
         return t, s1 - s0, d1 - d0, seed_sw, sw[-1]
 
     def stop(self):
-        for p, _ in self.seeds:
-            p.terminate()
-            p.wait()
-        self.c.terminate()
-        self.c.wait()
+        super().stop(*(p for p, _ in self.seeds))
 
 
 SRC = os.environ.get("SRC", "/tmp/p2pshare-ab-src1g.bin")

@@ -3,47 +3,31 @@
 """Quick single-source A/B: for each binary, a central, a seed, N downloads
 of a 1 GiB file with a fresh downloader each; wall time and CPU (user+sys)
 of seed and downloader per run. Interleaves binaries run by run."""
-import json, os, subprocess, sys, time, tempfile, shutil, signal
-from ab_lib import cli, cpu, spawn
-class Setup:
+import os, subprocess, sys, time, tempfile, shutil
+from ab_lib import Network, cli, cpu, perf_start, perf_stop
+class Setup(Network):
     def __init__(self, b, wd, src):
-        self.b, self.wd = b, wd
-        os.makedirs(wd)
-        self.c, self.caddr = spawn([b, "central-server", "--addr", "127.0.0.1:0", "--data-dir", wd + "/c", "--log-level", "warn"], wd + "/c.log")
+        super().__init__(b, wd)
         self.s, self.saddr = self.peer("seed")
         time.sleep(0.5)
-        out = json.loads(cli(b, "register-file", "--path", src, "--peer-addr", self.saddr, "--data-dir", wd + "/seed", "--json"))
-        self.fid = out["file_id"]
-        time.sleep(1.0)
-        self.n = 0
-    def peer(self, name):
-        return spawn([self.b, "peer-server", "--central-server-addr", self.caddr, "--addr", "127.0.0.1:0", "--data-dir", self.wd + "/" + name, "--log-level", "warn"], self.wd + "/" + name + ".log")
+        self.fid = self.share("seed", self.saddr, src)
+        self.wait_holders(self.fid, 1)
     def run(self, perf=None):
-        self.n += 1
-        name = "dl%d" % self.n
-        d, daddr = self.peer(name)
-        time.sleep(0.5)
-        out = self.wd + "/out.bin"
-        os.sync()
+        d, daddr, ddir, out = self.downloader(settle=0.5)
         s0, d0 = cpu(self.s.pid), cpu(d.pid)
-        perfs = []
-        if perf:
-            for pid, tag in ((self.s.pid, "seed"), (d.pid, "dl")):
-                perfs.append(subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p", str(pid), "-o", "%s-%s.data" % (perf, tag)], stderr=subprocess.DEVNULL))
-            time.sleep(0.3)
+        perfs = perf_start(perf, (([self.s.pid], "seed"), ([d.pid], "dl")))
         t0 = time.monotonic()
-        cli(self.b, "request-file", "--file-id", self.fid, "--peer-addr", daddr, "--data-dir", self.wd + "/" + name, "--out", out, "--json")
+        cli(self.b, "request-file", "--file-id", self.fid, "--peer-addr", daddr, "--data-dir", ddir, "--out", out, "--json")
         t = time.monotonic() - t0
         s1, d1 = cpu(self.s.pid), cpu(d.pid)
-        for p in perfs: p.send_signal(signal.SIGINT)
-        for p in perfs: p.wait()
+        perf_stop(perfs)
         hwm = [l for l in open("/proc/%d/status" % d.pid) if l.startswith("VmHWM")][0].split()[1]
         d.terminate(); d.wait()
         assert os.path.getsize(out) == os.path.getsize(SRC)
         os.unlink(out)
         return t, s1 - s0, d1 - d0, int(hwm) // 1024
     def stop(self):
-        for p in (self.s, self.c): p.terminate(); p.wait()
+        super().stop(self.s)
 SRC = os.environ.get("SRC", "/tmp/p2pshare-ab-src1g.bin")
 if __name__ == "__main__":
     bins = sys.argv[1].split(",")

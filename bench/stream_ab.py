@@ -5,22 +5,11 @@ own, then per run a fresh downloader and `request-file --stdout | READER`
 (the digest checked). Reports wall time, the command's own CPU (user+sys
 from wait4), the downloader's CPU and the reader's. Interleaves binaries run
 by run. Everything on 127.0.0.1; every process started is stopped by PID."""
-import hashlib, json, os, shlex, shutil, subprocess, sys, tempfile, time
+import hashlib, os, shlex, shutil, subprocess, sys, tempfile, time
 
-from ab_lib import cli, cpu, spawn
+from ab_lib import Network, cpu
 
 DEADLINE = 600  # seconds per stream
-
-
-def wait_holders(b, caddr, wd, fid, n):
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        info = json.loads(cli(b, "file-info", "--file-id", fid, "--central-server-addr", caddr, "--data-dir",
-                              wd + "/probe", "--json"))
-        if len(info.get("holders", [])) >= n:
-            return
-        time.sleep(0.1)
-    raise SystemExit("the seed never became a holder")
 
 
 def reap(p, deadline):
@@ -34,32 +23,19 @@ def reap(p, deadline):
     raise SystemExit("%s not done in time" % p.args[0])
 
 
-class Setup:
+class Setup(Network):
     def __init__(self, b, wd, src):
-        self.b, self.wd = b, wd
-        os.makedirs(wd)
-        self.c, self.caddr = spawn([b, "central-server", "--addr", "127.0.0.1:0", "--data-dir", wd + "/c",
-                                    "--log-level", "warn"], wd + "/c.log")
+        super().__init__(b, wd)
         self.s, self.saddr = self.peer("seed")
-        self.fid = json.loads(cli(b, "register-file", "--path", src, "--peer-addr", self.saddr, "--data-dir",
-                                  wd + "/seed", "--json"))["file_id"]
-        wait_holders(b, self.caddr, wd, self.fid, 1)
-        self.n = 0
-
-    def peer(self, name):
-        return spawn([self.b, "peer-server", "--central-server-addr", self.caddr, "--addr", "127.0.0.1:0",
-                      "--data-dir", self.wd + "/" + name, "--log-level", "warn"], self.wd + "/" + name + ".log")
+        self.fid = self.share("seed", self.saddr, src)
+        self.wait_holders(self.fid, 1)
 
     def run(self, reader, digest):
-        self.n += 1
-        name = "dl%d" % self.n
-        d, daddr = self.peer(name)
-        out = self.wd + "/out.bin"
-        os.sync()
+        d, daddr, ddir, out = self.downloader()
         d0 = cpu(d.pid)
         t0 = time.monotonic()
-        rf = subprocess.Popen([self.b, "request-file", "--file-id", self.fid, "--peer-addr", daddr, "--data-dir",
-                               self.wd + "/" + name, "--out", out, "--stdout"], stdout=subprocess.PIPE,
+        rf = subprocess.Popen([self.b, "request-file", "--file-id", self.fid, "--peer-addr", daddr, "--data-dir", ddir,
+                               "--out", out, "--stdout"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         rd = subprocess.Popen(reader, stdin=rf.stdout, stdout=subprocess.PIPE)
         rf.stdout.close()
@@ -80,9 +56,7 @@ class Setup:
         return t, cmd_cpu, dl_cpu, rd_cpu
 
     def stop(self):
-        for p in (self.s, self.c):
-            p.terminate()
-            p.wait(timeout=30)
+        super().stop(self.s)
 
 
 SRC = os.environ.get("SRC", "/tmp/p2pshare-ab-src1g.bin")
