@@ -108,6 +108,10 @@ struct HeldAnswer {
   std::uint64_t request_id = 0;
   std::string bytes;
   std::optional<std::string> close_reason;  // send, then close
+  bool error = false;                       // an error answer: no writes of its own to lose
+  // Registry::abandoned_batches() when it was held: if more are rolled back
+  // by the time it is sent, the writes it tells of may be gone.
+  std::uint64_t abandoned_before = 0;
 };
 
 struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
@@ -350,17 +354,19 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     pb::CentralResponse response;
     response.set_request_id(request_id);
     *response.mutable_error() = protocol::make_error(static_cast<int>(code), text);
-    answer(session, request_id, response.SerializeAsString(), close ? std::optional<std::string>(text) : std::nullopt);
+    answer(session, request_id, response.SerializeAsString(), close ? std::optional<std::string>(text) : std::nullopt,
+           true);
   }
 
   // Sends an answer now, or holds it until the pending registry writes are
   // committed: no answer may tell of a state that is not stored yet, and a
   // session's answers keep their order.
   void answer(const std::shared_ptr<Session>& session, std::uint64_t request_id, std::string bytes,
-              std::optional<std::string> close_reason) {
+              std::optional<std::string> close_reason, bool error = false) {
     if (registry.has_uncommitted() || session->unacked > 0) {
       ++session->unacked;
-      held.push_back(HeldAnswer{session, request_id, std::move(bytes), std::move(close_reason)});
+      held.push_back(HeldAnswer{session, request_id, std::move(bytes), std::move(close_reason), error,
+                                registry.abandoned_batches()});
       post_commit();
       return;
     }
@@ -402,11 +408,15 @@ struct CentralServer::Impl : std::enable_shared_from_this<CentralServer::Impl> {
     }
     auto answers = std::move(held);
     held.clear();
+    const std::uint64_t abandoned = registry.abandoned_batches();
     for (auto& a : answers) {
       auto session = a.session.lock();
       if (!session) continue;
       --session->unacked;
-      if (!stored) {
+      // A batch rolled back since it was held (another request's write
+      // failed) took this answer's writes with it: commit() above had
+      // nothing left to fail, so only the count tells.
+      if (!stored || (!a.error && a.abandoned_before != abandoned)) {
         pb::CentralResponse error;
         error.set_request_id(a.request_id);
         *error.mutable_error() =

@@ -338,6 +338,12 @@ struct Registry::Impl {
   // Replaces memory with the store's contents; if the store cannot be read,
   // memory stays as it was, needs_reload is set and this throws.
   void reload();
+  // Every method that changes the registry calls this first, before it
+  // looks anything up: a reload replaces every Peer and File, so it must
+  // never happen between a lookup and the use of what it found.
+  void catch_up() {
+    if (needs_reload) reload();
+  }
   // Opens the batch transaction if none is open.
   void begin_writes();
   // Runs `write` (statements only) in the batch; if it throws, the batch is
@@ -409,7 +415,8 @@ struct Registry::Impl {
   // Keyed by source address; memory only (a restart refills every bucket).
   std::unordered_map<std::string, Bucket> new_peer_buckets;
 
-  bool needs_reload = false;  // a failed batch could not reload memory yet
+  bool needs_reload = false;    // a failed batch could not reload memory yet
+  std::uint64_t abandoned = 0;  // batches rolled back
   // Shared stores (PostgreSQL): other central servers write the same rows.
   bool shared = false;
   std::int64_t origin = 0;    // this instance's id in the change log
@@ -473,8 +480,10 @@ Registry::Impl::Impl(const db::Location& location, std::chrono::milliseconds exp
 void Registry::Impl::begin_writes() {
   if (batch) return;
   // After a failed batch whose reload failed too (the store was away),
-  // nothing is written until memory agrees with the store again.
-  if (needs_reload) reload();
+  // nothing is written until memory agrees with the store again. The
+  // reload itself is catch_up's, at the start of the public method: here
+  // the caller may hold references into memory.
+  if (needs_reload) throw db::Unavailable("registry: memory is not yet reloaded from the store; retry");
   db->begin();
   batch = true;
 }
@@ -491,14 +500,17 @@ void Registry::Impl::write(F&& write) {
 }
 
 void Registry::Impl::abandon_batch() noexcept {
-  if (batch) db->rollback();
+  if (batch) {
+    db->rollback();
+    ++abandoned;
+  }
   batch = false;
   pending_changes.clear();
   try {
     reload();
   } catch (const std::exception&) {
     // The store cannot even be read (PostgreSQL is away): memory stays as
-    // it was, and the next write reloads first (begin_writes), so nothing
+    // it was, and the next change reloads first (catch_up), so nothing
     // is acknowledged that was not stored.
   }
 }
@@ -951,6 +963,7 @@ Registry::~Registry() {
 
 void Registry::upsert_peer(const PeerId& id, const std::string& host, std::uint16_t port, SystemClock::time_point now,
                            std::string_view source) {
+  impl_->catch_up();
   const std::int64_t now_ms = to_unix_ms(now);
   if (!impl_->peers.contains(id)) impl_->take_new_peer_token(source.empty() ? host : std::string(source), now_ms);
   impl_->write([&] {
@@ -988,6 +1001,7 @@ bool Registry::touch_peer(const PeerId& id, SystemClock::time_point now) {
 }
 
 FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::optional<Bitfield> partial) {
+  impl_->catch_up();
   const auto peer_it = impl_->peers.find(peer_id);
   if (peer_it == impl_->peers.end()) {
     throw Error(Errc::protocol, fmt::format("registry: announce from unknown peer {}", to_hex(peer_id)));
@@ -1072,6 +1086,7 @@ FileId Registry::announce(const PeerId& peer_id, const Manifest& manifest, std::
 }
 
 bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
+  impl_->catch_up();
   const auto file_it = impl_->files.find(file_id);
   if (file_it == impl_->files.end()) return false;
   auto& holders = file_it->second.holders;
@@ -1092,6 +1107,7 @@ bool Registry::withdraw(const PeerId& peer_id, const FileId& file_id) {
 }
 
 bool Registry::set_replicas(const FileId& file_id, std::uint32_t replicas) {
+  impl_->catch_up();
   const auto it = impl_->files.find(file_id);
   if (it == impl_->files.end()) return false;
   if (it->second.replicas == replicas) return true;
@@ -1204,6 +1220,7 @@ std::optional<FileDetails> Registry::file(const FileId& id, SystemClock::time_po
 }
 
 Forgotten Registry::forget_stale(SystemClock::time_point now, std::size_t max_rows) {
+  impl_->catch_up();
   const std::int64_t now_ms = to_unix_ms(now);
   Forgotten forgotten;
   forgotten.peers = impl_->forget_peers(now_ms - impl_->limits.forget_after.count(), max_rows, forgotten.more);
@@ -1285,6 +1302,8 @@ std::size_t Registry::peer_count() const noexcept {
 }
 
 void Registry::flush_last_seen() {
+  // A reload (catch_up) drops what memory held: the store's times stand.
+  if (!impl_->dirty_peers.empty()) impl_->catch_up();
   if (!impl_->dirty_peers.empty()) {
     impl_->write([&] {
       for (const Impl::Peer* peer : impl_->dirty_peers) {
@@ -1309,11 +1328,16 @@ db::Database& Registry::database() {
 }
 
 void Registry::write(const std::function<void()>& statements) {
+  impl_->catch_up();
   impl_->write(statements);
 }
 
 bool Registry::has_uncommitted() const noexcept {
   return impl_->batch;
+}
+
+std::uint64_t Registry::abandoned_batches() const noexcept {
+  return impl_->abandoned;
 }
 
 void Registry::commit() {

@@ -1034,6 +1034,66 @@ TEST_CASE("registry on PostgreSQL: a connection lost mid-batch fails that batch 
   CHECK(reopened.file(lost.file_id(), kStart));
 }
 
+TEST_CASE("registry on PostgreSQL: after an outage that outlasted the reload, a change reloads before it looks up",
+          "[registry][pg]") {
+  p2pshare::test::FreshPgDatabase pg;
+  const auto location = p2pshare::db::parse_location(pg.url(), {}, {});
+  Registry registry(location, kExpiry);
+  const PeerId p = make_peer_id(1);
+  const Manifest kept = make_manifest(71, 2, "kept.bin");
+  registry.upsert_peer(p, "10.0.0.1", 4000, kStart);
+  registry.announce(p, kept, std::nullopt);
+  registry.commit();
+  const std::uint64_t abandoned = registry.abandoned_batches();
+
+  // The server goes away with a batch open: the commit fails, and so does
+  // the reload that should bring memory back to the last commit.
+  const Manifest lost = make_manifest(72, 2, "lost.bin");
+  registry.announce(p, lost, std::nullopt);
+  REQUIRE(registry.has_uncommitted());
+  pg.allow_connections(false);
+  REQUIRE(pg.terminate_connections() >= 1);
+  std::string message;
+  CHECK(error_code_of([&] { registry.commit(); }, &message) == Errc::unavailable);
+  INFO(message);
+  CHECK(registry.abandoned_batches() == abandoned + 1);
+  // Meanwhile a change is refused; no batch was open, so none is abandoned.
+  const Manifest after = make_manifest(73, 2, "after.bin");
+  CHECK(error_code_of([&] { registry.announce(p, after, std::nullopt); }) == Errc::unavailable);
+  CHECK(registry.abandoned_batches() == abandoned + 1);
+
+  // Back: the first change reloads memory (every peer and file is a new
+  // object) before it looks up the peer it writes for. It used to look up
+  // first and reload in its write, then use the peer it had freed: a
+  // heap-use-after-free that the ASan and TSan builds stop at here.
+  pg.allow_connections(true);
+  CHECK(p2pshare::test::wait_for([&] {
+    try {
+      registry.announce(p, after, std::nullopt);
+      registry.commit();
+      return true;
+    } catch (const p2pshare::Error& e) {
+      if (e.code() != Errc::unavailable) throw;
+      return false;
+    }
+  }));
+  CHECK(registry.abandoned_batches() == abandoned + 1);
+  // Memory agrees with the store: the lost batch is gone, the peer holds
+  // what it announced before and after, and can withdraw it.
+  CHECK_FALSE(registry.file(lost.file_id(), kStart));
+  const auto found = registry.file(after.file_id(), kStart);
+  REQUIRE(found);
+  REQUIRE(found->live_holders.size() == 1);
+  CHECK(found->live_holders.front().peer.id == p);
+  CHECK(registry.withdraw(p, kept.file_id()));
+  registry.commit();
+  Registry reopened(location, kExpiry);
+  CHECK_FALSE(reopened.file(lost.file_id(), kStart));
+  CHECK(reopened.file(after.file_id(), kStart));
+  const auto withdrawn = reopened.file(kept.file_id(), kStart);
+  CHECK((!withdrawn || withdrawn->live_holders.empty()));
+}
+
 TEST_CASE("registry on PostgreSQL: sync reconnects by itself after the server ended the session", "[registry][pg]") {
   p2pshare::test::FreshPgDatabase pg;
   const auto location = p2pshare::db::parse_location(pg.url(), {}, {});

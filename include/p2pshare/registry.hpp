@@ -179,6 +179,11 @@ class Registry {
   void flush_last_seen();
   // True while writes since the last commit are pending.
   bool has_uncommitted() const noexcept;
+  // How many batches were rolled back so far (a failed write or commit).
+  // Whoever held an answer for a batch compares this before sending it: a
+  // batch rolled back by another request's failed write took the first
+  // request's writes with it, though commit() has nothing left to fail.
+  std::uint64_t abandoned_batches() const noexcept;
   // Makes the pending writes durable (see above); throws Error(Errc::io) if
   // it cannot, after rolling back memory and store to the last commit.
   void commit();

@@ -24,6 +24,7 @@
 #include "p2pshare/tls.hpp"
 #include "support/hostile.hpp"
 #include "support/http_client.hpp"
+#include "support/pg.hpp"
 #include "support/tls_client.hpp"
 
 using namespace p2pshare;
@@ -398,4 +399,75 @@ TEST_CASE("central: a file refused for a per-peer limit is not asked again until
   REQUIRE(c.on_peer(0, "stop-sharing", {"--file-id", a}).exit_code == 0);
   CHECK(c.wait_holders(third, 1));
   CHECK(c.holders(a) <= 0);  // no live holder (the file is forgotten later)
+}
+
+TEST_CASE("central on PostgreSQL: a write that fails takes back the OK of another request in its batch",
+          "[e2e][central][pg]") {
+  // Answers wait for the group commit of every write made since the last
+  // one. When one request's write fails, the whole batch is rolled back,
+  // the writes of requests answered in it too: those answers must not say
+  // OK, though the commit that ends the batch then has nothing to fail.
+  FreshPgDatabase db;
+  Cluster c(0);
+  Process central({binary(), "central-server", "--addr", "127.0.0.1:0", "--data-dir", c.path("central").string(),
+                   "--store", db.url()},
+                  c.logs());
+  const std::string addr = central.wait_listening();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  // A name starting "poison" cannot be stored: a trigger of the test's own
+  // fails its insert, as a full disk or a broken constraint would.
+  PgSession admin(db.url());
+  admin.exec(
+      "CREATE FUNCTION p2pshare_test_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+      "IF NEW.name LIKE 'poison%' THEN RAISE EXCEPTION 'poisoned on purpose'; END IF; RETURN NEW; END $$");
+  admin.exec(
+      "CREATE TRIGGER p2pshare_test_poison BEFORE INSERT ON file_names FOR EACH ROW "
+      "EXECUTE FUNCTION p2pshare_test_poison()");
+
+  SourcedClient blocker("127.0.0.1", addr, tls::make_identity());
+  SourcedClient good("127.0.0.1", addr, tls::make_identity());
+  SourcedClient poisoned("127.0.0.1", addr, tls::make_identity());
+  for (SourcedClient* client : {&blocker, &good, &poisoned}) {
+    client->send(register_request());
+    REQUIRE(client->receive(deadline).has_registered());
+  }
+  // Both requests must reach the server in one wakeup, so that one batch
+  // holds both: the server is kept busy on a table lock meanwhile.
+  PgSession lock(db.url());
+  lock.exec("BEGIN; LOCK TABLE files IN ACCESS EXCLUSIVE MODE");
+  blocker.send(announce_request(1));
+  REQUIRE(wait_for(
+      [&] {
+        return admin.value(
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                   "wait_event_type = 'Lock'") != "0";
+      },
+      std::chrono::seconds(20)));
+  auto good_request = announce_request(2);
+  auto poisoned_request = announce_request(3);
+  poisoned_request.mutable_announce()->mutable_manifest()->set_name("poison-3");
+  good.send(good_request);  // on loopback, in the server's socket buffer once send returns
+  poisoned.send(poisoned_request);
+  lock.exec("ROLLBACK");
+
+  REQUIRE(blocker.receive(deadline).has_ok());
+  const auto poisoned_answer = poisoned.receive(deadline);
+  CHECK(poisoned_answer.has_error());
+  const auto good_answer = good.receive(deadline);
+  INFO(good_answer.ShortDebugString());
+  const auto stored = [&](const std::string& name) {
+    return admin.value("SELECT count(*) FROM file_names WHERE name = '" + name + "'") == "1";
+  };
+  // The rule: OK only for what is stored. And here the poisoned write did
+  // roll back the good one's, so the good one hears "retry" ...
+  CHECK((!good_answer.has_ok() || stored("fake-2")));
+  CHECK(good_answer.has_error());
+  CHECK_FALSE(stored("fake-2"));
+  CHECK_FALSE(stored("poison-3"));
+  // ... and its retry is stored.
+  good.send(good_request);
+  CHECK(good.receive(deadline).has_ok());
+  CHECK(stored("fake-2"));
+  CHECK(stored("fake-1"));
+  CHECK(central.running());
 }

@@ -67,6 +67,10 @@ void FreshPgDatabase::exec(const std::string& sql) const {
   run_admin(url_, sql);
 }
 
+void FreshPgDatabase::allow_connections(bool allow) const {
+  run_admin(admin_url_, "ALTER DATABASE " + name_ + " ALLOW_CONNECTIONS " + (allow ? "true" : "false"));
+}
+
 int FreshPgDatabase::terminate_connections() const {
   PGconn* conn = PQconnectdb(admin_url_.c_str());
   if (PQstatus(conn) != CONNECTION_OK) {
@@ -90,6 +94,39 @@ FreshPgDatabase::~FreshPgDatabase() {
   } catch (const std::exception& error) {
     WARN("could not drop test database " << name_ << ": " << error.what());
   }
+}
+
+PgSession::PgSession(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    std::string error = PQerrorMessage(conn_);
+    PQfinish(conn_);
+    throw std::runtime_error("cannot connect to the test PostgreSQL (" + url + "): " + error);
+  }
+}
+
+PgSession::~PgSession() {
+  PQfinish(conn_);
+}
+
+void PgSession::exec(const std::string& sql) {
+  PGresult* result = PQexec(conn_, sql.c_str());
+  const auto status = PQresultStatus(result);
+  const bool ok = status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK;
+  std::string error = ok ? std::string() : std::string(PQerrorMessage(conn_));
+  PQclear(result);
+  if (!ok) throw std::runtime_error(sql + ": " + error);
+}
+
+std::string PgSession::value(const std::string& sql) {
+  PGresult* result = PQexec(conn_, sql.c_str());
+  if (PQresultStatus(result) != PGRES_TUPLES_OK) {
+    std::string error = PQerrorMessage(conn_);
+    PQclear(result);
+    throw std::runtime_error(sql + ": " + error);
+  }
+  std::string out = PQntuples(result) > 0 ? std::string(PQgetvalue(result, 0, 0)) : std::string();
+  PQclear(result);
+  return out;
 }
 
 }  // namespace p2pshare::test

@@ -7,6 +7,8 @@
 
 #include <string>
 
+struct pg_conn;
+
 namespace p2pshare::test {
 
 // The cluster's URL (P2PSHARE_TEST_PG); fails the current test when unset.
@@ -31,6 +33,10 @@ class FreshPgDatabase {
   // server restart would: the clients' next statement finds its connection
   // gone. Returns how many were ended.
   int terminate_connections() const;
+  // ALTER DATABASE ... ALLOW_CONNECTIONS: with false (and the sessions
+  // ended), every new connection is refused until it is true again, as if
+  // the server were down; the cluster's other databases go on.
+  void allow_connections(bool allow) const;
   // Runs one statement on this database (no rows wanted).
   void exec(const std::string& sql) const;
 
@@ -38,6 +44,24 @@ class FreshPgDatabase {
   std::string admin_url_;
   std::string name_;
   std::string url_;
+};
+
+// A connection of the test's own, kept open: to hold a transaction (and its
+// locks) while servers work, or to read what they stored.
+class PgSession {
+ public:
+  explicit PgSession(const std::string& url);
+  ~PgSession();
+  PgSession(const PgSession&) = delete;
+  PgSession& operator=(const PgSession&) = delete;
+
+  // Runs `sql` (one or more statements); throws with the server's message.
+  void exec(const std::string& sql);
+  // The first column of the first row `sql` returns; "" for no row.
+  std::string value(const std::string& sql);
+
+ private:
+  pg_conn* conn_ = nullptr;
 };
 
 }  // namespace p2pshare::test
