@@ -3,7 +3,10 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <string>
+
+#include "support/process.hpp"
 
 // Every command a test runs without --data-dir uses the default data dir,
 // which holds known_centrals (the fingerprints of central servers met
@@ -17,7 +20,12 @@ int main(int argc, char* argv[]) {
   // The runner's own config file (~/.config/p2pshare/config.toml) is never
   // read: the default config path points into the same empty dir.
   if (isolated) ::setenv("XDG_CONFIG_HOME", pattern.c_str(), 1);  // NOLINT(concurrency-mt-unsafe): as above
-  const int result = Catch::Session().run(argc, argv);
+  int result = Catch::Session().run(argc, argv);
+  // A child's sanitizer report fails this run even when no assertion saw
+  // its effect (support/process.hpp).
+  const auto reports = p2pshare::test::take_sanitizer_reports();
+  for (const auto& report : reports) std::cerr << "sanitizer report from a child process: " << report << "\n";
+  if (!reports.empty() && result == 0) result = 1;
   if (isolated) {
     std::error_code ignored;
     std::filesystem::remove_all(pattern, ignored);

@@ -5,18 +5,47 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <mutex>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "support/temp_dir.hpp"
 
 namespace p2pshare::test {
 namespace {
 std::atomic<int> g_counter{0};
+
+std::mutex g_reports_mutex;
+std::vector<std::string> g_reports;  // guarded by g_reports_mutex
+
+// How each sanitizer starts a report (UBSan's follows "file:line:col: ").
+constexpr std::array<std::string_view, 4> kReportMarks = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                                          "WARNING: ThreadSanitizer", ": runtime error: "};
+
+void collect_sanitizer_report(const std::string& command, const std::string& err) {
+  std::size_t first = std::string::npos;
+  for (const auto mark : kReportMarks) first = std::min(first, err.find(mark));
+  if (first == std::string::npos) return;
+  // From the start of that line, enough to name the bug and where.
+  const std::size_t line = err.rfind('\n', first);
+  const std::size_t from = line == std::string::npos ? 0 : line + 1;
+  std::string report = command + ":\n" + err.substr(from, 6000);
+  const std::lock_guard<std::mutex> lock(g_reports_mutex);
+  g_reports.push_back(std::move(report));
+}
+}  // namespace
+
+std::vector<std::string> take_sanitizer_reports() {
+  const std::lock_guard<std::mutex> lock(g_reports_mutex);
+  return std::exchange(g_reports, {});
 }
 
 Process::Process(std::vector<std::string> args, const std::filesystem::path& log_dir) {
+  for (const auto& a : args) command_ += (command_.empty() ? "" : " ") + a;
   const int n = g_counter++;
   out_path_ = log_dir / ("proc-" + std::to_string(::getpid()) + "-" + std::to_string(n) + ".out");
   err_path_ = log_dir / ("proc-" + std::to_string(::getpid()) + "-" + std::to_string(n) + ".err");
@@ -44,6 +73,11 @@ Process::~Process() {
   if (running()) {
     ::kill(pid_, SIGKILL);
     wait(std::chrono::seconds(10));
+  }
+  try {
+    collect_sanitizer_report(command_, err());
+  } catch (...) {
+    // A log that cannot be read has no report to give.
   }
 }
 

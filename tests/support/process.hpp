@@ -40,12 +40,21 @@ class Process {
   bool running();
 
  private:
+  std::string command_;  // args joined, to name the process in a report
   pid_t pid_ = -1;
   bool reaped_ = false;
   int status_ = 0;
   std::filesystem::path out_path_;
   std::filesystem::path err_path_;
 };
+
+// Takes the sanitizer reports (ASan, LSan, TSan, UBSan) found so far in the stderr
+// of children that have ended: each Process looks when it is destroyed. A
+// server's report does not always fail the test that started it (a TSan
+// report with halt_on_error ends the server, and a test that only stops it
+// at the end never asks why), so the test runner (support/main.cpp) fails the
+// whole test process when this is not empty.
+std::vector<std::string> take_sanitizer_reports();
 
 // Runs to completion with a deadline (the child is killed past it).
 RunResult run(const std::vector<std::string>& args, const std::filesystem::path& log_dir,
