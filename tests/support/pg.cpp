@@ -14,18 +14,7 @@ namespace p2pshare::test {
 namespace {
 
 void run_admin(const std::string& url, const std::string& sql) {
-  PGconn* conn = PQconnectdb(url.c_str());
-  if (PQstatus(conn) != CONNECTION_OK) {
-    std::string error = PQerrorMessage(conn);
-    PQfinish(conn);
-    throw std::runtime_error("cannot connect to the test PostgreSQL (" + url + "): " + error);
-  }
-  PGresult* result = PQexec(conn, sql.c_str());
-  const bool ok = PQresultStatus(result) == PGRES_COMMAND_OK;
-  std::string error = ok ? std::string() : std::string(PQerrorMessage(conn));
-  PQclear(result);
-  PQfinish(conn);
-  if (!ok) throw std::runtime_error(sql + ": " + error);
+  PgSession(url).exec(sql);
 }
 
 }  // namespace
@@ -72,20 +61,9 @@ void FreshPgDatabase::allow_connections(bool allow) const {
 }
 
 int FreshPgDatabase::terminate_connections() const {
-  PGconn* conn = PQconnectdb(admin_url_.c_str());
-  if (PQstatus(conn) != CONNECTION_OK) {
-    std::string error = PQerrorMessage(conn);
-    PQfinish(conn);
-    throw std::runtime_error("cannot connect to the test PostgreSQL: " + error);
-  }
-  const std::string sql =
-      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '" + name_ + "'";
-  PGresult* result = PQexec(conn, sql.c_str());
-  int ended = -1;
-  if (PQresultStatus(result) == PGRES_TUPLES_OK && PQntuples(result) == 1) ended = std::stoi(PQgetvalue(result, 0, 0));
-  PQclear(result);
-  PQfinish(conn);
-  return ended;
+  return std::stoi(
+      PgSession(admin_url_)
+          .value("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '" + name_ + "'"));
 }
 
 FreshPgDatabase::~FreshPgDatabase() {
